@@ -1,0 +1,109 @@
+// Geometry and bilinear sampling math of the learnable-stride convolution,
+// shared by the CPU and CUDA backends. Plain C++ (no torch header), usable
+// on host and device.
+//
+// Output pixel (a, b) of an LSConv samples the input at
+//     h = a * stride_h - pad_h + i * dilation_h,   w = b * stride_w - pad_w + j * dilation_w
+// for kernel tap (i, j), by bilinear interpolation with MMCV's deform-conv
+// boundary rule (deformable_im2col_bilinear / get_coordinate_weight): the
+// sample is 0 when h <= -1, h >= height, w <= -1 or w >= width; otherwise the
+// four neighbours that lie inside the image contribute, outside ones count 0.
+//
+// That rule is separable: a sample is the product of an interpolation along
+// h and one along w, so each axis is described once per (output index, tap)
+// by an AxisSample, and the 2-D value and its derivatives are small sums.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define LSCONV_HOST_DEVICE __host__ __device__
+#else
+#define LSCONV_HOST_DEVICE
+#endif
+
+namespace mmlstride {
+
+// Shapes, padding, dilation and the (real) stride of one LSConv call.
+struct LSConvGeometry {
+  int64_t channels;
+  int64_t height, width;
+  int64_t kernel_h, kernel_w;
+  int64_t pad_h, pad_w;
+  int64_t dilation_h, dilation_w;
+  int64_t out_h, out_w;
+  double stride_h, stride_w;
+};
+
+// Interpolation along one axis at a real position: the two neighbours, their
+// weights, and the derivatives of those weights with respect to the position.
+// A neighbour outside the image (or every neighbour, when the position lies
+// outside (-1, size)) gets weight and slope 0 and a clamped, loadable index.
+template <typename T>
+struct AxisSample {
+  int low;         // index of the lower neighbour, floor(position)
+  int high;        // index of the upper neighbour, floor(position) + 1
+  T weight_low;    // 1 - frac
+  T weight_high;   // frac
+  T slope_low;     // d weight_low / d position  = -1
+  T slope_high;    // d weight_high / d position = +1
+};
+
+template <typename T, typename P>
+LSCONV_HOST_DEVICE inline AxisSample<T> axis_sample(P position, int64_t size) {
+  AxisSample<T> s = {0, 0, T(0), T(0), T(0), T(0)};
+  // Written so that NaN positions also take this branch.
+  if (!(position > P(-1) && position < P(size))) return s;
+  int low = static_cast<int>(position);  // truncation; fix up to floor below 0
+  if (P(low) > position) --low;
+  const P frac = position - P(low);
+  if (low >= 0) {
+    s.low = low;
+    s.weight_low = T(P(1) - frac);
+    s.slope_low = T(-1);
+  }
+  if (low + 1 <= size - 1) {
+    s.high = low + 1;
+    s.weight_high = T(frac);
+    s.slope_high = T(1);
+  }
+  return s;
+}
+
+// Position sampled by output index `out` and kernel tap `tap` along one axis.
+LSCONV_HOST_DEVICE inline double sample_position(int64_t out, int64_t tap, double stride,
+                                                 int64_t pad, int64_t dilation) {
+  return double(out) * stride - double(pad) + double(tap * dilation);
+}
+
+// Interpolated value of image `im` (row length `width`) at (h, w).
+template <typename T>
+LSCONV_HOST_DEVICE inline T bilinear_value(const T* im, int64_t width, const AxisSample<T>& h,
+                                           const AxisSample<T>& w) {
+  const T* row_low = im + h.low * width;
+  const T* row_high = im + h.high * width;
+  return h.weight_low * (w.weight_low * row_low[w.low] + w.weight_high * row_low[w.high]) +
+         h.weight_high * (w.weight_low * row_high[w.low] + w.weight_high * row_high[w.high]);
+}
+
+// d value / d h at (h, w): MMCV's get_coordinate_weight with bp_dir = 0.
+template <typename T>
+LSCONV_HOST_DEVICE inline T coordinate_weight_h(const T* im, int64_t width, const AxisSample<T>& h,
+                                                const AxisSample<T>& w) {
+  const T* row_low = im + h.low * width;
+  const T* row_high = im + h.high * width;
+  return h.slope_low * (w.weight_low * row_low[w.low] + w.weight_high * row_low[w.high]) +
+         h.slope_high * (w.weight_low * row_high[w.low] + w.weight_high * row_high[w.high]);
+}
+
+// d value / d w at (h, w): MMCV's get_coordinate_weight with bp_dir = 1.
+template <typename T>
+LSCONV_HOST_DEVICE inline T coordinate_weight_w(const T* im, int64_t width, const AxisSample<T>& h,
+                                                const AxisSample<T>& w) {
+  const T* row_low = im + h.low * width;
+  const T* row_high = im + h.high * width;
+  return h.weight_low * (w.slope_low * row_low[w.low] + w.slope_high * row_low[w.high]) +
+         h.weight_high * (w.slope_low * row_high[w.low] + w.slope_high * row_high[w.high]);
+}
+
+}  // namespace mmlstride

@@ -1,0 +1,220 @@
+// Device-agnostic host code of the learnable-stride convolution: argument
+// checks, batch chunking, the GEMMs (through ATen) and the op registrations.
+// The sampling work is done by the backend kernels of ls_conv_kernels.h.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <tuple>
+
+#include "ls_conv_kernels.h"
+
+namespace mmlstride {
+namespace {
+
+// Upper bound on the columns buffer (and on the columns-gradient buffer in the
+// backward pass): the batch is processed in chunks of images that fit in it.
+constexpr int64_t kMaxColumnsBytes = int64_t(64) << 20;
+
+void check_floating(const at::Tensor& t, const char* name, const at::Tensor& input) {
+  TORCH_CHECK(t.device() == input.device(), name, ".device=", t.device(), " expected ",
+              input.device(), " (the device of input)");
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), name, ".dtype=", t.scalar_type(),
+              " expected ", input.scalar_type(), " (the dtype of input)");
+}
+
+void check_pair(at::IntArrayRef values, const char* name, int64_t minimum) {
+  TORCH_CHECK(values.size() == 2, name, " has ", values.size(), " entries, expected 2");
+  for (const int64_t v : values) {
+    TORCH_CHECK(v >= minimum, name, "=", values, " expected entries >= ", minimum);
+  }
+}
+
+// Checks the arguments shared by forward and backward; returns the geometry,
+// reading the stride values (which must be positive and finite).
+LSConvGeometry make_geometry(const at::Tensor& input, const at::Tensor& weight,
+                             const at::Tensor& stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, int64_t groups, at::IntArrayRef output_size) {
+  TORCH_CHECK(input.dim() == 4, "input.dim()=", input.dim(), " expected 4 (N, C, H, W)");
+  TORCH_CHECK(weight.dim() == 4, "weight.dim()=", weight.dim(),
+              " expected 4 (out_channels, in_channels / groups, kernel_h, kernel_w)");
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
+              "input.dtype=", input.scalar_type(), " expected float32 or float64");
+  check_floating(weight, "weight", input);
+  check_floating(stride, "stride", input);
+  TORCH_CHECK(stride.dim() == 1 && stride.size(0) == 2, "stride.shape=", stride.sizes(),
+              " expected [2] (stride_h, stride_w)");
+  check_pair(padding, "padding", 0);
+  check_pair(dilation, "dilation", 1);
+  check_pair(output_size, "output_size", 1);
+  TORCH_CHECK(groups >= 1, "groups=", groups, " expected >= 1");
+  const int64_t channels = input.size(1);
+  const int64_t out_channels = weight.size(0);
+  TORCH_CHECK(channels % groups == 0, "input channels=", channels, " expected a multiple of groups=",
+              groups);
+  TORCH_CHECK(out_channels % groups == 0, "weight.size(0)=", out_channels,
+              " expected a multiple of groups=", groups);
+  TORCH_CHECK(weight.size(1) * groups == channels, "weight.size(1)=", weight.size(1),
+              " expected input channels / groups = ", channels / groups);
+  for (int axis = 0; axis < 2; ++axis) {
+    const int64_t extent = dilation[axis] * (weight.size(2 + axis) - 1) + 1;
+    const int64_t padded = input.size(2 + axis) + 2 * padding[axis];
+    TORCH_CHECK(extent <= padded, "kernel extent=", extent, " along ", axis == 0 ? "h" : "w",
+                " expected <= padded input size=", padded);
+  }
+  const at::Tensor stride_values = stride.detach().to(at::kCPU, at::kDouble);
+  const double stride_h = stride_values.data_ptr<double>()[0];
+  const double stride_w = stride_values.data_ptr<double>()[1];
+  TORCH_CHECK(std::isfinite(stride_h) && std::isfinite(stride_w) && stride_h > 0 && stride_w > 0,
+              "stride=(", stride_h, ", ", stride_w, ") expected finite values > 0");
+  return LSConvGeometry{channels,        input.size(2),  input.size(3),  weight.size(2),
+                        weight.size(3),  padding[0],     padding[1],     dilation[0],
+                        dilation[1],     output_size[0], output_size[1], stride_h,
+                        stride_w};
+}
+
+// Images per chunk so that a columns buffer stays under kMaxColumnsBytes.
+int64_t chunk_images(const LSConvGeometry& g, int64_t batch, int64_t element_size) {
+  const int64_t per_image =
+      g.channels * g.kernel_h * g.kernel_w * g.out_h * g.out_w * element_size;
+  return std::max<int64_t>(1, std::min<int64_t>(batch, kMaxColumnsBytes / std::max<int64_t>(per_image, 1)));
+}
+
+void im2col(const at::Tensor& input, const LSConvGeometry& g, const at::Tensor& columns) {
+  ls_conv_im2col_cpu(input, g, columns);
+}
+
+void col2im_coord(const at::Tensor& grad_columns, const at::Tensor& input, const LSConvGeometry& g,
+                  const at::Tensor& grad_input, const at::Tensor& stride_partials) {
+  ls_conv_col2im_coord_cpu(grad_columns, input, g, grad_input, stride_partials);
+}
+
+// First `rows * cols` elements of `buffer` as a contiguous rows x cols matrix.
+at::Tensor matrix_view(const at::Tensor& buffer, int64_t rows, int64_t cols) {
+  return buffer.narrow(0, 0, rows * cols).view({rows, cols});
+}
+
+at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_,
+                             const std::optional<at::Tensor>& bias, const at::Tensor& stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                             at::IntArrayRef output_size) {
+  const LSConvGeometry g =
+      make_geometry(input_, weight_, stride, padding, dilation, groups, output_size);
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor weight = weight_.contiguous();
+  const int64_t batch = input.size(0);
+  const int64_t out_channels = weight.size(0);
+  const int64_t out_plane = g.out_h * g.out_w;
+  const int64_t col_rows = g.channels * g.kernel_h * g.kernel_w;
+  at::Tensor output = at::empty({batch, out_channels, g.out_h, g.out_w}, input.options());
+  if (bias.has_value() && bias->defined()) {
+    check_floating(*bias, "bias", input);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_channels, "bias.shape=", bias->sizes(),
+                " expected [", out_channels, "]");
+  }
+  if (batch > 0) {
+    const at::Tensor weight_g = weight.view({groups, out_channels / groups, col_rows / groups});
+    const int64_t chunk = chunk_images(g, batch, input.element_size());
+    const at::Tensor columns_buffer = at::empty({col_rows * chunk * out_plane}, input.options());
+    for (int64_t start = 0; start < batch; start += chunk) {
+      const int64_t images = std::min(chunk, batch - start);
+      at::Tensor columns = matrix_view(columns_buffer, col_rows, images * out_plane);
+      im2col(input.narrow(0, start, images), g, columns);
+      const at::Tensor out_g =
+          at::bmm(weight_g, columns.view({groups, col_rows / groups, images * out_plane}));
+      output.narrow(0, start, images)
+          .view({images, out_channels, out_plane})
+          .copy_(out_g.view({out_channels, images, out_plane}).transpose(0, 1));
+    }
+  }
+  if (bias.has_value() && bias->defined()) output.add_(bias->view({1, out_channels, 1, 1}));
+  return output;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
+    const at::Tensor& grad_output_, const at::Tensor& input_, const at::Tensor& weight_,
+    const at::Tensor& stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    std::array<bool, 4> output_mask) {
+  TORCH_CHECK(grad_output_.dim() == 4, "grad_output.dim()=", grad_output_.dim(), " expected 4");
+  const LSConvGeometry g = make_geometry(input_, weight_, stride, padding, dilation, groups,
+                                         {grad_output_.size(2), grad_output_.size(3)});
+  check_floating(grad_output_, "grad_output", input_);
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor weight = weight_.contiguous();
+  const at::Tensor grad_output = grad_output_.contiguous();
+  const int64_t batch = input.size(0);
+  const int64_t out_channels = weight.size(0);
+  TORCH_CHECK(grad_output.size(0) == batch && grad_output.size(1) == out_channels,
+              "grad_output.shape=", grad_output.sizes(), " expected [", batch, ", ", out_channels,
+              ", out_h, out_w]");
+  const int64_t out_plane = g.out_h * g.out_w;
+  const int64_t col_rows = g.channels * g.kernel_h * g.kernel_w;
+  const bool need_input = output_mask[0];
+  const bool need_weight = output_mask[1];
+  const bool need_stride = output_mask[3];
+
+  at::Tensor grad_input = need_input ? at::empty_like(input) : at::Tensor();
+  at::Tensor grad_weight = need_weight ? at::zeros_like(weight) : at::Tensor();
+  at::Tensor grad_bias = output_mask[2] ? grad_output.sum({0, 2, 3}) : at::Tensor();
+  at::Tensor stride_partials = need_stride
+      ? at::zeros({batch, g.channels, 2}, input.options().dtype(at::kDouble))
+      : at::Tensor();
+
+  if (batch > 0 && (need_input || need_weight || need_stride)) {
+    const at::Tensor weight_g = weight.view({groups, out_channels / groups, col_rows / groups});
+    at::Tensor grad_weight_g =
+        need_weight ? grad_weight.view({groups, out_channels / groups, col_rows / groups})
+                    : at::Tensor();
+    const int64_t chunk = chunk_images(g, batch, input.element_size());
+    const at::Tensor columns_buffer = at::empty({col_rows * chunk * out_plane}, input.options());
+    for (int64_t start = 0; start < batch; start += chunk) {
+      const int64_t images = std::min(chunk, batch - start);
+      const int64_t cols = images * out_plane;
+      const at::Tensor input_chunk = input.narrow(0, start, images);
+      // grad_output of the chunk as (groups, out_channels / groups, images * out_plane).
+      const at::Tensor grad_out_g = grad_output.narrow(0, start, images)
+                                        .view({images, groups, out_channels / groups, out_plane})
+                                        .permute({1, 2, 0, 3})
+                                        .reshape({groups, out_channels / groups, cols});
+      at::Tensor columns = matrix_view(columns_buffer, col_rows, cols);
+      if (need_input || need_stride) {
+        at::Tensor grad_columns_g = columns.view({groups, col_rows / groups, cols});
+        at::bmm_out(grad_columns_g, weight_g.transpose(1, 2), grad_out_g);
+        at::Tensor grad_input_chunk =
+            need_input ? grad_input.narrow(0, start, images) : at::Tensor();
+        at::Tensor partials_chunk =
+            need_stride ? stride_partials.narrow(0, start, images) : at::Tensor();
+        col2im_coord(columns, input_chunk, g, grad_input_chunk, partials_chunk);
+      }
+      if (need_weight) {
+        im2col(input_chunk, g, columns);
+        grad_weight_g.baddbmm_(grad_out_g,
+                               columns.view({groups, col_rows / groups, cols}).transpose(1, 2));
+      }
+    }
+  }
+  at::Tensor grad_stride =
+      need_stride ? stride_partials.sum({0, 1}).to(stride.scalar_type()) : at::Tensor();
+  return {grad_input, grad_weight, grad_bias, grad_stride};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(mmlstride, m) {
+  m.def(
+      "ls_conv2d(Tensor input, Tensor weight, Tensor? bias, Tensor stride, int[2] padding, "
+      "int[2] dilation, int groups, SymInt[2] output_size) -> Tensor");
+  m.def(
+      "ls_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor stride, "
+      "int[2] padding, int[2] dilation, int groups, bool[4] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(mmlstride, CPU, m) {
+  m.impl("ls_conv2d", &ls_conv2d_forward);
+  m.impl("ls_conv2d_backward", &ls_conv2d_backward);
+}
+
+}  // namespace mmlstride

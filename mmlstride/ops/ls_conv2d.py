@@ -1,0 +1,173 @@
+"""The functional learnable-stride convolution ``ls_conv2d`` and its torch.library registrations.
+
+Output pixel (a, b) of channel o is
+
+    y[n, o, a, b] = bias[o] + sum_{c, i, j} weight[o, c, i, j] * X[n, c](a * s_h - p_h + i * d_h,
+                                                                        b * s_w - p_w + j * d_w)
+
+where X is bilinear interpolation with MMCV's deform-conv boundary rule and the
+stride s = (s_h, s_w) is a differentiable tensor.
+"""
+import math
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .extension import EXTENSION_ERROR, has_kernel
+from .ls_conv2d_reference import ls_conv2d_reference
+
+IntPair = Union[int, Sequence[int]]
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def _int_pair(value: IntPair, name: str, minimum: int) -> Tuple[int, int]:
+    """``value`` as a pair of ints >= ``minimum``, or a ValueError naming ``name``."""
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v >= minimum for v in pair):
+        raise ValueError(f'{name}={value!r} expected an int or a pair of ints >= {minimum}')
+    return pair
+
+
+def _check_tensor(tensor: Tensor, name: str, input: Tensor) -> None:
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f'{name} is a {type(tensor).__name__}, expected a torch.Tensor')
+    if tensor.dtype != input.dtype:
+        raise TypeError(f'{name}.dtype={tensor.dtype} expected {input.dtype} (the dtype of input)')
+    if tensor.device != input.device:
+        raise ValueError(f'{name}.device={tensor.device} expected {input.device} '
+                         '(the device of input)')
+
+
+def _check_arguments(input: Tensor, weight: Tensor, stride: Tensor, bias: Optional[Tensor],
+                     padding: Tuple[int, int], dilation: Tuple[int, int], groups: int) -> None:
+    """Raises a TypeError or ValueError naming the first argument that is not valid.
+
+    Only shapes, dtypes and devices are checked here (no data access, so this
+    traces under torch.compile); the stride values are checked where they are read.
+    """
+    if not isinstance(input, Tensor):
+        raise TypeError(f'input is a {type(input).__name__}, expected a torch.Tensor')
+    if input.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f'input.dtype={input.dtype} expected torch.float32 or torch.float64')
+    for tensor, name in ((weight, 'weight'), (stride, 'stride'), (bias, 'bias')):
+        if tensor is not None:
+            _check_tensor(tensor, name, input)
+    if input.dim() != 4:
+        raise ValueError(f'input.dim()={input.dim()} expected 4 (N, C, H, W)')
+    if weight.dim() != 4:
+        raise ValueError(f'weight.dim()={weight.dim()} expected 4 '
+                         '(out_channels, in_channels / groups, kernel_h, kernel_w)')
+    if stride.shape != (2, ):
+        raise ValueError(f'stride.shape={tuple(stride.shape)} expected (2,) = (stride_h, stride_w)')
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f'groups={groups!r} expected an int >= 1')
+    channels, out_channels = input.shape[1], weight.shape[0]
+    if channels % groups or out_channels % groups:
+        raise ValueError(f'groups={groups} expected to divide input channels={channels} '
+                         f'and weight.shape[0]={out_channels}')
+    if weight.shape[1] * groups != channels:
+        raise ValueError(f'weight.shape[1]={weight.shape[1]} expected input channels / groups '
+                         f'= {channels // groups}')
+    if bias is not None and bias.shape != (out_channels, ):
+        raise ValueError(f'bias.shape={tuple(bias.shape)} expected ({out_channels},)')
+    for k, axis in enumerate('hw'):
+        extent = dilation[k] * (weight.shape[2 + k] - 1) + 1
+        padded = input.shape[2 + k] + 2 * padding[k]
+        if extent > padded:
+            raise ValueError(f'kernel extent along {axis}={extent} (dilation * (kernel - 1) + 1) '
+                             f'expected <= padded input size={padded}')
+
+
+def _stride_values(stride: Tensor) -> Tuple[float, float]:
+    """The stride as two Python floats, or a ValueError unless both are finite and > 0."""
+    values = tuple(stride.detach().cpu().double().tolist())
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f'stride={values} expected finite values > 0')
+    return values
+
+
+def default_output_size(input_size: Sequence[int], kernel_size: Sequence[int],
+                        stride: Sequence[float], padding: Sequence[int],
+                        dilation: Sequence[int]) -> Tuple[int, int]:
+    """floor((H + 2p - d(k - 1) - 1) / s) + 1 per axis: nn.Conv2d's size, for a real stride."""
+    return tuple(
+        math.floor((input_size[k] + 2 * padding[k] - dilation[k] * (kernel_size[k] - 1) - 1) /
+                   stride[k]) + 1 for k in range(2))
+
+
+def ls_conv2d(input: Tensor,
+              weight: Tensor,
+              stride: Union[Tensor, Sequence[float]],
+              bias: Optional[Tensor] = None,
+              padding: IntPair = 0,
+              dilation: IntPair = 1,
+              groups: int = 1,
+              output_size: Optional[IntPair] = None) -> Tensor:
+    """Learnable-stride 2-D convolution, differentiable in input, weight, bias and stride.
+
+    Args:
+        input: (N, C, H, W), float32 or float64.
+        weight: (O, C / groups, kernel_h, kernel_w), same dtype and device as input.
+        stride: (2,) tensor (s_h, s_w) of real strides > 0, or a pair of numbers.
+        bias: (O,) or None.
+        padding, dilation: int or (h, w) pair, as in F.conv2d.
+        groups: number of channel groups, as in F.conv2d.
+        output_size: (H_out, W_out). None means floor((H + 2p - d(k - 1) - 1) / s) + 1
+            per axis from the current stride values (which reads them: pass it
+            explicitly under torch.compile, as LSConv2d does).
+
+    Returns:
+        (N, O, H_out, W_out) tensor.
+    """
+    if not isinstance(stride, Tensor) and isinstance(input, Tensor):
+        stride = torch.as_tensor(stride, dtype=input.dtype, device=input.device)
+    padding = _int_pair(padding, 'padding', 0)
+    dilation = _int_pair(dilation, 'dilation', 1)
+    _check_arguments(input, weight, stride, bias, padding, dilation, groups)
+    if output_size is None:
+        output_size = default_output_size(input.shape[2:], weight.shape[2:],
+                                          _stride_values(stride), padding, dilation)
+        if min(output_size) < 1:
+            raise ValueError(f'output size {output_size} for stride={stride.tolist()} is empty: '
+                             'the input is too small for this stride')
+    else:
+        output_size = _int_pair(output_size, 'output_size', 1)
+    if has_kernel(input.device):
+        return torch.ops.mmlstride.ls_conv2d(input, weight, bias, stride, padding, dilation, groups,
+                                             output_size)
+    if not torch.compiler.is_compiling():
+        _stride_values(stride)
+    return ls_conv2d_reference(input, weight, stride, bias, padding, dilation, groups, output_size)
+
+
+def _register_torch_library() -> None:
+    """Fake (shape) and autograd implementations of the compiled ops."""
+
+    @torch.library.register_fake('mmlstride::ls_conv2d')
+    def _(input, weight, bias, stride, padding, dilation, groups, output_size):
+        return input.new_empty((input.shape[0], weight.shape[0], *output_size))
+
+    @torch.library.register_fake('mmlstride::ls_conv2d_backward')
+    def _(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+        shapes = (input.shape, weight.shape, (weight.shape[0], ), stride.shape)
+        return tuple(
+            input.new_empty(shape) if needed else None for shape, needed in zip(shapes, output_mask))
+
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, stride, padding, dilation, groups, _ = inputs
+        ctx.save_for_backward(input, weight, stride)
+        ctx.conv_args = (padding, dilation, groups)
+
+    def backward(ctx, grad_output):
+        input, weight, stride = ctx.saved_tensors
+        output_mask = list(ctx.needs_input_grad[:4])
+        grads = torch.ops.mmlstride.ls_conv2d_backward(grad_output, input, weight, stride,
+                                                       *ctx.conv_args, output_mask)
+        return (*grads, None, None, None, None)
+
+    torch.library.register_autograd('mmlstride::ls_conv2d', backward, setup_context=setup_context)
+
+
+if EXTENSION_ERROR is None:
+    _register_torch_library()

@@ -1,0 +1,58 @@
+"""Build and install mmlstride and its C++ extension (mmlstride._ext)."""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_version() -> str:
+    """The version string defined in mmlstride/version.py."""
+    scope: dict = {}
+    with open(os.path.join(HERE, 'mmlstride', 'version.py')) as f:
+        exec(f.read(), scope)
+    return scope['__version__']
+
+
+def make_extensions():
+    """The extension modules and the build_ext command that builds them.
+
+    torch must already be installed (build with --no-build-isolation): the
+    extension is compiled against the torch of the environment.
+    """
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+    sources = sorted(glob.glob('csrc/pytorch/*.cpp') + glob.glob('csrc/pytorch/cpu/*.cpp'))
+    extension = CppExtension(
+        'mmlstride._ext',
+        sources,
+        extra_compile_args={'cxx': ['-O3', '-fopenmp']},
+        extra_link_args=['-fopenmp'],
+    )
+    return [extension], {'build_ext': BuildExtension}
+
+
+def read_requirements(name: str) -> list:
+    """Requirement lines of requirements/<name>.txt."""
+    with open(os.path.join(HERE, 'requirements', name)) as f:
+        return [line.strip() for line in f if line.strip() and not line.startswith('#')]
+
+
+ext_modules, cmdclass = make_extensions()
+
+setup(
+    name='mmlstride',
+    version=read_version(),
+    description='Learnable-stride convolution (LSConv) for PyTorch, MMCV and MMDetection',
+    long_description=open(os.path.join(HERE, 'README.md')).read(),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    packages=find_packages(include=['mmlstride', 'mmlstride.*']),
+    python_requires='>=3.8',
+    install_requires=read_requirements('runtime.txt'),
+    extras_require={'tests': read_requirements('tests.txt')},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False,
+)
