@@ -1,5 +1,5 @@
 """LSConv operator and layer."""
-from .ls_conv2d import ls_conv2d
+from .ls_conv2d_function import ls_conv2d
 from .ls_conv2d_layer import LSConv2d
 from .ls_conv2d_reference import ls_conv2d_reference
 

@@ -12,6 +12,7 @@ except ImportError as error:  # not built: the pure-PyTorch implementation is us
 _warned = False
 
 
+@torch.compiler.assume_constant_result
 def has_kernel(device: torch.device) -> bool:
     """Whether the compiled ops run on ``device``; warns once when they do not."""
     global _warned

@@ -5,7 +5,7 @@ import torch
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-from .ls_conv2d import default_output_size, ls_conv2d
+from .ls_conv2d_function import default_output_size, ls_conv2d
 
 IntPair = Union[int, Tuple[int, int]]
 

@@ -128,9 +128,6 @@ def ls_conv2d(input: Tensor,
     if output_size is None:
         output_size = default_output_size(input.shape[2:], weight.shape[2:],
                                           _stride_values(stride), padding, dilation)
-        if min(output_size) < 1:
-            raise ValueError(f'output size {output_size} for stride={stride.tolist()} is empty: '
-                             'the input is too small for this stride')
     else:
         output_size = _int_pair(output_size, 'output_size', 1)
     if has_kernel(input.device):

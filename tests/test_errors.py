@@ -1,0 +1,100 @@
+"""Bad input raises a clear error that names the argument, on both implementations."""
+import pytest
+import torch
+
+from mmlstride.ops import LSConv2d, ls_conv2d
+from mmlstride.ops import ls_conv2d_function
+
+
+def good_args(**changes):
+    args = dict(input=torch.randn(2, 4, 8, 8), weight=torch.randn(6, 2, 3, 3),
+                stride=torch.tensor([1.5, 2.0]), bias=torch.randn(6), padding=1, dilation=1,
+                groups=2)
+    args.update(changes)
+    return args
+
+
+BAD_INPUTS = [
+    (dict(input=torch.randn(4, 8, 8)), ValueError, 'input.dim()=3 expected 4'),
+    (dict(weight=torch.randn(6, 2, 3)), ValueError, 'weight.dim()=3 expected 4'),
+    (dict(weight=torch.randn(6, 4, 3, 3)), ValueError, 'weight.shape[1]=4 expected'),
+    (dict(groups=3), ValueError, 'groups=3 expected to divide'),
+    (dict(groups=0), ValueError, 'groups=0 expected'),
+    (dict(weight=torch.randn(5, 2, 3, 3)), ValueError, 'groups=2 expected to divide'),
+    (dict(bias=torch.randn(5)), ValueError, 'bias.shape=(5,) expected (6,)'),
+    (dict(stride=torch.tensor([1.5, 2.0, 1.0])), ValueError, 'stride.shape=(3,) expected (2,)'),
+    (dict(stride=torch.tensor([0.0, 2.0])), ValueError, 'stride=(0.0, 2.0) expected finite'),
+    (dict(stride=torch.tensor([1.0, -2.0])), ValueError, 'expected finite values > 0'),
+    (dict(stride=torch.tensor([float('nan'), 2.0])), ValueError, 'expected finite values > 0'),
+    (dict(stride=torch.tensor([float('inf'), 2.0])), ValueError, 'expected finite values > 0'),
+    (dict(weight=torch.randn(6, 2, 11, 3)), ValueError, 'kernel extent along h=11'),
+    (dict(dilation=(1, 6)), ValueError, 'kernel extent along w=13'),
+    (dict(padding=-1), ValueError, 'padding=-1 expected'),
+    (dict(dilation=0), ValueError, 'dilation=0 expected'),
+    (dict(padding=(1, 2, 3)), ValueError, 'padding=(1, 2, 3) expected'),
+    (dict(output_size=(0, 4)), ValueError, 'output_size=(0, 4) expected'),
+    (dict(input=torch.randn(2, 4, 8, 8).double()), TypeError, 'weight.dtype=torch.float32 expected'
+     ' torch.float64'),
+    (dict(stride=torch.tensor([1.5, 2.0]).double()), TypeError, 'stride.dtype=torch.float64'),
+    (dict(bias=torch.randn(6).double()), TypeError, 'bias.dtype=torch.float64'),
+    (dict(input=torch.ones(2, 4, 8, 8, dtype=torch.int64)), TypeError,
+     'input.dtype=torch.int64 expected torch.float32 or torch.float64'),
+    (dict(input=torch.randn(2, 4, 8, 8).half()), TypeError, 'input.dtype=torch.float16'),
+    (dict(weight=torch.randn(6, 2, 3, 3, device='meta')), ValueError,
+     'weight.device=meta expected cpu'),
+    (dict(input=[[1.0]]), TypeError, 'input is a list, expected a torch.Tensor'),
+]
+
+
+@pytest.mark.parametrize('extension', [True, False], ids=['compiled', 'pure_pytorch'])
+@pytest.mark.parametrize('changes,error,message', BAD_INPUTS)
+def test_python_api_names_the_argument(changes, error, message, extension, monkeypatch):
+    if not extension:
+        monkeypatch.setattr(ls_conv2d_function, 'has_kernel', lambda device: False)
+    with pytest.raises(error) as info:
+        ls_conv2d(**good_args(**changes))
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize('changes,message', [
+    (dict(input=torch.randn(4, 8, 8)), 'input.dim()=3 expected 4'),
+    (dict(weight=torch.randn(6, 4, 3, 3)), 'weight.size(1)=4 expected'),
+    (dict(groups=3), 'expected a multiple of groups=3'),
+    (dict(stride=torch.tensor([0.0, 2.0])), 'stride=(0, 2) expected finite values > 0'),
+    (dict(stride=torch.tensor([1.0, 2.0, 3.0])), 'stride.shape=[3] expected [2]'),
+    (dict(input=torch.randn(2, 4, 8, 8).double()), 'weight.dtype=Float expected Double'),
+    (dict(input=torch.ones(2, 4, 8, 8, dtype=torch.int32)), 'input.dtype=Int expected float32'),
+    (dict(weight=torch.randn(6, 2, 11, 3)), 'kernel extent=11 along h'),
+    (dict(bias=torch.randn(5)), 'bias.shape=[5] expected [6]'),
+])
+def test_compiled_op_names_the_argument(changes, message):
+    args = good_args(**changes)
+    with pytest.raises(RuntimeError) as info:
+        torch.ops.mmlstride.ls_conv2d(args['input'], args['weight'], args['bias'], args['stride'],
+                                      (1, 1), (1, 1), args['groups'], (4, 4))
+    assert message in str(info.value)
+
+
+def test_backward_op_checks_grad_output():
+    args = good_args()
+    with pytest.raises(RuntimeError, match=r'grad_output.shape=\[2, 5, 4, 4\] expected \[2, 6'):
+        torch.ops.mmlstride.ls_conv2d_backward(torch.randn(2, 5, 4, 4), args['input'],
+                                               args['weight'], args['stride'], (1, 1), (1, 1), 2,
+                                               [True] * 4)
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(padding='same'), "padding='same' expected an int"),
+    (dict(padding_mode='reflect'), "padding_mode='reflect' expected 'zeros'"),
+    (dict(stride_bounds=(0.0, 2.0)), 'stride_bounds=(0.0, 2.0) expected'),
+    (dict(stride_bounds=(1.5, 2.0)), 'stride_bounds=(1.5, 2.0) expected'),
+])
+def test_layer_arguments(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        LSConv2d(4, 4, 3, **kwargs)
+    assert message in str(info.value)
+
+
+def test_layer_input_rank():
+    with pytest.raises(ValueError, match=r'input.dim\(\)=3 expected 4'):
+        LSConv2d(4, 4, 3)(torch.randn(4, 8, 8))

@@ -1,0 +1,127 @@
+"""The compiled op against independent references: values and every gradient."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cases import FRACTIONAL_STRIDES, random_case
+from mmlstride.ops import ls_conv2d, ls_conv2d_reference
+from mmlstride.testing import ls_conv2d_by_deform_conv, relative_error
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-4}
+
+
+def compiled(case):
+    return torch.ops.mmlstride.ls_conv2d(case.input, case.weight, case.bias, case.stride,
+                                         case.padding, case.dilation, case.groups,
+                                         case.output_size)
+
+
+def assert_same_function(case, reference, tolerance):
+    """Same output and same gradients for input, weight, bias and stride."""
+    out = compiled(case)
+    expected = reference(case)
+    assert out.shape == expected.shape
+    assert relative_error(out, expected) < tolerance
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, case.leaves(), grad_out, allow_unused=True)
+    expected_grads = torch.autograd.grad(expected, case.leaves(), grad_out, allow_unused=True)
+    for name, grad, expected_grad in zip(('input', 'weight', 'bias', 'stride'), grads,
+                                         expected_grads):
+        assert relative_error(grad, expected_grad) < tolerance, name
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('seed', range(40))
+def test_matches_pure_pytorch(seed, dtype):
+    case = random_case(seed, dtype)
+    assert_same_function(case, lambda c: ls_conv2d_reference(*c.args()), TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('seed', range(40))
+def test_matches_mmcv_deform_conv(seed, dtype):
+    deform_conv2d = pytest.importorskip('mmcv.ops').deform_conv2d
+    case = random_case(seed, dtype)
+    assert_same_function(case, lambda c: ls_conv2d_by_deform_conv(deform_conv2d, *c.args()),
+                         TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_empty_batch(seed):
+    case = random_case(seed, batch=0)
+    out = compiled(case)
+    assert out.shape == (0, case.weight.shape[0], *case.output_size)
+    grads = torch.autograd.grad(out.sum(), case.leaves(), allow_unused=True)
+    assert grads[0].shape == case.input.shape
+    for grad in grads[1:]:
+        assert torch.count_nonzero(grad) == 0
+
+
+@pytest.mark.parametrize('seed', range(8))
+def test_gradcheck_float64(seed):
+    case = random_case(seed)
+    # Shrink the case: gradcheck is quadratic in the number of elements.
+    case.input = case.input.detach()[:2, :, :7, :7].clone().requires_grad_()
+    case.output_size = tuple(min(v, 4) for v in case.output_size)
+    assert torch.autograd.gradcheck(lambda *t: ls_conv2d(*t), case.args(), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_stride_gradient_by_finite_differences(seed):
+    case = random_case(seed)
+    grad_out = torch.randn(case.input.shape[0], case.weight.shape[0], *case.output_size,
+                           dtype=torch.float64)
+
+    def loss(stride):
+        return (ls_conv2d(case.input, case.weight, stride, case.bias, case.padding,
+                          case.dilation, case.groups, case.output_size) * grad_out).sum()
+
+    analytic, = torch.autograd.grad(loss(case.stride), case.stride)
+    step = 1e-6
+    for axis in range(2):
+        delta = torch.zeros(2, dtype=torch.float64)
+        delta[axis] = step
+        with torch.no_grad():
+            numeric = (loss(case.stride + delta) - loss(case.stride - delta)) / (2 * step)
+        assert analytic[axis].item() == pytest.approx(numeric.item(), rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('stride', [(1, 1), (2, 2), (1, 2), (3, 1)])
+@pytest.mark.parametrize('groups,dilation,padding', [(1, 1, 1), (2, (2, 1), (0, 2))])
+def test_integer_stride_is_conv2d(stride, groups, dilation, padding, dtype):
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 13, 11, dtype=dtype, requires_grad=True)
+    w = torch.randn(6, 4 // groups, 3, 3, dtype=dtype, requires_grad=True)
+    b = torch.randn(6, dtype=dtype, requires_grad=True)
+    s = torch.tensor(stride, dtype=dtype)
+    out = ls_conv2d(x, w, s, b, padding, dilation, groups)
+    expected = F.conv2d(x, w, b, stride, padding, dilation, groups)
+    torch.testing.assert_close(out, expected)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, w, b), grad_out)
+    expected_grads = torch.autograd.grad(expected, (x, w, b), grad_out)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad)
+
+
+def test_seed_notebook_example():
+    """DESIGN.md section 2: the notebook's data, with the factor a (b) it left out."""
+    x = torch.tensor([[10., 2, 3], [0, 1, 2], [30, 5, 2]], dtype=torch.float64).view(1, 1, 3, 3)
+    w = torch.tensor([[0.4, 0.2], [0.1, 0.9]], dtype=torch.float64).view(1, 1, 2, 2)
+    stride = torch.tensor([2.4, 2.2], dtype=torch.float64, requires_grad=True)
+    y = ls_conv2d(x, w, stride, output_size=(2, 2))
+    torch.testing.assert_close(y.detach().view(2, 2),
+                               torch.tensor([[5.3, 1.12], [7.8, 0.384]], dtype=torch.float64))
+    expected = {(0, 0): (0.0, 0.0), (0, 1): (0.0, -1.4), (1, 1): (-0.64, -0.48)}
+    for (a, b), grad in expected.items():
+        got, = torch.autograd.grad(y[0, 0, a, b], stride, retain_graph=True)
+        torch.testing.assert_close(got, torch.tensor(grad, dtype=torch.float64))
+
+
+def test_default_output_size_follows_the_stride():
+    x = torch.randn(1, 1, 10, 10, dtype=torch.float64)
+    w = torch.randn(1, 1, 3, 3, dtype=torch.float64)
+    # floor((10 + 2 - 2 - 1) / s) + 1
+    assert ls_conv2d(x, w, (2.0, 0.75), padding=1).shape[2:] == (5, 13)
+    assert ls_conv2d(x, w, (FRACTIONAL_STRIDES[-1], 1.0), padding=1).shape[2:] == (3, 10)

@@ -1,0 +1,53 @@
+"""The ops as torch.library ops: opcheck (schema, fake, autograd registration) and torch.compile."""
+import pytest
+import torch
+from torch import nn
+
+from cases import random_case
+from mmlstride.ops import LSConv2d
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_opcheck_forward(seed):
+    case = random_case(seed)
+    args = (case.input, case.weight, case.bias, case.stride, case.padding, case.dilation,
+            case.groups, case.output_size)
+    torch.library.opcheck(torch.ops.mmlstride.ls_conv2d.default, args)
+
+
+@pytest.mark.parametrize('output_mask', [[True] * 4, [False, True, False, True],
+                                         [True, False, True, False]])
+def test_opcheck_backward(output_mask):
+    case = random_case(1)
+    grad_output = torch.randn(case.input.shape[0], case.weight.shape[0], *case.output_size,
+                              dtype=torch.float64)
+    args = (grad_output, case.input.detach(), case.weight.detach(), case.stride.detach(),
+            case.padding, case.dilation, case.groups, output_mask)
+    torch.library.opcheck(torch.ops.mmlstride.ls_conv2d_backward.default, args)
+
+
+def small_net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        LSConv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+        LSConv2d(8, 8, 3, stride=2, padding=1, groups=2), nn.ReLU(),
+        LSConv2d(8, 4, 1, stride=1)).double()
+
+
+@pytest.mark.parametrize('backend,dynamic', [('aot_eager', True), ('inductor', False)])
+def test_torch_compile_fullgraph(backend, dynamic):
+    net = small_net()
+    with torch.no_grad():
+        for module in net:
+            if isinstance(module, LSConv2d):
+                module.learnable_stride.add_(torch.tensor([0.137, -0.219], dtype=torch.float64))
+    compiled = torch.compile(net, backend=backend, fullgraph=True, dynamic=dynamic)
+    for size in (17, 23):
+        x = torch.randn(2, 3, size, size + 2, dtype=torch.float64)
+        expected = net(x)
+        expected_grads = torch.autograd.grad(expected.square().sum(), list(net.parameters()))
+        out = compiled(x)
+        grads = torch.autograd.grad(out.square().sum(), list(net.parameters()))
+        torch.testing.assert_close(out, expected)
+        for grad, expected_grad in zip(grads, expected_grads):
+            torch.testing.assert_close(grad, expected_grad)
