@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates (or updates) the virtual environment .venv with the pinned stack and
+# mmlstride installed in place with its C++ extension. Safe to re-run: what is
+# already installed is kept. Override the location with MMLSTRIDE_VENV.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${MMLSTRIDE_VENV:-.venv}
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+# shellcheck disable=SC1091
+. "$venv/bin/activate"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+pip install -q --upgrade pip 'setuptools>=77,<81' wheel ninja
+# torch first and pinned: an unpinned torch requirement would pull the newest CUDA build.
+pip install -q torch==2.13.0
+pip install -q -r requirements/runtime.txt -r requirements/tests.txt
+# mmcv 2.1.0 has no wheel for this torch: built from source once (about 9 minutes
+# on 2 cores), then reinstalled from pip's wheel cache.
+MMCV_WITH_OPS=1 MAX_JOBS=2 pip install -q --no-build-isolation -r requirements/openmmlab.txt
+MAX_JOBS=2 pip install -q --no-build-isolation -e .
+python -c "import mmlstride.ops.extension as e; assert e.EXTENSION_ERROR is None, e.EXTENSION_ERROR"
