@@ -155,3 +155,17 @@ def test_custom_imports_register_lsconv(tmp_path):
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip().endswith('LSConv2d')
+
+
+def test_mmdet_resnet_with_lsconv_as_dcn():
+    """The README's config: LSConv in the 3x3 convs of ResNet-50 stages 2-4."""
+    pytest.importorskip('mmdet')
+    from mmdet.registry import MODELS
+    backbone = MODELS.build(dict(type='ResNet', depth=50, out_indices=(1, 2, 3),
+                                 dcn=dict(type='LSConv'),
+                                 stage_with_dcn=(False, True, True, True)))
+    strided = [m for m in backbone.modules() if isinstance(m, LSConv2d) and m.stride == (2, 2)]
+    assert len(strided) == 3
+    assert not any(isinstance(m, LSConv2d) for m in backbone.layer1.modules())
+    outs = backbone(torch.randn(1, 3, 64, 64))
+    assert [tuple(o.shape) for o in outs] == [(1, 512, 8, 8), (1, 1024, 4, 4), (1, 2048, 2, 2)]

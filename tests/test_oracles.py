@@ -1,40 +1,28 @@
 """The compiled op against independent references: values and every gradient."""
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from cases import FRACTIONAL_STRIDES, random_case
 from mmlstride.ops import ls_conv2d, ls_conv2d_reference
-from mmlstride.testing import ls_conv2d_by_deform_conv, relative_error
+from mmlstride.testing import (FRACTIONAL_STRIDES, compiled_errors, ls_conv2d_by_deform_conv,
+                               random_case)
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-4}
 
 
-def compiled(case):
-    return torch.ops.mmlstride.ls_conv2d(case.input, case.weight, case.bias, case.stride,
-                                         case.padding, case.dilation, case.groups,
-                                         case.output_size)
-
-
 def assert_same_function(case, reference, tolerance):
     """Same output and same gradients for input, weight, bias and stride."""
-    out = compiled(case)
-    expected = reference(case)
-    assert out.shape == expected.shape
-    assert relative_error(out, expected) < tolerance
-    grad_out = torch.randn_like(out)
-    grads = torch.autograd.grad(out, case.leaves(), grad_out, allow_unused=True)
-    expected_grads = torch.autograd.grad(expected, case.leaves(), grad_out, allow_unused=True)
-    for name, grad, expected_grad in zip(('input', 'weight', 'bias', 'stride'), grads,
-                                         expected_grads):
-        assert relative_error(grad, expected_grad) < tolerance, name
+    errors = compiled_errors(case, reference)
+    assert max(errors.values()) < tolerance, errors
 
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
 @pytest.mark.parametrize('seed', range(40))
 def test_matches_pure_pytorch(seed, dtype):
     case = random_case(seed, dtype)
-    assert_same_function(case, lambda c: ls_conv2d_reference(*c.args()), TOLERANCE[dtype])
+    assert_same_function(case, ls_conv2d_reference, TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
@@ -42,14 +30,13 @@ def test_matches_pure_pytorch(seed, dtype):
 def test_matches_mmcv_deform_conv(seed, dtype):
     deform_conv2d = pytest.importorskip('mmcv.ops').deform_conv2d
     case = random_case(seed, dtype)
-    assert_same_function(case, lambda c: ls_conv2d_by_deform_conv(deform_conv2d, *c.args()),
-                         TOLERANCE[dtype])
+    assert_same_function(case, partial(ls_conv2d_by_deform_conv, deform_conv2d), TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize('seed', range(4))
 def test_empty_batch(seed):
     case = random_case(seed, batch=0)
-    out = compiled(case)
+    out = ls_conv2d(*case.args())
     assert out.shape == (0, case.weight.shape[0], *case.output_size)
     grads = torch.autograd.grad(out.sum(), case.leaves(), allow_unused=True)
     assert grads[0].shape == case.input.shape

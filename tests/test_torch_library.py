@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from cases import random_case
+from mmlstride.testing import random_case
 from mmlstride.ops import LSConv2d
 
 

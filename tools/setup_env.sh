@@ -9,12 +9,16 @@ venv=${MMLSTRIDE_VENV:-.venv}
 # shellcheck disable=SC1091
 . "$venv/bin/activate"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# Extensions of this stack compile against the environment's torch, so builds in
+# this venv see it: plain `pip install -e .` and `mim install -e .` then work.
+# (pip reads `no-build-isolation = false` as "isolation off".)
+printf '[install]\nno-build-isolation = false\n' > "$venv/pip.conf"
 pip install -q --upgrade pip 'setuptools>=77,<81' wheel ninja
 # torch first and pinned: an unpinned torch requirement would pull the newest CUDA build.
 pip install -q torch==2.13.0
 pip install -q -r requirements/runtime.txt -r requirements/tests.txt
 # mmcv 2.1.0 has no wheel for this torch: built from source once (about 9 minutes
 # on 2 cores), then reinstalled from pip's wheel cache.
-MMCV_WITH_OPS=1 MAX_JOBS=2 pip install -q --no-build-isolation -r requirements/openmmlab.txt
-MAX_JOBS=2 pip install -q --no-build-isolation -e .
+MMCV_WITH_OPS=1 MAX_JOBS=2 pip install -q -r requirements/openmmlab.txt
+MAX_JOBS=2 pip install -q -e .
 python -c "import mmlstride.ops.extension as e; assert e.EXTENSION_ERROR is None, e.EXTENSION_ERROR"
