@@ -112,3 +112,18 @@ def test_default_output_size_follows_the_stride():
     # floor((10 + 2 - 2 - 1) / s) + 1
     assert ls_conv2d(x, w, (2.0, 0.75), padding=1).shape[2:] == (5, 13)
     assert ls_conv2d(x, w, (FRACTIONAL_STRIDES[-1], 1.0), padding=1).shape[2:] == (3, 10)
+
+
+def test_batch_split_into_chunks():
+    """Images whose columns exceed the 64 MiB buffer bound: chunks of 2, 2 and 1 images."""
+    gen = torch.Generator().manual_seed(0)
+    case = random_case(0)
+    # 16 channels, 3x3 taps, 141x141 outputs in float64: 23 MB of columns per image.
+    case.input = torch.randn(5, 16, 141, 141, generator=gen, dtype=torch.float64,
+                             requires_grad=True)
+    case.weight = torch.randn(4, 16, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    case.bias = None
+    case.stride = torch.tensor([0.9871, 1.0137], dtype=torch.float64, requires_grad=True)
+    case.padding, case.dilation, case.groups, case.output_size = (1, 1), (1, 1), 1, (141, 141)
+    errors = compiled_errors(case, ls_conv2d_reference)
+    assert max(errors.values()) < 1e-10, errors

@@ -14,11 +14,12 @@
 namespace mmlstride {
 namespace {
 
-// Upper bound on the columns buffer (and on the columns-gradient buffer in the
-// backward pass): the batch is processed in chunks of images that fit in it.
+// Bound on the columns buffer (reused for the columns gradient in the backward
+// pass): the batch is processed in chunks of images that fit in it, and a chunk
+// holds at least one image, so the buffer is max(kMaxColumnsBytes, one image).
 constexpr int64_t kMaxColumnsBytes = int64_t(64) << 20;
 
-void check_floating(const at::Tensor& t, const char* name, const at::Tensor& input) {
+void check_like_input(const at::Tensor& t, const char* name, const at::Tensor& input) {
   TORCH_CHECK(t.device() == input.device(), name, ".device=", t.device(), " expected ",
               input.device(), " (the device of input)");
   TORCH_CHECK(t.scalar_type() == input.scalar_type(), name, ".dtype=", t.scalar_type(),
@@ -42,8 +43,8 @@ LSConvGeometry make_geometry(const at::Tensor& input, const at::Tensor& weight,
               " expected 4 (out_channels, in_channels / groups, kernel_h, kernel_w)");
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
               "input.dtype=", input.scalar_type(), " expected float32 or float64");
-  check_floating(weight, "weight", input);
-  check_floating(stride, "stride", input);
+  check_like_input(weight, "weight", input);
+  check_like_input(stride, "stride", input);
   TORCH_CHECK(stride.dim() == 1 && stride.size(0) == 2, "stride.shape=", stride.sizes(),
               " expected [2] (stride_h, stride_w)");
   check_pair(padding, "padding", 0);
@@ -79,7 +80,8 @@ LSConvGeometry make_geometry(const at::Tensor& input, const at::Tensor& weight,
 int64_t chunk_images(const LSConvGeometry& g, int64_t batch, int64_t element_size) {
   const int64_t per_image =
       g.channels * g.kernel_h * g.kernel_w * g.out_h * g.out_w * element_size;
-  return std::max<int64_t>(1, std::min<int64_t>(batch, kMaxColumnsBytes / std::max<int64_t>(per_image, 1)));
+  const int64_t fit = kMaxColumnsBytes / std::max<int64_t>(per_image, 1);
+  return std::max<int64_t>(1, std::min(batch, fit));
 }
 
 void im2col(const at::Tensor& input, const LSConvGeometry& g, const at::Tensor& columns) {
@@ -108,12 +110,12 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
   const int64_t out_channels = weight.size(0);
   const int64_t out_plane = g.out_h * g.out_w;
   const int64_t col_rows = g.channels * g.kernel_h * g.kernel_w;
-  at::Tensor output = at::empty({batch, out_channels, g.out_h, g.out_w}, input.options());
   if (bias.has_value() && bias->defined()) {
-    check_floating(*bias, "bias", input);
+    check_like_input(*bias, "bias", input);
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_channels, "bias.shape=", bias->sizes(),
                 " expected [", out_channels, "]");
   }
+  at::Tensor output = at::empty({batch, out_channels, g.out_h, g.out_w}, input.options());
   if (batch > 0) {
     const at::Tensor weight_g = weight.view({groups, out_channels / groups, col_rows / groups});
     const int64_t chunk = chunk_images(g, batch, input.element_size());
@@ -140,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
   TORCH_CHECK(grad_output_.dim() == 4, "grad_output.dim()=", grad_output_.dim(), " expected 4");
   const LSConvGeometry g = make_geometry(input_, weight_, stride, padding, dilation, groups,
                                          {grad_output_.size(2), grad_output_.size(3)});
-  check_floating(grad_output_, "grad_output", input_);
+  check_like_input(grad_output_, "grad_output", input_);
   const at::Tensor input = input_.contiguous();
   const at::Tensor weight = weight_.contiguous();
   const at::Tensor grad_output = grad_output_.contiguous();

@@ -6,7 +6,7 @@
 //   columns, grad_columns: (C * kernel_h * kernel_w) x (n * out_h * out_w),
 //     row (c * kernel_h + i) * kernel_w + j, column (image * out_h + a) * out_w + b.
 //   stride_partials: n x C x 2 float64, entry (image, c) = that plane's
-//     contribution to (dL/ds_h, dL/ds_w); reduced by the caller in a fixed order.
+//     contribution to (dL/ds_h, dL/ds_w); the caller sums them.
 #pragma once
 
 #include <ATen/ATen.h>
