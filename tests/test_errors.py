@@ -1,4 +1,6 @@
 """Bad input raises a clear error that names the argument, on both implementations."""
+import warnings
+
 import pytest
 import torch
 
@@ -98,3 +100,16 @@ def test_layer_arguments(kwargs, message):
 def test_layer_input_rank():
     with pytest.raises(ValueError, match=r'input.dim\(\)=3 expected 4'):
         LSConv2d(4, 4, 3)(torch.randn(4, 8, 8))
+
+
+def test_fallback_warns_once(monkeypatch):
+    """Without kernels for a device, LSConv warns once and uses the pure-PyTorch implementation."""
+    from mmlstride.ops import extension
+    monkeypatch.setattr(extension, '_warned', False)
+    device = torch.device('xpu')  # no mmlstride kernels registered for it
+    with pytest.warns(UserWarning, match='no xpu kernels; LSConv falls back'):
+        assert not extension.has_kernel(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert not extension.has_kernel(device)
+    assert extension.has_kernel(torch.device('cpu'))

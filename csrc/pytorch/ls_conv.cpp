@@ -159,7 +159,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
 
   at::Tensor grad_input = need_input ? at::empty_like(input) : at::Tensor();
   at::Tensor grad_weight = need_weight ? at::zeros_like(weight) : at::Tensor();
-  at::Tensor grad_bias = output_mask[2] ? grad_output.sum({0, 2, 3}) : at::Tensor();
+  at::Tensor grad_bias = output_mask[2] ? grad_output.sum(at::IntArrayRef{0, 2, 3}) : at::Tensor();
   at::Tensor stride_partials = need_stride
       ? at::zeros({batch, g.channels, 2}, input.options().dtype(at::kDouble))
       : at::Tensor();
@@ -198,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
     }
   }
   at::Tensor grad_stride =
-      need_stride ? stride_partials.sum({0, 1}).to(stride.scalar_type()) : at::Tensor();
+      need_stride ? stride_partials.sum(at::IntArrayRef{0, 1}).to(stride.scalar_type()) : at::Tensor();
   return {grad_input, grad_weight, grad_bias, grad_stride};
 }
 
