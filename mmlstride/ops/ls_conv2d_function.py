@@ -125,15 +125,16 @@ def ls_conv2d(input: Tensor,
     padding = _int_pair(padding, 'padding', 0)
     dilation = _int_pair(dilation, 'dilation', 1)
     _check_arguments(input, weight, stride, bias, padding, dilation, groups)
+    stride_checked = output_size is None
     if output_size is None:
         output_size = default_output_size(input.shape[2:], weight.shape[2:],
                                           _stride_values(stride), padding, dilation)
     else:
         output_size = _int_pair(output_size, 'output_size', 1)
-    if has_kernel(input.device):
+    if has_kernel(input.device):  # the compiled op checks the stride values itself
         return torch.ops.mmlstride.ls_conv2d(input, weight, bias, stride, padding, dilation, groups,
                                              output_size)
-    if not torch.compiler.is_compiling():
+    if not stride_checked and not torch.compiler.is_compiling():
         _stride_values(stride)
     return ls_conv2d_reference(input, weight, stride, bias, padding, dilation, groups, output_size)
 
