@@ -114,16 +114,27 @@ def test_default_output_size_follows_the_stride():
     assert ls_conv2d(x, w, (FRACTIONAL_STRIDES[-1], 1.0), padding=1).shape[2:] == (3, 10)
 
 
-def test_batch_split_into_chunks():
-    """Images whose columns exceed the 64 MiB buffer bound: chunks of 2, 2 and 1 images."""
+@pytest.mark.parametrize(
+    'shape, stride',
+    [
+        # 16 channels, 3x3 taps, 141 columns in float64: 162 KB of columns per output row,
+        # so tiles of 25 rows of the 4 MiB target, which split images and straddle them.
+        ((3, 16, 141, 141), (0.9871, 1.0137)),
+        # 64 channels, 3x3 taps, 1300 columns: one output row (6 MB) exceeds the target,
+        # so tiles of one row.
+        ((2, 64, 5, 1300), (1.0137, 0.9871)),
+    ],
+    ids=['tiles-of-25-rows', 'rows-wider-than-a-tile'])
+def test_batch_split_into_tiles(shape, stride):
+    """Output rows processed in several column tiles give the reference's results."""
     gen = torch.Generator().manual_seed(0)
     case = random_case(0)
-    # 16 channels, 3x3 taps, 141x141 outputs in float64: 23 MB of columns per image.
-    case.input = torch.randn(5, 16, 141, 141, generator=gen, dtype=torch.float64,
-                             requires_grad=True)
-    case.weight = torch.randn(4, 16, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    case.input = torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    case.weight = torch.randn(4, shape[1], 3, 3, generator=gen, dtype=torch.float64,
+                              requires_grad=True)
     case.bias = None
-    case.stride = torch.tensor([0.9871, 1.0137], dtype=torch.float64, requires_grad=True)
-    case.padding, case.dilation, case.groups, case.output_size = (1, 1), (1, 1), 1, (141, 141)
+    case.stride = torch.tensor(stride, dtype=torch.float64, requires_grad=True)
+    case.padding, case.dilation, case.groups = (1, 1), (1, 1), 1
+    case.output_size = shape[2:]
     errors = compiled_errors(case, ls_conv2d_reference)
     assert max(errors.values()) < 1e-10, errors

@@ -1,5 +1,5 @@
 // Device-agnostic host code of the learnable-stride convolution: argument
-// checks, batch chunking, the GEMMs (through ATen) and the op registrations.
+// checks, tiling of the output rows, the GEMMs (through ATen) and the op registrations.
 // The sampling work is done by the backend kernels of ls_conv_kernels.h.
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -14,10 +14,11 @@
 namespace mmlstride {
 namespace {
 
-// Bound on the columns buffer (reused for the columns gradient in the backward
-// pass): the batch is processed in chunks of images that fit in it, and a chunk
-// holds at least one image, so the buffer is max(kMaxColumnsBytes, one image).
-constexpr int64_t kMaxColumnsBytes = int64_t(64) << 20;
+// Target size of a columns buffer. The batch's output rows are processed in
+// tiles of whole rows whose columns fit in it (one row when a single row needs
+// more): the GEMMs run fastest at a few hundred to a few thousand columns, and
+// a buffer this size is reused from the heap rather than page-faulted anew.
+constexpr int64_t kTileBytes = int64_t(4) << 20;
 
 void check_like_input(const at::Tensor& t, const char* name, const at::Tensor& input) {
   TORCH_CHECK(t.device() == input.device(), name, ".device=", t.device(), " expected ",
@@ -76,26 +77,49 @@ LSConvGeometry make_geometry(const at::Tensor& input, const at::Tensor& weight,
                         stride_w};
 }
 
-// Images per chunk so that a columns buffer stays under kMaxColumnsBytes.
-int64_t chunk_images(const LSConvGeometry& g, int64_t batch, int64_t element_size) {
-  const int64_t per_image =
-      g.channels * g.kernel_h * g.kernel_w * g.out_h * g.out_w * element_size;
-  const int64_t fit = kMaxColumnsBytes / std::max<int64_t>(per_image, 1);
-  return std::max<int64_t>(1, std::min(batch, fit));
+// Output rows per tile so that its columns stay within kTileBytes.
+int64_t tile_rows(const LSConvGeometry& g, int64_t element_size) {
+  const int64_t per_row = g.channels * g.kernel_h * g.kernel_w * g.out_w * element_size;
+  return std::max<int64_t>(1, kTileBytes / std::max<int64_t>(per_row, 1));
 }
 
-void im2col(const at::Tensor& input, const LSConvGeometry& g, const at::Tensor& columns) {
-  ls_conv_im2col_cpu(input, g, columns);
+void im2col(const at::Tensor& input, const LSConvGeometry& g, int64_t row_begin, int64_t row_end,
+            const at::Tensor& columns) {
+  ls_conv_im2col_cpu(input, g, row_begin, row_end, columns);
 }
 
 void col2im_coord(const at::Tensor& grad_columns, const at::Tensor& input, const LSConvGeometry& g,
-                  const at::Tensor& grad_input, const at::Tensor& stride_partials) {
-  ls_conv_col2im_coord_cpu(grad_columns, input, g, grad_input, stride_partials);
+                  int64_t row_begin, int64_t row_end, const at::Tensor& grad_input,
+                  const at::Tensor& stride_partials) {
+  ls_conv_col2im_coord_cpu(grad_columns, input, g, row_begin, row_end, grad_input,
+                           stride_partials);
 }
 
 // First `rows * cols` elements of `buffer` as a contiguous rows x cols matrix.
 at::Tensor matrix_view(const at::Tensor& buffer, int64_t rows, int64_t cols) {
   return buffer.narrow(0, 0, rows * cols).view({rows, cols});
+}
+
+// Copies between an (N, O, out_h, out_w) tensor and a tile matrix (O, rows * out_w) of
+// its output rows [row_begin, row_end), in the direction `to_tile`.
+void copy_tile(const at::Tensor& full, const at::Tensor& tile, const LSConvGeometry& g,
+               int64_t row_begin, int64_t row_end, bool to_tile) {
+  const int64_t out_plane = g.out_h * g.out_w;
+  for (int64_t row = row_begin; row < row_end;) {
+    const int64_t image = row / g.out_h;
+    const int64_t a = row % g.out_h;
+    const int64_t rows = std::min(g.out_h - a, row_end - row);
+    at::Tensor image_part = full.select(0, image)
+                                .view({full.size(1), out_plane})
+                                .narrow(1, a * g.out_w, rows * g.out_w);
+    at::Tensor tile_part = tile.narrow(1, (row - row_begin) * g.out_w, rows * g.out_w);
+    if (to_tile) {
+      tile_part.copy_(image_part);
+    } else {
+      image_part.copy_(tile_part);
+    }
+    row += rows;
+  }
 }
 
 at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_,
@@ -108,7 +132,6 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
   const at::Tensor weight = weight_.contiguous();
   const int64_t batch = input.size(0);
   const int64_t out_channels = weight.size(0);
-  const int64_t out_plane = g.out_h * g.out_w;
   const int64_t col_rows = g.channels * g.kernel_h * g.kernel_w;
   if (bias.has_value() && bias->defined()) {
     check_like_input(*bias, "bias", input);
@@ -116,19 +139,21 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
                 " expected [", out_channels, "]");
   }
   at::Tensor output = at::empty({batch, out_channels, g.out_h, g.out_w}, input.options());
-  if (batch > 0) {
+  const int64_t total_rows = batch * g.out_h;
+  if (total_rows > 0) {
     const at::Tensor weight_g = weight.view({groups, out_channels / groups, col_rows / groups});
-    const int64_t chunk = chunk_images(g, batch, input.element_size());
-    const at::Tensor columns_buffer = at::empty({col_rows * chunk * out_plane}, input.options());
-    for (int64_t start = 0; start < batch; start += chunk) {
-      const int64_t images = std::min(chunk, batch - start);
-      at::Tensor columns = matrix_view(columns_buffer, col_rows, images * out_plane);
-      im2col(input.narrow(0, start, images), g, columns);
-      const at::Tensor out_g =
-          at::bmm(weight_g, columns.view({groups, col_rows / groups, images * out_plane}));
-      output.narrow(0, start, images)
-          .view({images, out_channels, out_plane})
-          .copy_(out_g.view({out_channels, images, out_plane}).transpose(0, 1));
+    const int64_t step = std::min(tile_rows(g, input.element_size()), total_rows);
+    const at::Tensor columns_buffer = at::empty({col_rows * step * g.out_w}, input.options());
+    const at::Tensor output_buffer = at::empty({out_channels * step * g.out_w}, input.options());
+    for (int64_t begin = 0; begin < total_rows; begin += step) {
+      const int64_t end = std::min(begin + step, total_rows);
+      const int64_t cols = (end - begin) * g.out_w;
+      const at::Tensor columns = matrix_view(columns_buffer, col_rows, cols);
+      const at::Tensor output_tile = matrix_view(output_buffer, out_channels, cols);
+      im2col(input, g, begin, end, columns);
+      at::Tensor output_tile_g = output_tile.view({groups, out_channels / groups, cols});
+      at::bmm_out(output_tile_g, weight_g, columns.view({groups, col_rows / groups, cols}));
+      copy_tile(output, output_tile, g, begin, end, /*to_tile=*/false);
     }
   }
   if (bias.has_value() && bias->defined()) output.add_(bias->view({1, out_channels, 1, 1}));
@@ -151,49 +176,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
   TORCH_CHECK(grad_output.size(0) == batch && grad_output.size(1) == out_channels,
               "grad_output.shape=", grad_output.sizes(), " expected [", batch, ", ", out_channels,
               ", out_h, out_w]");
-  const int64_t out_plane = g.out_h * g.out_w;
   const int64_t col_rows = g.channels * g.kernel_h * g.kernel_w;
   const bool need_input = output_mask[0];
   const bool need_weight = output_mask[1];
   const bool need_stride = output_mask[3];
 
-  at::Tensor grad_input = need_input ? at::empty_like(input) : at::Tensor();
+  at::Tensor grad_input = need_input ? at::zeros_like(input) : at::Tensor();
   at::Tensor grad_weight = need_weight ? at::zeros_like(weight) : at::Tensor();
   at::Tensor grad_bias = output_mask[2] ? grad_output.sum(at::IntArrayRef{0, 2, 3}) : at::Tensor();
   at::Tensor stride_partials = need_stride
       ? at::zeros({batch, g.channels, 2}, input.options().dtype(at::kDouble))
       : at::Tensor();
 
-  if (batch > 0 && (need_input || need_weight || need_stride)) {
+  const int64_t total_rows = batch * g.out_h;
+  if (total_rows > 0 && (need_input || need_weight || need_stride)) {
     const at::Tensor weight_g = weight.view({groups, out_channels / groups, col_rows / groups});
     at::Tensor grad_weight_g =
         need_weight ? grad_weight.view({groups, out_channels / groups, col_rows / groups})
                     : at::Tensor();
-    const int64_t chunk = chunk_images(g, batch, input.element_size());
-    const at::Tensor columns_buffer = at::empty({col_rows * chunk * out_plane}, input.options());
-    for (int64_t start = 0; start < batch; start += chunk) {
-      const int64_t images = std::min(chunk, batch - start);
-      const int64_t cols = images * out_plane;
-      const at::Tensor input_chunk = input.narrow(0, start, images);
-      // grad_output of the chunk as (groups, out_channels / groups, images * out_plane).
-      const at::Tensor grad_out_g = grad_output.narrow(0, start, images)
-                                        .view({images, groups, out_channels / groups, out_plane})
-                                        .permute({1, 2, 0, 3})
-                                        .reshape({groups, out_channels / groups, cols});
-      at::Tensor columns = matrix_view(columns_buffer, col_rows, cols);
+    const int64_t step = std::min(tile_rows(g, input.element_size()), total_rows);
+    const at::Tensor columns_buffer = at::empty({col_rows * step * g.out_w}, input.options());
+    const at::Tensor grad_output_buffer =
+        at::empty({out_channels * step * g.out_w}, input.options());
+    for (int64_t begin = 0; begin < total_rows; begin += step) {
+      const int64_t end = std::min(begin + step, total_rows);
+      const int64_t cols = (end - begin) * g.out_w;
+      const at::Tensor grad_output_tile = matrix_view(grad_output_buffer, out_channels, cols);
+      copy_tile(grad_output, grad_output_tile, g, begin, end, /*to_tile=*/true);
+      const at::Tensor grad_output_g = grad_output_tile.view({groups, out_channels / groups, cols});
+      // The columns buffer holds first the columns gradient, then the columns.
+      const at::Tensor columns = matrix_view(columns_buffer, col_rows, cols);
+      at::Tensor columns_g = columns.view({groups, col_rows / groups, cols});
       if (need_input || need_stride) {
-        at::Tensor grad_columns_g = columns.view({groups, col_rows / groups, cols});
-        at::bmm_out(grad_columns_g, weight_g.transpose(1, 2), grad_out_g);
-        at::Tensor grad_input_chunk =
-            need_input ? grad_input.narrow(0, start, images) : at::Tensor();
-        at::Tensor partials_chunk =
-            need_stride ? stride_partials.narrow(0, start, images) : at::Tensor();
-        col2im_coord(columns, input_chunk, g, grad_input_chunk, partials_chunk);
+        at::bmm_out(columns_g, weight_g.transpose(1, 2), grad_output_g);
+        col2im_coord(columns, input, g, begin, end, grad_input, stride_partials);
       }
       if (need_weight) {
-        im2col(input_chunk, g, columns);
-        grad_weight_g.baddbmm_(grad_out_g,
-                               columns.view({groups, col_rows / groups, cols}).transpose(1, 2));
+        im2col(input, g, begin, end, columns);
+        grad_weight_g.baddbmm_(grad_output_g, columns_g.transpose(1, 2));
       }
     }
   }

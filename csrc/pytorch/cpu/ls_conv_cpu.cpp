@@ -1,8 +1,15 @@
 // CPU kernels of the learnable-stride convolution: bilinear im2col, and the
 // col2im scatter fused with the stride-gradient reduction.
+//
+// Both use the separability of the bilinear sample (ls_conv_sampling.h): for a
+// kernel column j, every input row needed by the tile is first interpolated
+// along w at the out_w sample columns (a gather), then each (i, a) output row
+// is a two-row blend along h, contiguous in b and vectorised. The backward
+// pass runs the same two passes transposed.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -11,42 +18,140 @@
 namespace mmlstride {
 namespace {
 
-// AxisSample of every (tap, output index) pair along one axis, tap-major.
+// Interpolation along one axis for every (tap, output index), tap-major, as
+// structure of arrays (see AxisSample).
 template <typename T>
-std::vector<AxisSample<T>> axis_table(int64_t taps, int64_t outs, double stride, int64_t pad,
-                                      int64_t dilation, int64_t size) {
-  std::vector<AxisSample<T>> table(taps * outs);
-  for (int64_t tap = 0; tap < taps; ++tap) {
-    for (int64_t out = 0; out < outs; ++out) {
-      table[tap * outs + out] =
-          axis_sample<T>(sample_position(out, tap, stride, pad, dilation), size);
+struct AxisTable {
+  std::vector<int> low, high;
+  std::vector<T> weight_low, weight_high, slope_low, slope_high;
+
+  AxisTable(int64_t taps, int64_t outs, double stride, int64_t pad, int64_t dilation,
+            int64_t size)
+      : low(taps * outs), high(taps * outs), weight_low(taps * outs), weight_high(taps * outs),
+        slope_low(taps * outs), slope_high(taps * outs) {
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      for (int64_t out = 0; out < outs; ++out) {
+        const auto s = axis_sample<T>(sample_position(out, tap, stride, pad, dilation), size);
+        const int64_t k = tap * outs + out;
+        low[k] = s.low;
+        high[k] = s.high;
+        weight_low[k] = s.weight_low;
+        weight_high[k] = s.weight_high;
+        slope_low[k] = s.slope_low;
+        slope_high[k] = s.slope_high;
+      }
     }
   }
-  return table;
+};
+
+// The part of a tile inside one image: output rows [a_begin, a_end) of image
+// `image`, whose first column in the tile's columns is `column`.
+struct ImageRows {
+  int64_t image, a_begin, a_end, column;
+};
+
+std::vector<ImageRows> split_by_image(const LSConvGeometry& g, int64_t row_begin,
+                                      int64_t row_end) {
+  std::vector<ImageRows> parts;
+  for (int64_t row = row_begin; row < row_end;) {
+    const int64_t image = row / g.out_h;
+    const int64_t a_begin = row % g.out_h;
+    const int64_t a_end = std::min(g.out_h, a_begin + (row_end - row));
+    parts.push_back({image, a_begin, a_end, (row - row_begin) * g.out_w});
+    row += a_end - a_begin;
+  }
+  return parts;
+}
+
+// Whether the low (or high) neighbour of entry k lies inside the image: it has a
+// weight or a slope (a weight alone is 0 at the integer position of the high one).
+template <typename T>
+bool is_used(const AxisTable<T>& t, int64_t k, bool low) {
+  return low ? (t.weight_low[k] != T(0) || t.slope_low[k] != T(0))
+             : (t.weight_high[k] != T(0) || t.slope_high[k] != T(0));
+}
+
+// Input rows [first, last] that carry weight for output rows [a_begin, a_end)
+// along h (last < first when none does).
+template <typename T>
+void rows_used(const AxisTable<T>& h, const LSConvGeometry& g, int64_t a_begin, int64_t a_end,
+               int64_t& first, int64_t& last) {
+  first = g.height;
+  last = -1;
+  for (int64_t i = 0; i < g.kernel_h; ++i) {
+    for (int64_t a = a_begin; a < a_end; ++a) {
+      const int64_t k = i * g.out_h + a;
+      if (is_used(h, k, true)) {
+        first = std::min<int64_t>(first, h.low[k]);
+        last = std::max<int64_t>(last, h.low[k]);
+      }
+      if (is_used(h, k, false)) {
+        first = std::min<int64_t>(first, h.high[k]);
+        last = std::max<int64_t>(last, h.high[k]);
+      }
+    }
+  }
+}
+
+// out[r][b] = factor_low[b] * im[r][low[b]] + factor_high[b] * im[r][high[b]] for
+// the input rows r in [first, last]: interpolation along w (weights) or its
+// derivative (slopes) at kernel column j.
+template <typename T>
+void interpolate_rows(const T* im, const LSConvGeometry& g, int64_t first, int64_t last,
+                      const int* low, const int* high, const T* factor_low, const T* factor_high,
+                      T* out) {
+  for (int64_t r = first; r <= last; ++r) {
+    const T* row = im + r * g.width;
+    T* dst = out + (r - first) * g.out_w;
+    for (int64_t b = 0; b < g.out_w; ++b) {
+      dst[b] = factor_low[b] * row[low[b]] + factor_high[b] * row[high[b]];
+    }
+  }
 }
 
 template <typename T>
-void im2col_kernel(const T* input, const LSConvGeometry& g, int64_t images, T* columns) {
-  const auto h_table = axis_table<T>(g.kernel_h, g.out_h, g.stride_h, g.pad_h, g.dilation_h, g.height);
-  const auto w_table = axis_table<T>(g.kernel_w, g.out_w, g.stride_w, g.pad_w, g.dilation_w, g.width);
+void im2col_kernel(const T* input, const LSConvGeometry& g, int64_t row_begin, int64_t row_end,
+                   T* columns) {
+  const AxisTable<T> h(g.kernel_h, g.out_h, g.stride_h, g.pad_h, g.dilation_h, g.height);
+  const AxisTable<T> w(g.kernel_w, g.out_w, g.stride_w, g.pad_w, g.dilation_w, g.width);
+  const std::vector<ImageRows> parts = split_by_image(g, row_begin, row_end);
   const int64_t plane = g.height * g.width;
-  const int64_t out_plane = g.out_h * g.out_w;
-  const int64_t taps = g.kernel_h * g.kernel_w;
-  // One work item: one (channel, tap) row of the columns for one image.
-  at::parallel_for(0, g.channels * taps * images, 1, [&](int64_t begin, int64_t end) {
+  const int64_t ncols = (row_end - row_begin) * g.out_w;
+  const int64_t nparts = static_cast<int64_t>(parts.size());
+  // One work item: one channel of one image's rows; it writes kh * kw column rows.
+  at::parallel_for(0, g.channels * nparts, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> along_w;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t row = item / images;
-      const int64_t image = item % images;
-      const int64_t c = row / taps;
-      const int64_t i = (row % taps) / g.kernel_w;
-      const int64_t j = row % g.kernel_w;
-      const T* im = input + (image * g.channels + c) * plane;
-      T* out = columns + item * out_plane;
-      const AxisSample<T>* w_row = w_table.data() + j * g.out_w;
-      for (int64_t a = 0; a < g.out_h; ++a) {
-        const AxisSample<T>& hs = h_table[i * g.out_h + a];
-        for (int64_t b = 0; b < g.out_w; ++b) {
-          out[a * g.out_w + b] = bilinear_value(im, g.width, hs, w_row[b]);
+      const int64_t c = item / nparts;
+      const ImageRows& part = parts[item % nparts];
+      const int64_t span = (part.a_end - part.a_begin) * g.out_w;
+      int64_t first = 0, last = -1;
+      if (plane > 0) rows_used(h, g, part.a_begin, part.a_end, first, last);
+      const T* im = input + (part.image * g.channels + c) * plane;
+      along_w.resize(std::max<int64_t>(last - first + 1, 1) * g.out_w);
+      for (int64_t j = 0; j < g.kernel_w; ++j) {
+        const int64_t wk = j * g.out_w;
+        if (last >= first) {
+          interpolate_rows(im, g, first, last, &w.low[wk], &w.high[wk], &w.weight_low[wk],
+                           &w.weight_high[wk], along_w.data());
+        }
+        for (int64_t i = 0; i < g.kernel_h; ++i) {
+          const int64_t row = (c * g.kernel_h + i) * g.kernel_w + j;
+          T* out = columns + row * ncols + part.column;
+          if (last < first) {
+            std::fill(out, out + span, T(0));
+            continue;
+          }
+          for (int64_t a = part.a_begin; a < part.a_end; ++a, out += g.out_w) {
+            const int64_t k = i * g.out_h + a;
+            const T wl = h.weight_low[k];
+            const T wh = h.weight_high[k];
+            // Rows with weight 0 may lie outside [first, last]: read row `first` instead.
+            const T* lo = along_w.data() + (wl != T(0) ? h.low[k] - first : 0) * g.out_w;
+            const T* hi = along_w.data() + (wh != T(0) ? h.high[k] - first : 0) * g.out_w;
+#pragma omp simd
+            for (int64_t b = 0; b < g.out_w; ++b) out[b] = wl * lo[b] + wh * hi[b];
+          }
         }
       }
     }
@@ -55,57 +160,108 @@ void im2col_kernel(const T* input, const LSConvGeometry& g, int64_t images, T* c
 
 template <typename T>
 void col2im_coord_kernel(const T* grad_columns, const T* input, const LSConvGeometry& g,
-                         int64_t images, T* grad_input, double* stride_partials) {
-  const auto h_table = axis_table<T>(g.kernel_h, g.out_h, g.stride_h, g.pad_h, g.dilation_h, g.height);
-  const auto w_table = axis_table<T>(g.kernel_w, g.out_w, g.stride_w, g.pad_w, g.dilation_w, g.width);
+                         int64_t row_begin, int64_t row_end, T* grad_input,
+                         double* stride_partials) {
+  const AxisTable<T> h(g.kernel_h, g.out_h, g.stride_h, g.pad_h, g.dilation_h, g.height);
+  const AxisTable<T> w(g.kernel_w, g.out_w, g.stride_w, g.pad_w, g.dilation_w, g.width);
+  const std::vector<ImageRows> parts = split_by_image(g, row_begin, row_end);
   const int64_t plane = g.height * g.width;
-  const int64_t out_plane = g.out_h * g.out_w;
-  const int64_t taps = g.kernel_h * g.kernel_w;
-  // One work item: one input plane (image, channel); it owns its grad_input
+  if (plane == 0) return;  // every sample is 0 and so is every gradient
+  const int64_t ncols = (row_end - row_begin) * g.out_w;
+  const int64_t nparts = static_cast<int64_t>(parts.size());
+  // One work item: one input plane (image, channel), which owns its grad_input
   // plane and its stride partial, so there are no write conflicts.
-  at::parallel_for(0, images * g.channels, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, g.channels * nparts, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> grad_w, value_w, slope_w;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t image = item / g.channels;
-      const int64_t c = item % g.channels;
-      const T* im = input + item * plane;
-      T* grad_im = grad_input ? grad_input + item * plane : nullptr;
-      if (grad_im) std::memset(grad_im, 0, sizeof(T) * plane);
+      const int64_t c = item / nparts;
+      const ImageRows& part = parts[item % nparts];
+      int64_t first, last;
+      rows_used(h, g, part.a_begin, part.a_end, first, last);
+      if (last < first) continue;
+      const int64_t rows = last - first + 1;
+      const int64_t plane_index = part.image * g.channels + c;
+      const T* im = input + plane_index * plane;
+      T* grad_im = grad_input ? grad_input + plane_index * plane : nullptr;
+      grad_w.resize(rows * g.out_w);
+      if (stride_partials) {
+        value_w.resize(rows * g.out_w);
+        slope_w.resize(rows * g.out_w);
+      }
       double sum_h = 0.0;
       double sum_w = 0.0;
-      for (int64_t i = 0; i < g.kernel_h; ++i) {
-        for (int64_t j = 0; j < g.kernel_w; ++j) {
+      for (int64_t j = 0; j < g.kernel_w; ++j) {
+        const int64_t wk = j * g.out_w;
+        if (stride_partials) {
+          interpolate_rows(im, g, first, last, &w.low[wk], &w.high[wk], &w.weight_low[wk],
+                           &w.weight_high[wk], value_w.data());
+          interpolate_rows(im, g, first, last, &w.low[wk], &w.high[wk], &w.slope_low[wk],
+                           &w.slope_high[wk], slope_w.data());
+        }
+        // grad_w[r][b]: the tap column's gradient pulled back along h onto input row r.
+        std::fill(grad_w.begin(), grad_w.end(), T(0));
+        for (int64_t i = 0; i < g.kernel_h; ++i) {
           const int64_t row = (c * g.kernel_h + i) * g.kernel_w + j;
-          const T* grad_col = grad_columns + (row * images + image) * out_plane;
-          const AxisSample<T>* w_row = w_table.data() + j * g.out_w;
-          for (int64_t a = 0; a < g.out_h; ++a) {
-            const AxisSample<T>& hs = h_table[i * g.out_h + a];
-            T row_h = T(0);
-            T row_w = T(0);
-            for (int64_t b = 0; b < g.out_w; ++b) {
-              const T grad = grad_col[a * g.out_w + b];
-              const AxisSample<T>& ws = w_row[b];
-              if (grad_im) {
-                T* low = grad_im + hs.low * g.width;
-                T* high = grad_im + hs.high * g.width;
-                low[ws.low] += grad * hs.weight_low * ws.weight_low;
-                low[ws.high] += grad * hs.weight_low * ws.weight_high;
-                high[ws.low] += grad * hs.weight_high * ws.weight_low;
-                high[ws.high] += grad * hs.weight_high * ws.weight_high;
+          const T* grad = grad_columns + row * ncols + part.column;
+          for (int64_t a = part.a_begin; a < part.a_end; ++a, grad += g.out_w) {
+            const int64_t k = i * g.out_h + a;
+            const T wl = h.weight_low[k];
+            const T wh = h.weight_high[k];
+            // A neighbour outside the image has weight and slope 0: use row `first`.
+            const int64_t lo = (is_used(h, k, true) ? h.low[k] - first : 0) * g.out_w;
+            const int64_t hi = (is_used(h, k, false) ? h.high[k] - first : 0) * g.out_w;
+            T* grad_lo = grad_w.data() + lo;
+            T* grad_hi = grad_w.data() + hi;
+            if (stride_partials) {
+              // d sample / d h = slope_low * value(low row) + slope_high * value(high row);
+              // the sample position moves by a per unit of s_h.
+              const T sl = h.slope_low[k];
+              const T sh = h.slope_high[k];
+              const T* value_lo = value_w.data() + lo;
+              const T* value_hi = value_w.data() + hi;
+              T dot = T(0);
+#pragma omp simd reduction(+ : dot)
+              for (int64_t b = 0; b < g.out_w; ++b) {
+                grad_lo[b] += wl * grad[b];
+                grad_hi[b] += wh * grad[b];
+                dot += grad[b] * (sl * value_lo[b] + sh * value_hi[b]);
               }
-              if (stride_partials) {
-                // The sample position moves by a per unit of s_h, by b per unit of s_w.
-                row_h += grad * coordinate_weight_h(im, g.width, hs, ws);
-                row_w += grad * T(b) * coordinate_weight_w(im, g.width, hs, ws);
+              sum_h += double(a) * double(dot);
+            } else {
+#pragma omp simd
+              for (int64_t b = 0; b < g.out_w; ++b) {
+                grad_lo[b] += wl * grad[b];
+                grad_hi[b] += wh * grad[b];
               }
             }
-            sum_h += double(a) * double(row_h);
-            sum_w += double(row_w);
+          }
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* grad = grad_w.data() + r * g.out_w;
+          if (stride_partials) {
+            // d sample / d w = the slope along w, blended along h; it moves by b per unit of s_w.
+            const T* slope = slope_w.data() + r * g.out_w;
+            T dot = T(0);
+#pragma omp simd reduction(+ : dot)
+            for (int64_t b = 0; b < g.out_w; ++b) dot += T(b) * slope[b] * grad[b];
+            sum_w += double(dot);
+          }
+          if (grad_im) {
+            T* grad_row = grad_im + (first + r) * g.width;
+            const int* low = &w.low[wk];
+            const int* high = &w.high[wk];
+            const T* wl = &w.weight_low[wk];
+            const T* wh = &w.weight_high[wk];
+            for (int64_t b = 0; b < g.out_w; ++b) {
+              grad_row[low[b]] += wl[b] * grad[b];
+              grad_row[high[b]] += wh[b] * grad[b];
+            }
           }
         }
       }
       if (stride_partials) {
-        stride_partials[2 * item] = sum_h;
-        stride_partials[2 * item + 1] = sum_w;
+        stride_partials[2 * plane_index] += sum_h;
+        stride_partials[2 * plane_index + 1] += sum_w;
       }
     }
   });
@@ -114,20 +270,21 @@ void col2im_coord_kernel(const T* grad_columns, const T* input, const LSConvGeom
 }  // namespace
 
 void ls_conv_im2col_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
-                        const at::Tensor& columns) {
+                        int64_t row_begin, int64_t row_end, const at::Tensor& columns) {
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ls_conv_im2col_cpu", [&] {
-    im2col_kernel<scalar_t>(input.const_data_ptr<scalar_t>(), geometry, input.size(0),
+    im2col_kernel<scalar_t>(input.const_data_ptr<scalar_t>(), geometry, row_begin, row_end,
                             columns.mutable_data_ptr<scalar_t>());
   });
 }
 
 void ls_conv_col2im_coord_cpu(const at::Tensor& grad_columns, const at::Tensor& input,
-                              const LSConvGeometry& geometry, const at::Tensor& grad_input,
-                              const at::Tensor& stride_partials) {
+                              const LSConvGeometry& geometry, int64_t row_begin, int64_t row_end,
+                              const at::Tensor& grad_input, const at::Tensor& stride_partials) {
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ls_conv_col2im_coord_cpu", [&] {
     col2im_coord_kernel<scalar_t>(
         grad_columns.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), geometry,
-        input.size(0), grad_input.defined() ? grad_input.mutable_data_ptr<scalar_t>() : nullptr,
+        row_begin, row_end,
+        grad_input.defined() ? grad_input.mutable_data_ptr<scalar_t>() : nullptr,
         stride_partials.defined() ? stride_partials.mutable_data_ptr<double>() : nullptr);
   });
 }

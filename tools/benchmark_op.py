@@ -1,0 +1,349 @@
+"""Speed and peak memory of LSConv against a plain strided conv and deformable convs.
+
+Side by side in one process, per shape: forward, backward and forward+backward
+time (median of the repeats after warm-up, with min and max; the methods are
+interleaved within each repeat so drift hits them alike) and the peak memory of
+one forward+backward, for
+
+- ``lsconv``: the compiled op (``mmlstride.ops.ls_conv2d``, im2col algorithm),
+- ``conv2d``: ``F.conv2d`` at the nominal stride, the floor,
+- ``pytorch``: the pure-PyTorch implementation (stride-1 conv2d + grid_sample),
+- ``mmcv_dcn`` / ``torchvision_dcn``: a deformable conv at the nominal stride with
+  the equivalent offsets (a (s_h - s0), b (s_w - s0)), built from the stride so the
+  stride gets its gradient, where the package is installed.
+
+Every method computes the same output size (the nominal one) with the same
+fractional stride, so all do the same multiply-adds except ``pytorch``. Prints a
+table of times and ratios to ``conv2d``, the floor estimates of each shape
+(multiply-adds over the measured GEMM rate, bytes over the measured copy
+bandwidth), writes JSON and saves a bar chart of the ratios.
+
+    python tools/benchmark_op.py                      # CPU fp32, the issue's four shapes
+    python tools/benchmark_op.py --device cuda --dtype float32 bfloat16
+"""
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmlstride.ops import ls_conv2d, ls_conv2d_reference
+
+KERNEL = 3
+PADDING = 1
+NOMINAL_STRIDE = 2
+FRACTIONAL_STRIDE = (1.9, 2.1)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One strided 3x3 layer: batch, channels in = out, square input size."""
+    name: str
+    batch: int
+    channels: int
+    size: int
+
+    @property
+    def out_size(self) -> int:
+        return (self.size + 2 * PADDING - KERNEL) // NOMINAL_STRIDE + 1
+
+    def multiply_adds(self) -> int:
+        """Multiply-adds of one forward pass (backward does twice as many)."""
+        return self.batch * self.channels**2 * KERNEL**2 * self.out_size**2
+
+
+SHAPES = {
+    s.name: s
+    for s in (Shape('r50-s2', 8, 128, 56), Shape('r50-s3', 8, 256, 28), Shape('r50-s4', 8, 512, 14),
+              Shape('det-200', 2, 64, 200))
+}
+
+
+@dataclass
+class Problem:
+    """Leaves of one benchmark call and a fixed output gradient."""
+    input: Tensor
+    weight: Tensor
+    bias: Tensor
+    stride: Tensor
+    grad_output: Tensor
+
+    def leaves(self) -> List[Tensor]:
+        return [self.input, self.weight, self.bias, self.stride]
+
+
+def make_problem(shape: Shape, dtype: torch.dtype, device: torch.device) -> Problem:
+    gen = torch.Generator().manual_seed(0)
+
+    def leaf(*size, scale=1.0):
+        return (torch.randn(*size, generator=gen) * scale).to(device, dtype).requires_grad_()
+
+    fan_in = shape.channels * KERNEL**2
+    out = shape.out_size
+    return Problem(
+        input=leaf(shape.batch, shape.channels, shape.size, shape.size),
+        weight=leaf(shape.channels, shape.channels, KERNEL, KERNEL, scale=fan_in**-0.5),
+        bias=leaf(shape.channels),
+        stride=torch.tensor(FRACTIONAL_STRIDE, dtype=dtype, device=device, requires_grad=True),
+        grad_output=torch.randn(shape.batch, shape.channels, out, out, generator=gen).to(
+            device, dtype))
+
+
+def dcn_offset(p: Problem, out: int) -> Tensor:
+    """Offsets that move a nominal-stride DCN's samples onto LSConv's: (a (s_h - s0), b (s_w - s0))."""
+    index = torch.arange(out, dtype=p.input.dtype, device=p.input.device)
+    off_h = (index * (p.stride[0] - NOMINAL_STRIDE)).view(-1, 1).expand(out, out)
+    off_w = (index * (p.stride[1] - NOMINAL_STRIDE)).view(1, -1).expand(out, out)
+    # Channel 2t is tap t's h offset, 2t + 1 its w offset; every tap moves alike.
+    offset = torch.stack((off_h, off_w)).repeat(KERNEL * KERNEL, 1, 1)
+    return offset.unsqueeze(0).expand(p.input.shape[0], -1, -1, -1).contiguous()
+
+
+def available_methods(device: torch.device) -> Dict[str, Callable[[Problem, int], Tensor]]:
+    """Name -> forward function(problem, output size) for the methods installed here."""
+    methods = {
+        'lsconv': lambda p, out: ls_conv2d(p.input, p.weight, p.stride, p.bias, PADDING, 1, 1,
+                                           (out, out)),
+        'conv2d': lambda p, out: F.conv2d(p.input, p.weight, p.bias, NOMINAL_STRIDE, PADDING),
+        'pytorch': lambda p, out: ls_conv2d_reference(p.input, p.weight, p.stride, p.bias,
+                                                      (PADDING, PADDING), (1, 1), 1, (out, out)),
+    }
+    try:
+        from mmcv.ops import deform_conv2d as mmcv_deform_conv2d
+        if device.type == 'cpu' or torch.cuda.is_available():
+            methods['mmcv_dcn'] = lambda p, out: mmcv_deform_conv2d(
+                p.input, dcn_offset(p, out), p.weight, NOMINAL_STRIDE, PADDING, 1, 1, 1) + p.bias.view(1, -1, 1, 1)
+    except ImportError:
+        pass
+    try:
+        from torchvision.ops import deform_conv2d as tv_deform_conv2d
+        methods['torchvision_dcn'] = lambda p, out: tv_deform_conv2d(
+            p.input, dcn_offset(p, out), p.weight, p.bias, NOMINAL_STRIDE, PADDING)
+    except (ImportError, RuntimeError):
+        pass
+    return methods
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def run_once(forward: Callable, p: Problem, out: int, device: torch.device) -> Tuple[float, float]:
+    """(forward seconds, backward seconds) of one call, gradients of every leaf included."""
+    for leaf in p.leaves():
+        leaf.grad = None
+    synchronize(device)
+    start = time.perf_counter()
+    y = forward(p, out)
+    synchronize(device)
+    middle = time.perf_counter()
+    y.backward(p.grad_output)
+    synchronize(device)
+    return middle - start, time.perf_counter() - middle
+
+
+def peak_memory(forward: Callable, p: Problem, out: int, device: torch.device) -> float:
+    """Peak bytes allocated through PyTorch during one forward+backward, above what was live before."""
+    for leaf in p.leaves():
+        leaf.grad = None
+    if device.type == 'cuda':
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        forward(p, out).backward(p.grad_output)
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        forward(p, out).backward(p.grad_output)
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]'),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def summary(values: Sequence[float]) -> Dict[str, float]:
+    ms = [1e3 * v for v in values]
+    return {'median': statistics.median(ms), 'min': min(ms), 'max': max(ms)}
+
+
+def measure_rates(dtype: torch.dtype, device: torch.device) -> Dict[str, float]:
+    """Measured GEMM rate (multiply-adds/s, 2048^3 matmul) and copy bandwidth (bytes/s, read + write)."""
+    a = torch.randn(2048, 2048, device=device).to(dtype)
+    b = torch.randn(2048, 2048, device=device).to(dtype)
+    src = torch.randn(64 << 20, device=device).to(dtype)  # 64 Mi elements, past every cache
+    dst = torch.empty_like(src)
+
+    def best(fn, repeats=5):
+        times = []
+        for _ in range(repeats + 1):
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+        return min(times[1:])
+
+    return {
+        'gemm_multiply_adds_per_s': 2048**3 / best(lambda: torch.mm(a, b)),
+        'copy_bytes_per_s': 2 * src.numel() * src.element_size() / best(lambda: dst.copy_(src)),
+    }
+
+
+def floor_ms(shape: Shape, element_size: int, rates: Dict[str, float]) -> Dict[str, float]:
+    """Lower bounds on one forward+backward: three GEMMs' multiply-adds over the GEMM rate, and
+    the bytes a strided conv must move (x, y, dy, dx read or written once per pass that needs
+    them) or the im2col algorithm moves (plus columns written and read three times) over the
+    copy bandwidth."""
+    x = shape.batch * shape.channels * shape.size**2
+    y = shape.batch * shape.channels * shape.out_size**2
+    columns = KERNEL**2 * y
+    conv_elements = (x + y) + (y + x) + (y + x)  # forward, grad_input, grad_weight
+    im2col_elements = conv_elements + 3 * 2 * columns
+    return {
+        'gemm': 1e3 * 3 * shape.multiply_adds() / rates['gemm_multiply_adds_per_s'],
+        'conv_bytes': 1e3 * conv_elements * element_size / rates['copy_bytes_per_s'],
+        'im2col_bytes': 1e3 * im2col_elements * element_size / rates['copy_bytes_per_s'],
+    }
+
+
+def benchmark_shape(shape: Shape, dtype: torch.dtype, device: torch.device,
+                    methods: Dict[str, Callable], warmup: int, repeats: int) -> List[dict]:
+    p = make_problem(shape, dtype, device)
+    out = shape.out_size
+    times = {name: ([], []) for name in methods}
+    for name, forward in methods.items():
+        for _ in range(warmup):
+            run_once(forward, p, out, device)
+    for _ in range(repeats):
+        for name, forward in methods.items():
+            fwd, bwd = run_once(forward, p, out, device)
+            times[name][0].append(fwd)
+            times[name][1].append(bwd)
+    records = []
+    for name, forward in methods.items():
+        fwd, bwd = times[name]
+        records.append({
+            'shape': asdict(shape),
+            'dtype': str(dtype).replace('torch.', ''),
+            'device': device.type,
+            'method': name,
+            'forward_ms': summary(fwd),
+            'backward_ms': summary(bwd),
+            'total_ms': summary([f + b for f, b in zip(fwd, bwd)]),
+            'peak_mib': peak_memory(forward, p, out, device) / 2**20,
+        })
+    floor = records[[r['method'] for r in records].index('conv2d')]['total_ms']['median']
+    for record in records:
+        record['ratio_to_conv2d'] = record['total_ms']['median'] / floor
+    return records
+
+
+def print_table(records: List[dict], floors: Dict[str, Dict[str, float]]) -> None:
+    header = (f"{'shape':<8} {'dtype':<8} {'method':<16} {'fwd ms':>8} {'bwd ms':>8} "
+              f"{'fwd+bwd ms (min-max)':>22} {'x conv2d':>8} {'x dcn':>6} {'peak MiB':>9}")
+    print(header)
+    print('-' * len(header))
+    for record in records:
+        key = (record['shape']['name'], record['dtype'])
+        dcn = next((r for r in records if (r['shape']['name'], r['dtype']) == key and
+                    r['method'] == 'mmcv_dcn'), None)
+        total = record['total_ms']
+        spread = f"{total['median']:.1f} ({total['min']:.1f}-{total['max']:.1f})"
+        versus_dcn = (f"{total['median'] / dcn['total_ms']['median']:.2f}" if dcn else '-')
+        print(f"{record['shape']['name']:<8} {record['dtype']:<8} {record['method']:<16} "
+              f"{record['forward_ms']['median']:>8.1f} {record['backward_ms']['median']:>8.1f} "
+              f"{spread:>22} {record['ratio_to_conv2d']:>8.2f} {versus_dcn:>6} "
+              f"{record['peak_mib']:>9.1f}")
+    print()
+    print('floor of one forward+backward (ms): GEMM = 3 x multiply-adds / GEMM rate; bytes = '
+          'minimal traffic (conv) or with the columns (im2col) / copy bandwidth')
+    for key, floor in floors.items():
+        print(f"  {key:<17} GEMM {floor['gemm']:7.1f}   conv bytes {floor['conv_bytes']:6.1f}   "
+              f"im2col bytes {floor['im2col_bytes']:6.1f}")
+
+
+def plot(records: List[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    groups = list(dict.fromkeys(f"{r['shape']['name']}\n{r['dtype']}" for r in records))
+    methods = list(dict.fromkeys(r['method'] for r in records))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(1.8 * len(groups) + 3, 4.5))
+    for k, method in enumerate(methods):
+        ratios = [
+            next((r['ratio_to_conv2d'] for r in records
+                  if f"{r['shape']['name']}\n{r['dtype']}" == g and r['method'] == method), math.nan)
+            for g in groups
+        ]
+        bars = ax.bar([g + (k - (len(methods) - 1) / 2) * width for g in range(len(groups))],
+                      ratios, width, label=method)
+        ax.bar_label(bars, fmt='%.2f', fontsize=7, rotation=90, padding=2)
+    ax.axhline(2.0, color='red', linestyle='--', linewidth=1, label='target 2.0x')
+    ax.set_yscale('log')
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel('forward+backward time / F.conv2d (log)')
+    ax.set_title(f'LSConv vs a strided 3x3 conv, s = {FRACTIONAL_STRIDE}, '
+                 f'{records[0]["device"]}, {torch.get_num_threads()} threads')
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--shapes', nargs='+', choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument('--methods', nargs='+', help='subset of the installed methods')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--dtype', nargs='+', default=['float32'],
+                        choices=['float32', 'float64', 'float16', 'bfloat16'])
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=7)
+    parser.add_argument('--json', default='benchmark_op.json', help='output JSON path')
+    parser.add_argument('--png', default='benchmark_op.png', help='output bar chart path')
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    methods = available_methods(device)
+    if args.methods:
+        unknown = set(args.methods) - set(methods)
+        if unknown:
+            parser.error(f'--methods {sorted(unknown)} not installed; expected some of {list(methods)}')
+        methods = {name: methods[name] for name in methods if name in args.methods or name == 'conv2d'}
+    print(f'torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, '
+          f'{platform.processor() or platform.machine()}; stride {FRACTIONAL_STRIDE} against '
+          f'nominal {NOMINAL_STRIDE}; median of {args.repeats} after {args.warmup} warm-up')
+    records, floors, rates = [], {}, {}
+    for dtype_name in args.dtype:
+        dtype = getattr(torch, dtype_name)
+        rates[dtype_name] = measure_rates(dtype, device)
+        for name in args.shapes:
+            shape = SHAPES[name]
+            records += benchmark_shape(shape, dtype, device, methods, args.warmup, args.repeats)
+            floors[f'{name} {dtype_name}'] = floor_ms(shape, dtype.itemsize, rates[dtype_name])
+    print_table(records, floors)
+    for dtype_name, rate in rates.items():
+        print(f"  {dtype_name}: GEMM {rate['gemm_multiply_adds_per_s'] / 1e9:.1f} G multiply-adds/s, "
+              f"copy {rate['copy_bytes_per_s'] / 1e9:.1f} GB/s")
+    with open(args.json, 'w') as f:
+        json.dump({'torch': torch.__version__, 'threads': torch.get_num_threads(),
+                   'stride': FRACTIONAL_STRIDE, 'rates': rates, 'floors_ms': floors,
+                   'records': records}, f, indent=1)
+    plot(records, args.png)
+    print(f'wrote {args.json} and {args.png}')
+
+
+if __name__ == '__main__':
+    main()
