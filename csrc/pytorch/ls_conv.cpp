@@ -88,11 +88,12 @@ void im2col(const at::Tensor& input, const LSConvGeometry& g, int64_t row_begin,
   ls_conv_im2col_cpu(input, g, row_begin, row_end, columns);
 }
 
-void col2im_coord(const at::Tensor& grad_columns, const at::Tensor& input, const LSConvGeometry& g,
-                  int64_t row_begin, int64_t row_end, const at::Tensor& grad_input,
-                  const at::Tensor& stride_partials) {
-  ls_conv_col2im_coord_cpu(grad_columns, input, g, row_begin, row_end, grad_input,
-                           stride_partials);
+void backward_sampling(const at::Tensor& grad_columns, const at::Tensor& input,
+                       const LSConvGeometry& g, int64_t row_begin, int64_t row_end,
+                       const at::Tensor& grad_input, const at::Tensor& stride_partials,
+                       const at::Tensor& columns) {
+  ls_conv_backward_sampling_cpu(grad_columns, input, g, row_begin, row_end, grad_input,
+                                stride_partials, columns);
 }
 
 // First `rows * cols` elements of `buffer` as a contiguous rows x cols matrix.
@@ -195,7 +196,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
         need_weight ? grad_weight.view({groups, out_channels / groups, col_rows / groups})
                     : at::Tensor();
     const int64_t step = std::min(tile_rows(g, input.element_size()), total_rows);
-    const at::Tensor columns_buffer = at::empty({col_rows * step * g.out_w}, input.options());
+    const at::Tensor columns_buffer =
+        need_weight ? at::empty({col_rows * step * g.out_w}, input.options()) : at::Tensor();
+    const at::Tensor grad_columns_buffer = need_input || need_stride
+        ? at::empty({col_rows * step * g.out_w}, input.options())
+        : at::Tensor();
     const at::Tensor grad_output_buffer =
         at::empty({out_channels * step * g.out_w}, input.options());
     for (int64_t begin = 0; begin < total_rows; begin += step) {
@@ -204,16 +209,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
       const at::Tensor grad_output_tile = matrix_view(grad_output_buffer, out_channels, cols);
       copy_tile(grad_output, grad_output_tile, g, begin, end, /*to_tile=*/true);
       const at::Tensor grad_output_g = grad_output_tile.view({groups, out_channels / groups, cols});
-      // The columns buffer holds first the columns gradient, then the columns.
-      const at::Tensor columns = matrix_view(columns_buffer, col_rows, cols);
-      at::Tensor columns_g = columns.view({groups, col_rows / groups, cols});
+      const at::Tensor columns =
+          need_weight ? matrix_view(columns_buffer, col_rows, cols) : at::Tensor();
       if (need_input || need_stride) {
-        at::bmm_out(columns_g, weight_g.transpose(1, 2), grad_output_g);
-        col2im_coord(columns, input, g, begin, end, grad_input, stride_partials);
+        // One pass computes the input and stride gradients and the columns for dw.
+        const at::Tensor grad_columns = matrix_view(grad_columns_buffer, col_rows, cols);
+        at::Tensor grad_columns_g = grad_columns.view({groups, col_rows / groups, cols});
+        at::bmm_out(grad_columns_g, weight_g.transpose(1, 2), grad_output_g);
+        backward_sampling(grad_columns, input, g, begin, end, grad_input, stride_partials,
+                          columns);
+      } else {
+        im2col(input, g, begin, end, columns);
       }
       if (need_weight) {
-        im2col(input, g, begin, end, columns);
-        grad_weight_g.baddbmm_(grad_output_g, columns_g.transpose(1, 2));
+        grad_weight_g.baddbmm_(grad_output_g,
+                               columns.view({groups, col_rows / groups, cols}).transpose(1, 2));
       }
     }
   }

@@ -22,10 +22,12 @@ void ls_conv_im2col_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
                         int64_t row_begin, int64_t row_end, const at::Tensor& columns);
 
 // From the gradient of the tile's columns: adds their scatter onto the input to
-// grad_input, and their stride-gradient contributions to stride_partials (each
-// only when defined).
-void ls_conv_col2im_coord_cpu(const at::Tensor& grad_columns, const at::Tensor& input,
-                              const LSConvGeometry& geometry, int64_t row_begin, int64_t row_end,
-                              const at::Tensor& grad_input, const at::Tensor& stride_partials);
+// grad_input and their stride-gradient contributions to stride_partials, and
+// writes the tile's columns (as ls_conv_im2col_cpu) to `columns`, each only when
+// defined; grad_input or stride_partials must be.
+void ls_conv_backward_sampling_cpu(const at::Tensor& grad_columns, const at::Tensor& input,
+                                   const LSConvGeometry& geometry, int64_t row_begin,
+                                   int64_t row_end, const at::Tensor& grad_input,
+                                   const at::Tensor& stride_partials, const at::Tensor& columns);
 
 }  // namespace mmlstride

@@ -93,18 +93,27 @@ void rows_used(const AxisTable<T>& h, const LSConvGeometry& g, int64_t a_begin, 
   }
 }
 
-// out[r][b] = factor_low[b] * im[r][low[b]] + factor_high[b] * im[r][high[b]] for
-// the input rows r in [first, last]: interpolation along w (weights) or its
-// derivative (slopes) at kernel column j.
-template <typename T>
+// Interpolation along w at kernel column j (table entries wk = j * out_w ...) of
+// the input rows r in [first, last]: value[r - first][b] with the weights, and
+// when kSlope its derivative slope[r - first][b] with the slopes, from one gather.
+template <typename T, bool kSlope>
 void interpolate_rows(const T* im, const LSConvGeometry& g, int64_t first, int64_t last,
-                      const int* low, const int* high, const T* factor_low, const T* factor_high,
-                      T* out) {
+                      const AxisTable<T>& w, int64_t wk, T* value, T* slope) {
+  const int* low = &w.low[wk];
+  const int* high = &w.high[wk];
+  const T* wl = &w.weight_low[wk];
+  const T* wh = &w.weight_high[wk];
+  const T* sl = &w.slope_low[wk];
+  const T* sh = &w.slope_high[wk];
   for (int64_t r = first; r <= last; ++r) {
     const T* row = im + r * g.width;
-    T* dst = out + (r - first) * g.out_w;
+    T* value_row = value + (r - first) * g.out_w;
+    T* slope_row = kSlope ? slope + (r - first) * g.out_w : nullptr;
     for (int64_t b = 0; b < g.out_w; ++b) {
-      dst[b] = factor_low[b] * row[low[b]] + factor_high[b] * row[high[b]];
+      const T x_low = row[low[b]];
+      const T x_high = row[high[b]];
+      value_row[b] = wl[b] * x_low + wh[b] * x_high;
+      if (kSlope) slope_row[b] = sl[b] * x_low + sh[b] * x_high;
     }
   }
 }
@@ -132,8 +141,7 @@ void im2col_kernel(const T* input, const LSConvGeometry& g, int64_t row_begin, i
       for (int64_t j = 0; j < g.kernel_w; ++j) {
         const int64_t wk = j * g.out_w;
         if (last >= first) {
-          interpolate_rows(im, g, first, last, &w.low[wk], &w.high[wk], &w.weight_low[wk],
-                           &w.weight_high[wk], along_w.data());
+          interpolate_rows<T, false>(im, g, first, last, w, wk, along_w.data(), nullptr);
         }
         for (int64_t i = 0; i < g.kernel_h; ++i) {
           const int64_t row = (c * g.kernel_h + i) * g.kernel_w + j;
@@ -158,111 +166,137 @@ void im2col_kernel(const T* input, const LSConvGeometry& g, int64_t row_begin, i
   });
 }
 
+// One output row of one tap, pulled back along h: adds the weighted gradient to
+// the two input rows it samples (grad_low, grad_high, which may be the same row);
+// when kColumns writes the row's samples (im2col) to `column`; when kStride
+// returns sum_b grad[b] * d sample / d h.
+template <typename T, bool kStride, bool kColumns>
+inline T pull_back_row(const T* grad, int64_t n, T wl, T wh, T sl, T sh, T* grad_low,
+                       T* grad_high, const T* value_low, const T* value_high, T* column) {
+  T dot = T(0);
+#pragma omp simd reduction(+ : dot)
+  for (int64_t b = 0; b < n; ++b) {
+    grad_low[b] += wl * grad[b];
+    grad_high[b] += wh * grad[b];
+    if (kStride) dot += grad[b] * (sl * value_low[b] + sh * value_high[b]);
+    if (kColumns) column[b] = wl * value_low[b] + wh * value_high[b];
+  }
+  return dot;
+}
+
+// The backward sampling of one input plane (one channel of one image part).
+template <typename T, bool kStride, bool kColumns>
+void backward_plane(const T* grad_columns, const T* im, const LSConvGeometry& g,
+                    const AxisTable<T>& h, const AxisTable<T>& w, const ImageRows& part,
+                    int64_t c, int64_t ncols, int64_t first, int64_t last, T* grad_im,
+                    double* partial, T* columns, std::vector<T>& grad_w, std::vector<T>& value_w,
+                    std::vector<T>& slope_w) {
+  const int64_t rows = last - first + 1;
+  grad_w.resize(rows * g.out_w);
+  if (kStride || kColumns) value_w.resize(rows * g.out_w);
+  if (kStride) slope_w.resize(rows * g.out_w);
+  double sum_h = 0.0;
+  double sum_w = 0.0;
+  for (int64_t j = 0; j < g.kernel_w; ++j) {
+    const int64_t wk = j * g.out_w;
+    if (kStride || kColumns) {
+      interpolate_rows<T, kStride>(im, g, first, last, w, wk, value_w.data(), slope_w.data());
+    }
+    // grad_w[r][b]: the tap column's gradient pulled back along h onto input row r.
+    std::fill(grad_w.begin(), grad_w.end(), T(0));
+    for (int64_t i = 0; i < g.kernel_h; ++i) {
+      const int64_t row = (c * g.kernel_h + i) * g.kernel_w + j;
+      const T* grad = grad_columns + row * ncols + part.column;
+      T* column = kColumns ? columns + row * ncols + part.column : nullptr;
+      for (int64_t a = part.a_begin; a < part.a_end; ++a, grad += g.out_w) {
+        const int64_t k = i * g.out_h + a;
+        // A neighbour outside the image has weight and slope 0: use row `first`.
+        const int64_t lo = (is_used(h, k, true) ? h.low[k] - first : 0) * g.out_w;
+        const int64_t hi = (is_used(h, k, false) ? h.high[k] - first : 0) * g.out_w;
+        const T dot = pull_back_row<T, kStride, kColumns>(
+            grad, g.out_w, h.weight_low[k], h.weight_high[k], h.slope_low[k], h.slope_high[k],
+            grad_w.data() + lo, grad_w.data() + hi, value_w.data() + lo, value_w.data() + hi,
+            column);
+        // The sample position moves by a per unit of s_h.
+        if (kStride) sum_h += double(a) * double(dot);
+        if (kColumns) column += g.out_w;
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* grad = grad_w.data() + r * g.out_w;
+      if (kStride) {
+        // d sample / d w is the slope along w blended along h; it moves by b per unit of s_w.
+        const T* slope = slope_w.data() + r * g.out_w;
+        T dot = T(0);
+#pragma omp simd reduction(+ : dot)
+        for (int64_t b = 0; b < g.out_w; ++b) dot += T(b) * slope[b] * grad[b];
+        sum_w += double(dot);
+      }
+      if (grad_im) {
+        T* grad_row = grad_im + (first + r) * g.width;
+        const int* low = &w.low[wk];
+        const int* high = &w.high[wk];
+        const T* wl = &w.weight_low[wk];
+        const T* wh = &w.weight_high[wk];
+        for (int64_t b = 0; b < g.out_w; ++b) {
+          grad_row[low[b]] += wl[b] * grad[b];
+          grad_row[high[b]] += wh[b] * grad[b];
+        }
+      }
+    }
+  }
+  if (kStride) {
+    partial[0] += sum_h;
+    partial[1] += sum_w;
+  }
+}
+
 template <typename T>
-void col2im_coord_kernel(const T* grad_columns, const T* input, const LSConvGeometry& g,
-                         int64_t row_begin, int64_t row_end, T* grad_input,
-                         double* stride_partials) {
+void backward_kernel(const T* grad_columns, const T* input, const LSConvGeometry& g,
+                     int64_t row_begin, int64_t row_end, T* grad_input, double* stride_partials,
+                     T* columns) {
   const AxisTable<T> h(g.kernel_h, g.out_h, g.stride_h, g.pad_h, g.dilation_h, g.height);
   const AxisTable<T> w(g.kernel_w, g.out_w, g.stride_w, g.pad_w, g.dilation_w, g.width);
   const std::vector<ImageRows> parts = split_by_image(g, row_begin, row_end);
   const int64_t plane = g.height * g.width;
-  if (plane == 0) return;  // every sample is 0 and so is every gradient
   const int64_t ncols = (row_end - row_begin) * g.out_w;
   const int64_t nparts = static_cast<int64_t>(parts.size());
-  // One work item: one input plane (image, channel), which owns its grad_input
-  // plane and its stride partial, so there are no write conflicts.
+  // One work item: one channel of one image's rows. It owns its input plane's
+  // grad_input and stride partial (a tile holds one part per image), so there
+  // are no write conflicts.
   at::parallel_for(0, g.channels * nparts, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> grad_w, value_w, slope_w;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t c = item / nparts;
       const ImageRows& part = parts[item % nparts];
-      int64_t first, last;
-      rows_used(h, g, part.a_begin, part.a_end, first, last);
-      if (last < first) continue;
-      const int64_t rows = last - first + 1;
+      int64_t first = 0, last = -1;
+      if (plane > 0) rows_used(h, g, part.a_begin, part.a_end, first, last);
       const int64_t plane_index = part.image * g.channels + c;
+      if (last < first) {  // every sample is 0, and so is every gradient
+        if (columns) {
+          for (int64_t tap = 0; tap < g.kernel_h * g.kernel_w; ++tap) {
+            T* column = columns + (c * g.kernel_h * g.kernel_w + tap) * ncols + part.column;
+            std::fill(column, column + (part.a_end - part.a_begin) * g.out_w, T(0));
+          }
+        }
+        continue;
+      }
       const T* im = input + plane_index * plane;
       T* grad_im = grad_input ? grad_input + plane_index * plane : nullptr;
-      grad_w.resize(rows * g.out_w);
-      if (stride_partials) {
-        value_w.resize(rows * g.out_w);
-        slope_w.resize(rows * g.out_w);
+      double* partial = stride_partials ? stride_partials + 2 * plane_index : nullptr;
+#define LSCONV_BACKWARD_PLANE(kStride, kColumns)                                             \
+  backward_plane<T, kStride, kColumns>(grad_columns, im, g, h, w, part, c, ncols, first, last, \
+                                       grad_im, partial, columns, grad_w, value_w, slope_w)
+      if (partial && columns) {
+        LSCONV_BACKWARD_PLANE(true, true);
+      } else if (partial) {
+        LSCONV_BACKWARD_PLANE(true, false);
+      } else if (columns) {
+        LSCONV_BACKWARD_PLANE(false, true);
+      } else {
+        LSCONV_BACKWARD_PLANE(false, false);
       }
-      double sum_h = 0.0;
-      double sum_w = 0.0;
-      for (int64_t j = 0; j < g.kernel_w; ++j) {
-        const int64_t wk = j * g.out_w;
-        if (stride_partials) {
-          interpolate_rows(im, g, first, last, &w.low[wk], &w.high[wk], &w.weight_low[wk],
-                           &w.weight_high[wk], value_w.data());
-          interpolate_rows(im, g, first, last, &w.low[wk], &w.high[wk], &w.slope_low[wk],
-                           &w.slope_high[wk], slope_w.data());
-        }
-        // grad_w[r][b]: the tap column's gradient pulled back along h onto input row r.
-        std::fill(grad_w.begin(), grad_w.end(), T(0));
-        for (int64_t i = 0; i < g.kernel_h; ++i) {
-          const int64_t row = (c * g.kernel_h + i) * g.kernel_w + j;
-          const T* grad = grad_columns + row * ncols + part.column;
-          for (int64_t a = part.a_begin; a < part.a_end; ++a, grad += g.out_w) {
-            const int64_t k = i * g.out_h + a;
-            const T wl = h.weight_low[k];
-            const T wh = h.weight_high[k];
-            // A neighbour outside the image has weight and slope 0: use row `first`.
-            const int64_t lo = (is_used(h, k, true) ? h.low[k] - first : 0) * g.out_w;
-            const int64_t hi = (is_used(h, k, false) ? h.high[k] - first : 0) * g.out_w;
-            T* grad_lo = grad_w.data() + lo;
-            T* grad_hi = grad_w.data() + hi;
-            if (stride_partials) {
-              // d sample / d h = slope_low * value(low row) + slope_high * value(high row);
-              // the sample position moves by a per unit of s_h.
-              const T sl = h.slope_low[k];
-              const T sh = h.slope_high[k];
-              const T* value_lo = value_w.data() + lo;
-              const T* value_hi = value_w.data() + hi;
-              T dot = T(0);
-#pragma omp simd reduction(+ : dot)
-              for (int64_t b = 0; b < g.out_w; ++b) {
-                grad_lo[b] += wl * grad[b];
-                grad_hi[b] += wh * grad[b];
-                dot += grad[b] * (sl * value_lo[b] + sh * value_hi[b]);
-              }
-              sum_h += double(a) * double(dot);
-            } else {
-#pragma omp simd
-              for (int64_t b = 0; b < g.out_w; ++b) {
-                grad_lo[b] += wl * grad[b];
-                grad_hi[b] += wh * grad[b];
-              }
-            }
-          }
-        }
-        for (int64_t r = 0; r < rows; ++r) {
-          const T* grad = grad_w.data() + r * g.out_w;
-          if (stride_partials) {
-            // d sample / d w = the slope along w, blended along h; it moves by b per unit of s_w.
-            const T* slope = slope_w.data() + r * g.out_w;
-            T dot = T(0);
-#pragma omp simd reduction(+ : dot)
-            for (int64_t b = 0; b < g.out_w; ++b) dot += T(b) * slope[b] * grad[b];
-            sum_w += double(dot);
-          }
-          if (grad_im) {
-            T* grad_row = grad_im + (first + r) * g.width;
-            const int* low = &w.low[wk];
-            const int* high = &w.high[wk];
-            const T* wl = &w.weight_low[wk];
-            const T* wh = &w.weight_high[wk];
-            for (int64_t b = 0; b < g.out_w; ++b) {
-              grad_row[low[b]] += wl[b] * grad[b];
-              grad_row[high[b]] += wh[b] * grad[b];
-            }
-          }
-        }
-      }
-      if (stride_partials) {
-        stride_partials[2 * plane_index] += sum_h;
-        stride_partials[2 * plane_index + 1] += sum_w;
-      }
+#undef LSCONV_BACKWARD_PLANE
     }
   });
 }
@@ -277,15 +311,17 @@ void ls_conv_im2col_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
   });
 }
 
-void ls_conv_col2im_coord_cpu(const at::Tensor& grad_columns, const at::Tensor& input,
-                              const LSConvGeometry& geometry, int64_t row_begin, int64_t row_end,
-                              const at::Tensor& grad_input, const at::Tensor& stride_partials) {
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ls_conv_col2im_coord_cpu", [&] {
-    col2im_coord_kernel<scalar_t>(
+void ls_conv_backward_sampling_cpu(const at::Tensor& grad_columns, const at::Tensor& input,
+                                   const LSConvGeometry& geometry, int64_t row_begin,
+                                   int64_t row_end, const at::Tensor& grad_input,
+                                   const at::Tensor& stride_partials, const at::Tensor& columns) {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ls_conv_backward_sampling_cpu", [&] {
+    backward_kernel<scalar_t>(
         grad_columns.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), geometry,
         row_begin, row_end,
         grad_input.defined() ? grad_input.mutable_data_ptr<scalar_t>() : nullptr,
-        stride_partials.defined() ? stride_partials.mutable_data_ptr<double>() : nullptr);
+        stride_partials.defined() ? stride_partials.mutable_data_ptr<double>() : nullptr,
+        columns.defined() ? columns.mutable_data_ptr<scalar_t>() : nullptr);
   });
 }
 
