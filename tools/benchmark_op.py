@@ -22,13 +22,17 @@ bandwidth), writes JSON and saves a bar chart of the ratios.
     python tools/benchmark_op.py --device cuda --dtype float32 bfloat16
 """
 import argparse
+import contextlib
+import gc
 import json
+import os
 import math
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +81,18 @@ class Problem:
 
     def leaves(self) -> List[Tensor]:
         return [self.input, self.weight, self.bias, self.stride]
+
+
+def parse_shape(text: str) -> Shape:
+    """A named shape of SHAPES, or 'BxCxS' (batch, channels, input size)."""
+    if text in SHAPES:
+        return SHAPES[text]
+    try:
+        batch, channels, size = (int(v) for v in text.split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'shape {text!r} expected one of {list(SHAPES)} or BxCxS, e.g. 2x64x100') from None
+    return Shape(text, batch, channels, size)
 
 
 def make_problem(shape: Shape, dtype: torch.dtype, device: torch.device) -> Problem:
@@ -150,6 +166,20 @@ def run_once(forward: Callable, p: Problem, out: int, device: torch.device) -> T
     return middle - start, time.perf_counter() - middle
 
 
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Drops what native code writes to stderr (the profiler's start/stop lines) meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, 'w') as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory(forward: Callable, p: Problem, out: int, device: torch.device) -> float:
     """Peak bytes allocated through PyTorch during one forward+backward, above what was live before."""
     for leaf in p.leaves():
@@ -162,7 +192,8 @@ def peak_memory(forward: Callable, p: Problem, out: int, device: torch.device) -
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU],
+                                           profile_memory=True) as prof:
         forward(p, out).backward(p.grad_output)
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]'),
                     key=lambda e: e.start_ns())
@@ -226,11 +257,15 @@ def benchmark_shape(shape: Shape, dtype: torch.dtype, device: torch.device,
     for name, forward in methods.items():
         for _ in range(warmup):
             run_once(forward, p, out, device)
-    for _ in range(repeats):
-        for name, forward in methods.items():
-            fwd, bwd = run_once(forward, p, out, device)
-            times[name][0].append(fwd)
-            times[name][1].append(bwd)
+    gc.disable()  # as timeit does: a collection inside one method's call is noise
+    try:
+        for _ in range(repeats):
+            for name, forward in methods.items():
+                fwd, bwd = run_once(forward, p, out, device)
+                times[name][0].append(fwd)
+                times[name][1].append(bwd)
+    finally:
+        gc.enable()
     records = []
     for name, forward in methods.items():
         fwd, bwd = times[name]
@@ -244,15 +279,20 @@ def benchmark_shape(shape: Shape, dtype: torch.dtype, device: torch.device,
             'total_ms': summary([f + b for f, b in zip(fwd, bwd)]),
             'peak_mib': peak_memory(forward, p, out, device) / 2**20,
         })
-    floor = records[[r['method'] for r in records].index('conv2d')]['total_ms']['median']
+    floor = [f + b for f, b in zip(*times['conv2d'])]
     for record in records:
-        record['ratio_to_conv2d'] = record['total_ms']['median'] / floor
+        # Median over repeats of the ratio within a repeat: robust to the machine's drift.
+        fwd, bwd = times[record['method']]
+        record['ratio_to_conv2d'] = statistics.median(
+            (f + b) / c for f, b, c in zip(fwd, bwd, floor))
     return records
 
 
 def print_table(records: List[dict], floors: Dict[str, Dict[str, float]]) -> None:
     header = (f"{'shape':<8} {'dtype':<8} {'method':<16} {'fwd ms':>8} {'bwd ms':>8} "
               f"{'fwd+bwd ms (min-max)':>22} {'x conv2d':>8} {'x dcn':>6} {'peak MiB':>9}")
+    print('x conv2d: median over repeats of the fwd+bwd time ratio within a repeat; '
+          'x dcn: ratio of medians to mmcv_dcn')
     print(header)
     print('-' * len(header))
     for record in records:
@@ -304,15 +344,16 @@ def plot(records: List[dict], path: str) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--shapes', nargs='+', choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument('--shapes', nargs='+', type=parse_shape, default=list(SHAPES.values()),
+                        help=f'some of {list(SHAPES)} or BxCxS (default: all four)')
     parser.add_argument('--methods', nargs='+', help='subset of the installed methods')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--dtype', nargs='+', default=['float32'],
                         choices=['float32', 'float64', 'float16', 'bfloat16'])
     parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=7)
-    parser.add_argument('--json', default='benchmark_op.json', help='output JSON path')
-    parser.add_argument('--png', default='benchmark_op.png', help='output bar chart path')
+    parser.add_argument('--repeats', type=int, default=9)
+    parser.add_argument('--json', default='work_dirs/benchmark_op.json', help='output JSON path')
+    parser.add_argument('--png', default='work_dirs/benchmark_op.png', help='output bar chart path')
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -329,14 +370,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for dtype_name in args.dtype:
         dtype = getattr(torch, dtype_name)
         rates[dtype_name] = measure_rates(dtype, device)
-        for name in args.shapes:
-            shape = SHAPES[name]
+        for shape in args.shapes:
             records += benchmark_shape(shape, dtype, device, methods, args.warmup, args.repeats)
-            floors[f'{name} {dtype_name}'] = floor_ms(shape, dtype.itemsize, rates[dtype_name])
+            floors[f'{shape.name} {dtype_name}'] = floor_ms(shape, dtype.itemsize,
+                                                            rates[dtype_name])
     print_table(records, floors)
     for dtype_name, rate in rates.items():
         print(f"  {dtype_name}: GEMM {rate['gemm_multiply_adds_per_s'] / 1e9:.1f} G multiply-adds/s, "
               f"copy {rate['copy_bytes_per_s'] / 1e9:.1f} GB/s")
+    for path in (args.json, args.png):
+        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     with open(args.json, 'w') as f:
         json.dump({'torch': torch.__version__, 'threads': torch.get_num_threads(),
                    'stride': FRACTIONAL_STRIDE, 'rates': rates, 'floors_ms': floors,

@@ -95,10 +95,11 @@ void rows_used(const AxisTable<T>& h, const LSConvGeometry& g, int64_t a_begin, 
 
 // Interpolation along w at kernel column j (table entries wk = j * out_w ...) of
 // the input rows r in [first, last]: value[r - first][b] with the weights, and
-// when kSlope its derivative slope[r - first][b] with the slopes, from one gather.
+// when kSlope b times its derivative, moment[r - first][b], from one gather (the
+// sample position moves by b per unit of s_w).
 template <typename T, bool kSlope>
 void interpolate_rows(const T* im, const LSConvGeometry& g, int64_t first, int64_t last,
-                      const AxisTable<T>& w, int64_t wk, T* value, T* slope) {
+                      const AxisTable<T>& w, int64_t wk, T* value, T* moment) {
   const int* low = &w.low[wk];
   const int* high = &w.high[wk];
   const T* wl = &w.weight_low[wk];
@@ -108,12 +109,36 @@ void interpolate_rows(const T* im, const LSConvGeometry& g, int64_t first, int64
   for (int64_t r = first; r <= last; ++r) {
     const T* row = im + r * g.width;
     T* value_row = value + (r - first) * g.out_w;
-    T* slope_row = kSlope ? slope + (r - first) * g.out_w : nullptr;
+    T* moment_row = kSlope ? moment + (r - first) * g.out_w : nullptr;
     for (int64_t b = 0; b < g.out_w; ++b) {
       const T x_low = row[low[b]];
       const T x_high = row[high[b]];
       value_row[b] = wl[b] * x_low + wh[b] * x_high;
-      if (kSlope) slope_row[b] = sl[b] * x_low + sh[b] * x_high;
+      if (kSlope) moment_row[b] = T(b) * (sl[b] * x_low + sh[b] * x_high);
+    }
+  }
+}
+
+// The columns of one input plane (one channel of one image part) whose used
+// input rows are [first, last]; along_w holds (last - first + 1) * out_w.
+template <typename T>
+void im2col_plane(const T* im, const LSConvGeometry& g, const AxisTable<T>& h,
+                  const AxisTable<T>& w, const ImageRows& part, int64_t c, int64_t ncols,
+                  int64_t first, int64_t last, T* columns, T* along_w) {
+  for (int64_t j = 0; j < g.kernel_w; ++j) {
+    interpolate_rows<T, false>(im, g, first, last, w, j * g.out_w, along_w, nullptr);
+    for (int64_t i = 0; i < g.kernel_h; ++i) {
+      T* out = columns + ((c * g.kernel_h + i) * g.kernel_w + j) * ncols + part.column;
+      for (int64_t a = part.a_begin; a < part.a_end; ++a, out += g.out_w) {
+        const int64_t k = i * g.out_h + a;
+        const T wl = h.weight_low[k];
+        const T wh = h.weight_high[k];
+        // Rows with weight 0 may lie outside [first, last]: read row `first` instead.
+        const T* lo = along_w + (wl != T(0) ? h.low[k] - first : 0) * g.out_w;
+        const T* hi = along_w + (wh != T(0) ? h.high[k] - first : 0) * g.out_w;
+#pragma omp simd
+        for (int64_t b = 0; b < g.out_w; ++b) out[b] = wl * lo[b] + wh * hi[b];
+      }
     }
   }
 }
@@ -133,35 +158,19 @@ void im2col_kernel(const T* input, const LSConvGeometry& g, int64_t row_begin, i
     for (int64_t item = begin; item < end; ++item) {
       const int64_t c = item / nparts;
       const ImageRows& part = parts[item % nparts];
-      const int64_t span = (part.a_end - part.a_begin) * g.out_w;
       int64_t first = 0, last = -1;
       if (plane > 0) rows_used(h, g, part.a_begin, part.a_end, first, last);
-      const T* im = input + (part.image * g.channels + c) * plane;
-      along_w.resize(std::max<int64_t>(last - first + 1, 1) * g.out_w);
-      for (int64_t j = 0; j < g.kernel_w; ++j) {
-        const int64_t wk = j * g.out_w;
-        if (last >= first) {
-          interpolate_rows<T, false>(im, g, first, last, w, wk, along_w.data(), nullptr);
+      const int64_t span = (part.a_end - part.a_begin) * g.out_w;
+      if (last < first) {  // every sample is 0
+        for (int64_t tap = 0; tap < g.kernel_h * g.kernel_w; ++tap) {
+          T* out = columns + (c * g.kernel_h * g.kernel_w + tap) * ncols + part.column;
+          std::fill(out, out + span, T(0));
         }
-        for (int64_t i = 0; i < g.kernel_h; ++i) {
-          const int64_t row = (c * g.kernel_h + i) * g.kernel_w + j;
-          T* out = columns + row * ncols + part.column;
-          if (last < first) {
-            std::fill(out, out + span, T(0));
-            continue;
-          }
-          for (int64_t a = part.a_begin; a < part.a_end; ++a, out += g.out_w) {
-            const int64_t k = i * g.out_h + a;
-            const T wl = h.weight_low[k];
-            const T wh = h.weight_high[k];
-            // Rows with weight 0 may lie outside [first, last]: read row `first` instead.
-            const T* lo = along_w.data() + (wl != T(0) ? h.low[k] - first : 0) * g.out_w;
-            const T* hi = along_w.data() + (wh != T(0) ? h.high[k] - first : 0) * g.out_w;
-#pragma omp simd
-            for (int64_t b = 0; b < g.out_w; ++b) out[b] = wl * lo[b] + wh * hi[b];
-          }
-        }
+        continue;
       }
+      along_w.resize((last - first + 1) * g.out_w);
+      im2col_plane(input + (part.image * g.channels + c) * plane, g, h, w, part, c, ncols, first,
+                   last, columns, along_w.data());
     }
   });
 }
@@ -190,17 +199,17 @@ void backward_plane(const T* grad_columns, const T* im, const LSConvGeometry& g,
                     const AxisTable<T>& h, const AxisTable<T>& w, const ImageRows& part,
                     int64_t c, int64_t ncols, int64_t first, int64_t last, T* grad_im,
                     double* partial, T* columns, std::vector<T>& grad_w, std::vector<T>& value_w,
-                    std::vector<T>& slope_w) {
+                    std::vector<T>& moment_w) {
   const int64_t rows = last - first + 1;
   grad_w.resize(rows * g.out_w);
   if (kStride || kColumns) value_w.resize(rows * g.out_w);
-  if (kStride) slope_w.resize(rows * g.out_w);
+  if (kStride) moment_w.resize(rows * g.out_w);
   double sum_h = 0.0;
   double sum_w = 0.0;
   for (int64_t j = 0; j < g.kernel_w; ++j) {
     const int64_t wk = j * g.out_w;
     if (kStride || kColumns) {
-      interpolate_rows<T, kStride>(im, g, first, last, w, wk, value_w.data(), slope_w.data());
+      interpolate_rows<T, kStride>(im, g, first, last, w, wk, value_w.data(), moment_w.data());
     }
     // grad_w[r][b]: the tap column's gradient pulled back along h onto input row r.
     std::fill(grad_w.begin(), grad_w.end(), T(0));
@@ -225,11 +234,11 @@ void backward_plane(const T* grad_columns, const T* im, const LSConvGeometry& g,
     for (int64_t r = 0; r < rows; ++r) {
       const T* grad = grad_w.data() + r * g.out_w;
       if (kStride) {
-        // d sample / d w is the slope along w blended along h; it moves by b per unit of s_w.
-        const T* slope = slope_w.data() + r * g.out_w;
+        // d sample / d w is the slope along w blended along h.
+        const T* moment = moment_w.data() + r * g.out_w;
         T dot = T(0);
 #pragma omp simd reduction(+ : dot)
-        for (int64_t b = 0; b < g.out_w; ++b) dot += T(b) * slope[b] * grad[b];
+        for (int64_t b = 0; b < g.out_w; ++b) dot += moment[b] * grad[b];
         sum_w += double(dot);
       }
       if (grad_im) {
@@ -265,7 +274,7 @@ void backward_kernel(const T* grad_columns, const T* input, const LSConvGeometry
   // grad_input and stride partial (a tile holds one part per image), so there
   // are no write conflicts.
   at::parallel_for(0, g.channels * nparts, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> grad_w, value_w, slope_w;
+    std::vector<T> grad_w, value_w, moment_w;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t c = item / nparts;
       const ImageRows& part = parts[item % nparts];
@@ -286,7 +295,7 @@ void backward_kernel(const T* grad_columns, const T* input, const LSConvGeometry
       double* partial = stride_partials ? stride_partials + 2 * plane_index : nullptr;
 #define LSCONV_BACKWARD_PLANE(kStride, kColumns)                                             \
   backward_plane<T, kStride, kColumns>(grad_columns, im, g, h, w, part, c, ncols, first, last, \
-                                       grad_im, partial, columns, grad_w, value_w, slope_w)
+                                       grad_im, partial, columns, grad_w, value_w, moment_w)
       if (partial && columns) {
         LSCONV_BACKWARD_PLANE(true, true);
       } else if (partial) {
