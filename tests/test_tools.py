@@ -19,7 +19,7 @@ def test_benchmark_op_writes_table_json_and_chart(tmp_path, capsys):
     tool = load_tool('benchmark_op')
     json_path, png_path = tmp_path / 'out' / 'bench.json', tmp_path / 'bench.png'
     tool.main(['--shapes', '1x4x12', 'r50-s4', '--methods', 'lsconv', 'pytorch', '--repeats', '1',
-               '--warmup', '0', '--json', str(json_path), '--png', str(png_path)])
+               '--warmup', '0', '--profile', '--json', str(json_path), '--png', str(png_path)])
     report = json.loads(json_path.read_text())
     records = {(r['shape']['name'], r['method']): r for r in report['records']}
     assert set(records) == {(s, m) for s in ('1x4x12', 'r50-s4')
@@ -29,6 +29,8 @@ def test_benchmark_op_writes_table_json_and_chart(tmp_path, capsys):
         assert record['total_ms']['min'] <= record['total_ms']['median'] <= record['total_ms']['max']
         assert record['peak_mib'] >= 0
     assert report['floors_ms']['r50-s4 float32']['gemm'] > 0
+    profiled = dict(report['lsconv_profile_ms']['r50-s4 float32'])
+    assert {'aten::bmm', 'mmlstride::im2col', 'mmlstride::backward_sampling'} <= set(profiled)
     assert png_path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     table = capsys.readouterr().out
     assert 'r50-s4' in table and 'x conv2d' in table

@@ -288,6 +288,30 @@ def benchmark_shape(shape: Shape, dtype: torch.dtype, device: torch.device,
     return records
 
 
+def profile_lsconv(shape: Shape, dtype: torch.dtype, device: torch.device,
+                   repeats: int = 5) -> List[Tuple[str, float]]:
+    """Self time per forward+backward of LSConv by operator (torch.profiler): the GEMMs
+    (aten::bmm/baddbmm), the sampling kernels (mmlstride::im2col, ::backward_sampling), the tile
+    copies and the rest, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+    p = make_problem(shape, dtype, device)
+    forward = available_methods(device)['lsconv']
+    run_once(forward, p, shape.out_size, device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with native_stderr_silenced(), profile(activities=activities) as prof:
+        for _ in range(repeats):
+            run_once(forward, p, shape.out_size, device)
+    attribute = 'self_device_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    rows = [(e.key, getattr(e, attribute) / 1e3 / repeats) for e in prof.key_averages()]
+    return sorted((r for r in rows if r[1] > 0), key=lambda r: -r[1])
+
+
+def print_profile(name: str, rows: List[Tuple[str, float]], limit: int = 8) -> None:
+    total = sum(ms for _, ms in rows)
+    print(f'  {name}: {total:.1f} ms self time per forward+backward; ' + ', '.join(
+        f'{key} {ms:.1f} ({100 * ms / total:.0f}%)' for key, ms in rows[:limit]))
+
+
 def print_table(records: List[dict], floors: Dict[str, Dict[str, float]]) -> None:
     header = (f"{'shape':<8} {'dtype':<8} {'method':<16} {'fwd ms':>8} {'bwd ms':>8} "
               f"{'fwd+bwd ms (min-max)':>22} {'x conv2d':>8} {'x dcn':>6} {'peak MiB':>9}")
@@ -352,6 +376,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         choices=['float32', 'float64', 'float16', 'bfloat16'])
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=9)
+    parser.add_argument('--profile', action='store_true',
+                        help='also print where the time of LSConv goes, by operator')
     parser.add_argument('--json', default='work_dirs/benchmark_op.json', help='output JSON path')
     parser.add_argument('--png', default='work_dirs/benchmark_op.png', help='output bar chart path')
     args = parser.parse_args(argv)
@@ -366,7 +392,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f'torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, '
           f'{platform.processor() or platform.machine()}; stride {FRACTIONAL_STRIDE} against '
           f'nominal {NOMINAL_STRIDE}; median of {args.repeats} after {args.warmup} warm-up')
-    records, floors, rates = [], {}, {}
+    records, floors, rates, profiles = [], {}, {}, {}
     for dtype_name in args.dtype:
         dtype = getattr(torch, dtype_name)
         rates[dtype_name] = measure_rates(dtype, device)
@@ -374,7 +400,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             records += benchmark_shape(shape, dtype, device, methods, args.warmup, args.repeats)
             floors[f'{shape.name} {dtype_name}'] = floor_ms(shape, dtype.itemsize,
                                                             rates[dtype_name])
+            if args.profile:
+                profiles[f'{shape.name} {dtype_name}'] = profile_lsconv(shape, dtype, device)
     print_table(records, floors)
+    if profiles:
+        print('lsconv self time by operator (torch.profiler), ms per forward+backward:')
+        for name, rows in profiles.items():
+            print_profile(name, rows)
     for dtype_name, rate in rates.items():
         print(f"  {dtype_name}: GEMM {rate['gemm_multiply_adds_per_s'] / 1e9:.1f} G multiply-adds/s, "
               f"copy {rate['copy_bytes_per_s'] / 1e9:.1f} GB/s")
@@ -383,7 +415,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     with open(args.json, 'w') as f:
         json.dump({'torch': torch.__version__, 'threads': torch.get_num_threads(),
                    'stride': FRACTIONAL_STRIDE, 'rates': rates, 'floors_ms': floors,
-                   'records': records}, f, indent=1)
+                   'records': records, 'lsconv_profile_ms': profiles}, f, indent=1)
     plot(records, args.png)
     print(f'wrote {args.json} and {args.png}')
 

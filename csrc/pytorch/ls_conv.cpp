@@ -2,6 +2,7 @@
 // checks, tiling of the output rows, the GEMMs (through ATen) and the op registrations.
 // The sampling work is done by the backend kernels of ls_conv_kernels.h.
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -18,6 +19,8 @@ namespace {
 // tiles of whole rows whose columns fit in it (one row when a single row needs
 // more): the GEMMs run fastest at a few hundred to a few thousand columns, and
 // a buffer this size is reused from the heap rather than page-faulted anew.
+// Forward holds one such buffer, backward two (columns and their gradient),
+// each with an (out_channels x tile columns) output tile.
 constexpr int64_t kTileBytes = int64_t(4) << 20;
 
 void check_like_input(const at::Tensor& t, const char* name, const at::Tensor& input) {
@@ -85,6 +88,7 @@ int64_t tile_rows(const LSConvGeometry& g, int64_t element_size) {
 
 void im2col(const at::Tensor& input, const LSConvGeometry& g, int64_t row_begin, int64_t row_end,
             const at::Tensor& columns) {
+  RECORD_FUNCTION("mmlstride::im2col", std::vector<c10::IValue>());
   ls_conv_im2col_cpu(input, g, row_begin, row_end, columns);
 }
 
@@ -92,6 +96,7 @@ void backward_sampling(const at::Tensor& grad_columns, const at::Tensor& input,
                        const LSConvGeometry& g, int64_t row_begin, int64_t row_end,
                        const at::Tensor& grad_input, const at::Tensor& stride_partials,
                        const at::Tensor& columns) {
+  RECORD_FUNCTION("mmlstride::backward_sampling", std::vector<c10::IValue>());
   ls_conv_backward_sampling_cpu(grad_columns, input, g, row_begin, row_end, grad_input,
                                 stride_partials, columns);
 }
@@ -105,6 +110,7 @@ at::Tensor matrix_view(const at::Tensor& buffer, int64_t rows, int64_t cols) {
 // its output rows [row_begin, row_end), in the direction `to_tile`.
 void copy_tile(const at::Tensor& full, const at::Tensor& tile, const LSConvGeometry& g,
                int64_t row_begin, int64_t row_end, bool to_tile) {
+  RECORD_FUNCTION("mmlstride::copy_tile", std::vector<c10::IValue>());
   const int64_t out_plane = g.out_h * g.out_w;
   for (int64_t row = row_begin; row < row_end;) {
     const int64_t image = row / g.out_h;
