@@ -1,6 +1,8 @@
 """Build and install mmlstride and its C++ extension (mmlstride._ext)."""
 import glob
 import os
+import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -39,6 +41,28 @@ def read_requirements(name: str) -> list:
         return [line.strip() for line in f if line.strip() and not line.startswith('#')]
 
 
+def add_mim_extension() -> None:
+    """Puts the configs and tools into mmlstride/.mim, where OpenMMLab's mim and mmengine's
+    ``mmlstride::`` config paths look for them: copies when building a distribution, links
+    otherwise (editable installs, in-place builds), so edits show."""
+    mim_dir = os.path.join(HERE, 'mmlstride', '.mim')
+    distribution = ('bdist_wheel', 'sdist', 'install', 'build', 'bdist_egg')
+    editable = not any(command in sys.argv for command in distribution)
+    os.makedirs(mim_dir, exist_ok=True)
+    for name in ('configs', 'tools'):
+        source = os.path.join(HERE, name)
+        target = os.path.join(mim_dir, name)
+        if os.path.islink(target) or os.path.isfile(target):
+            os.remove(target)
+        elif os.path.isdir(target):
+            shutil.rmtree(target)
+        if editable:
+            os.symlink(os.path.relpath(source, mim_dir), target)
+        else:
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns('__pycache__'))
+
+
+add_mim_extension()
 ext_modules, cmdclass = make_extensions()
 
 setup(
@@ -49,6 +73,7 @@ setup(
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     packages=find_packages(include=['mmlstride', 'mmlstride.*']),
+    package_data={'mmlstride': ['.mim/configs/*/*.py', '.mim/configs/*.md', '.mim/tools/*']},
     python_requires='>=3.8',
     install_requires=read_requirements('runtime.txt'),
     extras_require={'tests': read_requirements('tests.txt')},

@@ -1,5 +1,5 @@
 """``LSConv2d``: a drop-in nn.Conv2d whose stride is learned, registered as ``'LSConv'``."""
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from mmengine.registry import MODELS
@@ -53,7 +53,8 @@ class LSConv2d(nn.Conv2d):
     Attributes:
         learnable_stride: nn.Parameter tensor([s_h, s_w]) in input pixels,
             initialised to the nominal stride. A checkpoint without it (an
-            nn.Conv2d one) loads with it reset to the nominal stride.
+            nn.Conv2d one) loads with it reset to the nominal stride. A layer
+            that follows another's stride (:meth:`follow_stride`) has none.
     """
 
     def __init__(self,
@@ -85,16 +86,61 @@ class LSConv2d(nn.Conv2d):
         self.learnable_stride = nn.Parameter(nominal.clone())
         self.register_buffer('stride_min', nominal * low, persistent=False)
         self.register_buffer('stride_max', nominal * high, persistent=False)
+        # (leader,) once this layer follows another's stride; a tuple keeps the
+        # leader out of this module's children and parameters.
+        self._stride_leader: Tuple['LSConv2d', ...] = ()
+
+    @property
+    def stride_leader(self) -> Optional['LSConv2d']:
+        """The layer whose learned stride this one samples with, or None."""
+        return self._stride_leader[0] if self._stride_leader else None
+
+    def follow_stride(self, leader: 'LSConv2d') -> None:
+        """Samples on ``leader``'s grid from now on, with its learned stride.
+
+        For a residual block: the strided shortcut follows the strided main
+        conv, so both branches read the input at the same positions and their
+        sum stays aligned whatever the stride learns. This layer's own
+        ``learnable_stride`` is removed; the gradients of both layers reach the
+        leader's. The nominal strides and the kernel centres' offsets
+        (``dilation * (kernel_size - 1) / 2 - padding``) must be equal.
+        """
+        if not isinstance(leader, LSConv2d) or leader is self:
+            raise ValueError(f'leader={type(leader).__name__} expected another LSConv2d')
+        while leader.stride_leader is not None:
+            leader = leader.stride_leader
+        if leader.stride != self.stride:
+            raise ValueError(f'leader.stride={leader.stride} expected {self.stride}, the nominal '
+                             'stride of the follower')
+        if leader.centre_offset() != self.centre_offset():
+            raise ValueError(f'leader centre offset={leader.centre_offset()} expected '
+                             f'{self.centre_offset()}: the kernel centres must sample the same grid')
+        if not self._stride_leader:
+            del self.learnable_stride
+        self._stride_leader = (leader,)
+
+    def centre_offset(self) -> Tuple[float, float]:
+        """Where the kernel centre of output (0, 0) samples the input, per axis."""
+        return tuple(d * (k - 1) / 2 - p for k, p, d in
+                     zip(self.kernel_size, self.padding, self.dilation))
 
     def reset_stride(self) -> None:
-        """Sets the learned stride back to the nominal stride."""
-        with torch.no_grad():
-            self.learnable_stride.copy_(torch.tensor(self.stride))
+        """Sets the learned stride back to the nominal stride (a no-op for a follower)."""
+        if self.stride_leader is None:
+            with torch.no_grad():
+                self.learnable_stride.copy_(torch.tensor(self.stride))
+
+    def sampling_stride(self) -> Tensor:
+        """The stride the forward pass samples with: the learned one (this layer's or its
+        leader's) clamped to the bounds, differentiable."""
+        if self.stride_leader is not None:
+            return self.stride_leader.sampling_stride()
+        return _BoundedStride.apply(self.learnable_stride, self.stride_min, self.stride_max)
 
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() != 4:
             raise ValueError(f'input.dim()={input.dim()} expected 4 (N, C, H, W)')
-        stride = _BoundedStride.apply(self.learnable_stride, self.stride_min, self.stride_max)
+        stride = self.sampling_stride()
         output_size = default_output_size(input.shape[2:], self.kernel_size, self.stride,
                                           self.padding, self.dilation)
         return ls_conv2d(input, self.weight, stride, self.bias, self.padding, self.dilation,
@@ -105,10 +151,12 @@ class LSConv2d(nn.Conv2d):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         key = prefix + 'learnable_stride'
-        if key in missing_keys:  # an nn.Conv2d checkpoint: start from the nominal stride
+        if key in missing_keys and self.stride_leader is None:  # an nn.Conv2d checkpoint: start from the nominal stride
             missing_keys.remove(key)
             self.reset_stride()
 
     def extra_repr(self) -> str:
-        learned = ', '.join(f'{v:.4f}' for v in self.learnable_stride.detach().cpu().tolist())
-        return f'{super().extra_repr()}, learnable_stride=({learned})'
+        source = self.stride_leader or self
+        learned = ', '.join(f'{v:.4f}' for v in source.learnable_stride.detach().cpu().tolist())
+        name = 'leader_stride' if self.stride_leader is not None else 'learnable_stride'
+        return f'{super().extra_repr()}, {name}=({learned})'

@@ -1,0 +1,4 @@
+"""mmdet models with learned strides (importing registers them in mmdet's MODELS)."""
+from .ls_resnet import LSResNet
+
+__all__ = ['LSResNet']

@@ -1,0 +1,105 @@
+"""``LSResNet``: mmdet's ResNet with learned strides in chosen stages and aligned shortcuts."""
+from typing import Optional, Sequence, Tuple
+
+from mmcv.cnn import build_conv_layer
+from mmdet.models.backbones import ResNet
+from mmdet.registry import MODELS
+from torch import nn
+
+from ..ops import LSConv2d
+
+CONV_NAMES = ('conv1', 'conv2', 'conv3')
+
+
+@MODELS.register_module()
+class LSResNet(ResNet):
+    """mmdet's ResNet whose strided convs in the chosen stages are LSConv.
+
+    Every argument of mmdet's ``ResNet`` works as there (depth, styles,
+    ``dcn``, ``init_cfg``...), and checkpoints of it load (the learned strides
+    start at the nominal stride). In each stage with ``ls_stages[i]`` True, the
+    strided conv of the main branch becomes ``stage_conv`` (default LSConv),
+    and when it is LSConv the block's strided 1x1 shortcut becomes an LSConv
+    that follows the main conv's stride (:meth:`LSConv2d.follow_stride`): one
+    learned stride per block, both branches on one grid, so the residual sum
+    stays aligned as the stride moves.
+
+    Args:
+        ls_stages: per stage, whether its strided convs are replaced.
+            Default (False, True, True, True): stages 2-4, as DCN is used.
+        all_3x3: also replace every 3x3 conv of those stages (their nominal
+            stride is 1), like ``stage_with_dcn`` does for DCN.
+        stage_conv: config of the replacing layer, built with mmcv's
+            ``build_conv_layer``: ``dict(type='LSConv')`` (default, with
+            ``stride_bounds`` if wanted), or e.g. ``dict(type='DCN',
+            deform_groups=1)`` to compare with deformable convs in the same
+            places (then shortcuts are left as they are).
+        initial_stride: start the learned stride of the strided convs here
+            instead of at the nominal stride (e.g. 3.0 where it is 2).
+        learn_stride: False freezes the strides at their initial value.
+    """
+
+    def __init__(self,
+                 *args,
+                 ls_stages: Sequence[bool] = (False, True, True, True),
+                 all_3x3: bool = False,
+                 stage_conv: Optional[dict] = None,
+                 initial_stride: Optional[float] = None,
+                 learn_stride: bool = True,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if len(ls_stages) != self.num_stages:
+            raise ValueError(f'ls_stages={tuple(ls_stages)} expected {self.num_stages} entries, '
+                             'one per stage')
+        if initial_stride is not None and not initial_stride > 0:
+            raise ValueError(f'initial_stride={initial_stride} expected a value > 0')
+        self.ls_stages = tuple(bool(v) for v in ls_stages)
+        self.stage_conv = dict(type='LSConv') if stage_conv is None else dict(stage_conv)
+        for stage, layer_name in enumerate(self.res_layers):
+            if not self.ls_stages[stage]:
+                continue
+            for block in getattr(self, layer_name):
+                self._convert_block(block, all_3x3)
+        for module in self.modules():
+            if isinstance(module, LSConv2d) and module.stride_leader is None:
+                if initial_stride is not None and max(module.stride) > 1:
+                    module.learnable_stride.data.fill_(initial_stride)
+                module.learnable_stride.requires_grad_(learn_stride)
+
+    def _convert_block(self, block: nn.Module, all_3x3: bool) -> None:
+        """Replaces the block's strided (or 3x3) convs; aligns its shortcut with them."""
+        strided = None
+        for name in CONV_NAMES:
+            conv = getattr(block, name, None)
+            if not isinstance(conv, nn.Conv2d):
+                continue
+            is_strided = max(conv.stride) > 1
+            if is_strided or (all_3x3 and conv.kernel_size == (3, 3)):
+                new = self._rebuild(conv, self.stage_conv)
+                setattr(block, name, new)
+                if is_strided:
+                    strided = new
+        downsample = getattr(block, 'downsample', None)
+        if downsample is None or not isinstance(strided, LSConv2d):
+            return
+        convs = [i for i, m in enumerate(downsample) if isinstance(m, nn.Conv2d)]
+        shortcut = downsample[convs[0]] if convs else None
+        if shortcut is None or shortcut.stride != strided.stride:
+            raise ValueError('the strided shortcut of a block with a learned stride must be a '
+                             f'conv with stride {strided.stride} (avg_down=False); got '
+                             f'{shortcut!r}')
+        follower = self._rebuild(shortcut, dict(type='LSConv'))
+        follower.follow_stride(strided)
+        downsample[convs[0]] = follower
+
+    @staticmethod
+    def _rebuild(conv: nn.Conv2d, cfg: dict) -> nn.Module:
+        """A layer of type ``cfg`` with the geometry of ``conv``."""
+        return build_conv_layer(cfg, conv.in_channels, conv.out_channels, conv.kernel_size,
+                                stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                                groups=conv.groups, bias=conv.bias is not None)
+
+    def learned_strides(self) -> Tuple[Tuple[str, LSConv2d], ...]:
+        """(name, layer) of every LSConv with its own learned stride."""
+        return tuple((name, m) for name, m in self.named_modules()
+                     if isinstance(m, LSConv2d) and m.stride_leader is None)

@@ -1,0 +1,227 @@
+"""Detectors with learned strides: configs, aligned residual blocks, the stride hook, the
+digits dataset, training through mmengine's Runner, distributed training and mim."""
+import glob
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip('mmdet')
+
+from mmengine.config import Config  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+import mmlstride  # noqa: E402,F401  (registrations)
+from mmlstride.datasets import generate_digits_detection  # noqa: E402
+from mmlstride.engine import find_scalars_json, learned_strides, read_stride_trajectories  # noqa: E402
+from mmlstride.models import LSResNet  # noqa: E402
+from mmlstride.ops import LSConv2d  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(glob.glob(str(REPO / 'configs' / '**' / '*.py'), recursive=True))
+QUICK = str(REPO / 'configs' / 'digits' / 'retinanet_r18n-ls_digits_quick.py')
+SMALL_DATA = dict(num_train=16, num_val=8)
+
+
+def tiny_run_config(work_dir: Path, data_root: Path, config: str = QUICK, iters: int = 2) -> Config:
+    """A config of the digits benchmark cut down to a few iterations on a tiny generated set."""
+    cfg = Config.fromfile(config)
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].dataset.data_root = str(data_root)
+        cfg[loader].dataset.generation = SMALL_DATA
+        cfg[loader].batch_size = 4
+    cfg.val_evaluator.ann_file = str(data_root / 'annotations' / 'val.json')
+    cfg.test_evaluator = cfg.val_evaluator
+    cfg.train_cfg.max_iters = cfg.train_cfg.val_interval = iters
+    cfg.param_scheduler = []
+    cfg.default_hooks.logger.interval = 1
+    cfg.default_hooks.checkpoint.interval = iters
+    cfg.custom_hooks = [dict(type='StrideLoggerHook', interval=1)]
+    cfg.work_dir = str(work_dir)
+    cfg.visualizer.name = f'visualizer:{work_dir}'  # one instance per run in this process
+    return cfg
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: os.path.relpath(p, REPO / 'configs'))
+def test_every_config_loads_and_builds(path):
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    cfg = Config.fromfile(path)
+    assert 'mmlstride' in cfg.custom_imports['imports']
+    model = MODELS.build(cfg.model)
+    strides = learned_strides(model)
+    if 'fixed' in path:
+        assert not strides
+        return
+    if 'dcn' in path:
+        from mmcv.ops import DeformConv2d
+        assert any(isinstance(m, DeformConv2d) for m in model.modules()) and not strides
+        return
+    assert strides, 'an LSConv config without a learned stride'
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys['learnable_stride'].decay_mult == 0
+    for block in model.backbone.modules():
+        downsample = getattr(block, 'downsample', None)
+        if downsample is not None and isinstance(downsample[0], LSConv2d):
+            assert downsample[0].stride_leader is not None
+
+
+def test_install_puts_the_configs_in_the_mim_extension():
+    """The install links (editable) or copies (wheel) configs/ and tools/ into
+    mmlstride/.mim, where mim and mmengine look for a package's configs."""
+    mim_dir = Path(mmlstride.__file__).parent / '.mim'
+    for config in CONFIGS:
+        relative = os.path.relpath(config, REPO / 'configs')
+        assert (mim_dir / 'configs' / relative).is_file(), relative
+    assert (mim_dir / 'tools' / 'benchmark_detection.py').is_file()
+    cfg = Config.fromfile(str(mim_dir / 'configs' / 'digits' / 'retinanet_r18n-ls_digits.py'))
+    assert cfg.model.backbone.type == 'LSResNet'
+
+
+def test_follower_samples_the_leader_grid():
+    """A 3x3 main conv reduced to its centre tap and a 1x1 shortcut that follows it read the
+    input at the same positions for any stride."""
+    torch.manual_seed(0)
+    main = LSConv2d(4, 4, 3, stride=2, padding=1, bias=False).double()
+    shortcut = LSConv2d(4, 4, 1, stride=2, bias=False).double()
+    shortcut.follow_stride(main)
+    with torch.no_grad():
+        main.learnable_stride.copy_(torch.tensor([1.63, 2.41]))
+        main.weight.zero_()
+        main.weight[:, :, 1, 1] = torch.eye(4)
+        shortcut.weight.copy_(torch.eye(4)[:, :, None, None])
+    x = torch.randn(2, 4, 17, 19, dtype=torch.float64)
+    torch.testing.assert_close(main(x), shortcut(x))
+    assert 'learnable_stride' not in dict(shortcut.named_parameters())
+    shortcut(x).sum().backward()
+    assert main.learnable_stride.grad.abs().sum() > 0
+
+
+def test_follow_stride_rejects_misaligned_layers():
+    main = LSConv2d(4, 4, 3, stride=2, padding=0)
+    shortcut = LSConv2d(4, 4, 1, stride=2)
+    with pytest.raises(ValueError, match='centre offset'):
+        shortcut.follow_stride(main)
+    with pytest.raises(ValueError, match='nominal'):
+        LSConv2d(4, 4, 1, stride=1).follow_stride(LSConv2d(4, 4, 1, stride=2))
+
+
+@pytest.mark.parametrize('depth', [18, 50])
+def test_ls_resnet_has_one_stride_per_strided_block(depth):
+    backbone = LSResNet(depth=depth, base_channels=8, out_indices=(1, 2, 3))
+    names = sorted(name for name, _ in backbone.learned_strides())
+    conv = 'conv1' if depth == 18 else 'conv2'
+    assert names == [f'layer{i}.0.{conv}' for i in (2, 3, 4)]
+    with pytest.raises(ValueError, match='ls_stages'):
+        LSResNet(depth=18, ls_stages=(True, True))
+
+
+def test_ls_resnet_loads_a_plain_resnet_checkpoint():
+    from mmdet.models.backbones import ResNet
+    plain = ResNet(depth=18, base_channels=8)
+    backbone = LSResNet(depth=18, base_channels=8, initial_stride=3.0)
+    backbone.load_state_dict(plain.state_dict())  # strict: the learned strides are optional
+    assert all(m.learnable_stride.tolist() == [2.0, 2.0] for _, m in backbone.learned_strides())
+
+
+def test_initial_and_frozen_strides():
+    backbone = LSResNet(depth=18, base_channels=8, initial_stride=3.0, learn_stride=False)
+    for _, layer in backbone.learned_strides():
+        assert layer.learnable_stride.tolist() == [3.0, 3.0]
+        assert not layer.learnable_stride.requires_grad
+
+
+def test_digits_dataset_is_deterministic(tmp_path):
+    def digest(root):
+        files = sorted(p for p in root.rglob('*') if p.is_file())
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+    generate_digits_detection(str(tmp_path / 'a'), num_train=5, num_val=3)
+    generate_digits_detection(str(tmp_path / 'b'), num_train=5, num_val=3)
+    generate_digits_detection(str(tmp_path / 'c'), num_train=5, num_val=3, seed=1)
+    assert digest(tmp_path / 'a') == digest(tmp_path / 'b')
+    assert digest(tmp_path / 'a') != digest(tmp_path / 'c')
+    coco = json.loads((tmp_path / 'a' / 'annotations' / 'train.json').read_text())
+    assert len(coco['images']) == 5 and coco['annotations']
+    for ann in coco['annotations']:
+        x, y, w, h = ann['bbox']
+        assert 0 <= x and 0 <= y and x + w <= 128 and y + h <= 128 and w > 0 and h > 0
+        assert 1 <= ann['category_id'] <= 10
+
+
+def test_detector_trains_and_the_hook_logs_strides(tmp_path):
+    """Two training iterations of the LSConv benchmark detector through mmengine's Runner: the
+    strides move, each strided block keeps one grid, and the hook logs every stride."""
+    cfg = tiny_run_config(tmp_path / 'work', tmp_path / 'data')
+    runner = Runner.from_cfg(cfg)
+    before = learned_strides(runner.model)
+    assert len(before) == 3 and all(v == (2.0, 2.0) for v in before.values())
+    runner.train()
+    after = learned_strides(runner.model)
+    assert all(after[name] != before[name] for name in before), after
+    followers = [m for m in runner.model.modules()
+                 if isinstance(m, LSConv2d) and m.stride_leader is not None]
+    assert len(followers) == 3
+    for follower in followers:
+        torch.testing.assert_close(follower.sampling_stride(),
+                                   follower.stride_leader.sampling_stride())
+    trajectories = read_stride_trajectories(find_scalars_json(str(tmp_path / 'work')))
+    assert set(trajectories) == set(after)
+    for name, series in trajectories.items():
+        assert [step for step, _ in series['h']] == [0, 1, 2]
+        assert series['h'][0][1] == 2.0
+        assert (series['h'][-1][1], series['w'][-1][1]) == pytest.approx(after[name])
+
+
+def test_plot_strides_tool(tmp_path):
+    cfg = tiny_run_config(tmp_path / 'work', tmp_path / 'data', iters=1)
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    Runner.from_cfg(cfg).train()
+    out = tmp_path / 'strides.png'
+    subprocess.run([sys.executable, str(REPO / 'tools' / 'plot_strides.py'),
+                    str(tmp_path / 'work'), '--out', str(out)], check=True)
+    assert out.read_bytes()[:4] == b'\x89PNG'
+
+
+def write_tiny_config(tmp_path: Path, **changes) -> Path:
+    cfg = tiny_run_config(tmp_path / 'work', tmp_path / 'data', iters=3)
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    cfg.test_cfg = cfg.test_dataloader = cfg.test_evaluator = None
+    cfg.train_cfg.val_interval = 100
+    cfg.merge_from_dict(changes)
+    path = tmp_path / 'tiny.py'
+    cfg.dump(str(path))
+    return path
+
+
+def test_distributed_gloo_keeps_strides_identical(tmp_path):
+    """Two processes, gloo on CPU, through torchrun and mmengine's Runner (tools/train.py):
+    the hook checks at every iteration that both ranks hold the same strides (it raises
+    otherwise)."""
+    config = write_tiny_config(tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    result = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+         '--master_port=29517', str(REPO / 'tools' / 'train.py'), str(config),
+         '--launcher', 'pytorch'],
+        capture_output=True, text=True, env=env, timeout=600)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert 'strides at iter 3 (identical on 2 ranks)' in log, log[-4000:]
+
+
+def test_mim_train_runs_a_benchmark_config(tmp_path):
+    config = write_tiny_config(tmp_path)
+    mim = str(Path(sys.executable).with_name('mim'))
+    result = subprocess.run([mim, 'train', 'mmdet', str(config), '--gpus', '0', '--launcher',
+                             'none', '--work-dir', str(tmp_path / 'mim'), '-y'],
+                            capture_output=True, text=True, timeout=600,
+                            cwd=str(tmp_path))
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert 'strides at iter 3' in log, log[-4000:]
