@@ -73,12 +73,13 @@ val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=2e-3, weight_decay=1e-4),
-    # Learned strides: their own learning rate, no weight decay.
-    paramwise_cfg=dict(custom_keys={'learnable_stride': dict(lr_mult=10.0, decay_mult=0.0)}))
+    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4),
+    clip_grad=dict(max_norm=5.0),
+    # Learned strides: their own learning rate (Adam steps of up to 0.02 px), no weight decay.
+    paramwise_cfg=dict(custom_keys={'learnable_stride': dict(lr_mult=20.0, decay_mult=0.0)}))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=100),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=100, end=max_iters, eta_min=2e-5),
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=200),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=200, end=max_iters, eta_min=1e-5),
 ]
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
