@@ -2,7 +2,7 @@
 # The main job: sets up .venv (tools/setup_env.sh), then trains the quick
 # digits detector with learned strides (RetinaNet, LSConv in ResNet stages 2-4;
 # data generated on first use, nothing downloaded) through `mim train mmdet`,
-# and plots the strides it learned. A few minutes on 2 CPU cores.
+# and plots the strides it learned. About 2 minutes on 2 CPU cores after set-up.
 # Extra arguments go to mmdet's train tool (e.g. --cfg-options train_cfg.max_iters=100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
