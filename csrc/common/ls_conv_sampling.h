@@ -77,36 +77,37 @@ LSCONV_HOST_DEVICE inline double sample_position(int64_t out, int64_t tap, doubl
 }
 
 // Sum over the four neighbours of (factor along h) * (factor along w) * pixel,
-// with the factors of the low and high neighbour given per axis.
-template <typename T>
-LSCONV_HOST_DEVICE inline T combine_neighbours(const T* im, int64_t width, const AxisSample<T>& h,
+// with the factors of the low and high neighbour given per axis. Pixels of type
+// V are read as T (e.g. half pixels, float arithmetic).
+template <typename T, typename V>
+LSCONV_HOST_DEVICE inline T combine_neighbours(const V* im, int64_t width, const AxisSample<T>& h,
                                                T h_low, T h_high, const AxisSample<T>& w,
                                                T w_low, T w_high) {
-  const T* row_low = im + h.low * width;
-  const T* row_high = im + h.high * width;
-  return h_low * (w_low * row_low[w.low] + w_high * row_low[w.high]) +
-         h_high * (w_low * row_high[w.low] + w_high * row_high[w.high]);
+  const V* row_low = im + h.low * width;
+  const V* row_high = im + h.high * width;
+  return h_low * (w_low * T(row_low[w.low]) + w_high * T(row_low[w.high])) +
+         h_high * (w_low * T(row_high[w.low]) + w_high * T(row_high[w.high]));
 }
 
 // Interpolated value of image `im` (row length `width`) at (h, w).
-template <typename T>
-LSCONV_HOST_DEVICE inline T bilinear_value(const T* im, int64_t width, const AxisSample<T>& h,
+template <typename T, typename V>
+LSCONV_HOST_DEVICE inline T bilinear_value(const V* im, int64_t width, const AxisSample<T>& h,
                                            const AxisSample<T>& w) {
   return combine_neighbours(im, width, h, h.weight_low, h.weight_high, w, w.weight_low,
                             w.weight_high);
 }
 
 // d value / d h at (h, w): MMCV's get_coordinate_weight with bp_dir = 0.
-template <typename T>
-LSCONV_HOST_DEVICE inline T coordinate_weight_h(const T* im, int64_t width, const AxisSample<T>& h,
+template <typename T, typename V>
+LSCONV_HOST_DEVICE inline T coordinate_weight_h(const V* im, int64_t width, const AxisSample<T>& h,
                                                 const AxisSample<T>& w) {
   return combine_neighbours(im, width, h, h.slope_low, h.slope_high, w, w.weight_low,
                             w.weight_high);
 }
 
 // d value / d w at (h, w): MMCV's get_coordinate_weight with bp_dir = 1.
-template <typename T>
-LSCONV_HOST_DEVICE inline T coordinate_weight_w(const T* im, int64_t width, const AxisSample<T>& h,
+template <typename T, typename V>
+LSCONV_HOST_DEVICE inline T coordinate_weight_w(const V* im, int64_t width, const AxisSample<T>& h,
                                                 const AxisSample<T>& w) {
   return combine_neighbours(im, width, h, h.weight_low, h.weight_high, w, w.slope_low,
                             w.slope_high);
