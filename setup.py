@@ -17,21 +17,57 @@ def read_version() -> str:
     return scope['__version__']
 
 
+# Architectures built when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible
+# (FORCE_CUDA=1 on a build machine): Turing to Hopper, with PTX for newer GPUs.
+DEFAULT_CUDA_ARCH_LIST = '7.5;8.0;8.6;8.9;9.0+PTX'
+
+
+def build_cuda() -> bool:
+    """Whether to build the CUDA kernels: when torch sees a GPU, or FORCE_CUDA=1.
+
+    Needs a CUDA build of torch and the CUDA toolkit (CUDA_HOME), never a visible GPU.
+    """
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    forced = os.getenv('FORCE_CUDA', '0') == '1'
+    if not (forced or torch.cuda.is_available()):
+        return False
+    if torch.version.cuda is None or CUDA_HOME is None:
+        if forced:
+            raise RuntimeError(f'FORCE_CUDA=1 expected a CUDA build of torch and the CUDA '
+                               f'toolkit; found torch.version.cuda={torch.version.cuda}, '
+                               f'CUDA_HOME={CUDA_HOME}')
+        return False
+    if not os.getenv('TORCH_CUDA_ARCH_LIST') and not torch.cuda.is_available():
+        os.environ['TORCH_CUDA_ARCH_LIST'] = DEFAULT_CUDA_ARCH_LIST
+    return True
+
+
 def make_extensions():
     """The extension modules and the build_ext command that builds them.
 
     torch must already be installed (build with --no-build-isolation): the
-    extension is compiled against the torch of the environment.
+    extension is compiled against the torch of the environment. The CUDA
+    kernels are added when build_cuda() says so; TORCH_CUDA_ARCH_LIST picks
+    the GPU architectures, as for any torch extension.
     """
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     sources = sorted(glob.glob('csrc/pytorch/*.cpp') + glob.glob('csrc/pytorch/cpu/*.cpp'))
-    extension = CppExtension(
-        'mmlstride._ext',
-        sources,
-        extra_compile_args={'cxx': ['-O3', '-fopenmp']},
-        extra_link_args=['-fopenmp'],
-    )
+    compile_args = {'cxx': ['-O3', '-fopenmp']}
+    if build_cuda():
+        extension = CUDAExtension(
+            'mmlstride._ext',
+            sources + sorted(glob.glob('csrc/pytorch/cuda/*.cu')),
+            define_macros=[('WITH_CUDA', None)],
+            extra_compile_args={**compile_args, 'nvcc': ['-O3']},
+            extra_link_args=['-fopenmp'],
+        )
+    else:
+        extension = CppExtension(
+            'mmlstride._ext', sources, extra_compile_args=compile_args,
+            extra_link_args=['-fopenmp'])
     return [extension], {'build_ext': BuildExtension}
 
 

@@ -2,11 +2,13 @@
 import math
 import random
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mmlstride.ops.ls_conv2d_reference import ls_conv2d_reference
 
 
 def ls_conv2d_by_deform_conv(deform_conv2d: Callable, input: Tensor, weight: Tensor,
@@ -55,8 +57,17 @@ def ls_conv2d_by_deform_conv(deform_conv2d: Callable, input: Tensor, weight: Ten
 
 def relative_error(actual: Tensor, expected: Tensor) -> float:
     """max |actual - expected| / max |expected| (0 when both are empty or zero)."""
+    actual, expected = actual.double().cpu(), expected.double().cpu()
     scale = expected.abs().max().item() if expected.numel() else 0.0
     diff = (actual - expected).abs().max().item() if expected.numel() else 0.0
+    return diff / scale if scale > 0 else diff
+
+
+def norm_relative_error(actual: Tensor, expected: Tensor) -> float:
+    """||actual - expected|| / ||expected|| (Frobenius; 0 when both are empty or zero)."""
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    scale = expected.norm().item()
+    diff = (actual - expected).norm().item()
     return diff / scale if scale > 0 else diff
 
 
@@ -87,8 +98,26 @@ class Case:
     def leaves(self):
         return [t for t in (self.input, self.weight, self.bias, self.stride) if t is not None]
 
+    def to(self, dtype: torch.dtype, device: Union[str, torch.device] = 'cpu',
+           stride_dtype: Optional[torch.dtype] = None) -> 'Case':
+        """A copy with new leaf tensors: input, weight and bias in ``dtype`` on ``device``,
+        the stride in ``stride_dtype`` (default: float32 for float16 and bfloat16, else
+        ``dtype``)."""
+        if stride_dtype is None:
+            stride_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
-def random_case(seed: int, dtype=torch.float64, batch: Optional[int] = None) -> Case:
+        def leaf(t, leaf_dtype):
+            if t is None:
+                return None
+            return t.detach().to(device=device, dtype=leaf_dtype).requires_grad_()
+
+        return Case(leaf(self.input, dtype), leaf(self.weight, dtype),
+                    leaf(self.stride, stride_dtype), leaf(self.bias, dtype), self.padding,
+                    self.dilation, self.groups, self.output_size)
+
+
+def random_case(seed: int, dtype=torch.float64, batch: Optional[int] = None,
+                device: Union[str, torch.device] = 'cpu') -> Case:
     """A random valid case: groups, dilation, padding, asymmetric fractional strides."""
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -104,17 +133,52 @@ def random_case(seed: int, dtype=torch.float64, batch: Optional[int] = None) -> 
     batch = rng.choice((1, 2, 3)) if batch is None else batch
 
     def randn(*shape):
-        return torch.randn(*shape, generator=gen, dtype=dtype).requires_grad_()
+        return torch.randn(*shape, generator=gen, dtype=dtype).to(device).requires_grad_()
 
     return Case(
         input=randn(batch, channels, *size),
         weight=randn(out_channels, channels // groups, *kernel),
-        stride=torch.tensor(stride, dtype=dtype, requires_grad=True),
+        stride=torch.tensor(stride, dtype=dtype, device=device, requires_grad=True),
         bias=randn(out_channels) if rng.random() < 0.7 else None,
         padding=padding,
         dilation=dilation,
         groups=groups,
         output_size=output_size)
+
+
+def compiled_op(*args) -> Tensor:
+    """torch.ops.mmlstride.ls_conv2d with the argument order of Case.args()."""
+    input, weight, stride, bias, padding, dilation, groups, output_size = args
+    return torch.ops.mmlstride.ls_conv2d(input, weight, bias, stride, padding, dilation, groups,
+                                         output_size)
+
+
+def output_gradient(case: Case, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """A fixed random gradient for the output of ``case`` (float64, on the CPU, or ``dtype``)."""
+    shape = (case.input.shape[0], case.weight.shape[0], *case.output_size)
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return grad if dtype is None else grad.to(dtype)
+
+
+def evaluate(function: Callable[..., Tensor], case: Case, grad_output: Tensor) -> Dict[str, Tensor]:
+    """'output' of ``function(*case.args())`` and 'grad_<name>' of each leaf for ``grad_output``
+    (cast to the output's dtype and device)."""
+    out = function(*case.args())
+    results = {'output': out}
+    names = [name for name, t in (('input', case.input), ('weight', case.weight),
+                                  ('bias', case.bias), ('stride', case.stride)) if t is not None]
+    grads = torch.autograd.grad(out, case.leaves(), grad_output.to(out.dtype).to(out.device))
+    results.update(('grad_' + name, grad) for name, grad in zip(names, grads))
+    return results
+
+
+def errors(actual: Dict[str, Tensor], expected: Dict[str, Tensor],
+           error: Callable[[Tensor, Tensor], float] = relative_error) -> Dict[str, float]:
+    """``error(actual[k], expected[k])`` for every key, after checking the output shapes."""
+    if actual['output'].shape != expected['output'].shape:
+        raise AssertionError(f'output shape {tuple(actual["output"].shape)} != '
+                             f'{tuple(expected["output"].shape)}')
+    return {key: error(actual[key], expected[key]) for key in expected}
 
 
 def compiled_errors(case: Case, reference: Callable[..., Tensor]) -> Dict[str, float]:
@@ -123,19 +187,17 @@ def compiled_errors(case: Case, reference: Callable[..., Tensor]) -> Dict[str, f
     Keys: 'output', and 'grad_input', 'grad_weight', 'grad_bias', 'grad_stride'
     for one fixed random output gradient ('grad_bias' only when the case has a bias).
     """
-    out = torch.ops.mmlstride.ls_conv2d(case.input, case.weight, case.bias, case.stride,
-                                        case.padding, case.dilation, case.groups,
-                                        case.output_size)
-    expected = reference(*case.args())
-    if out.shape != expected.shape:
-        raise AssertionError(f'output shape {tuple(out.shape)} != {tuple(expected.shape)}')
-    errors = {'output': relative_error(out, expected)}
-    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(0),
-                           dtype=out.dtype).to(out.device)
-    names = [name for name, t in (('input', case.input), ('weight', case.weight),
-                                  ('bias', case.bias), ('stride', case.stride)) if t is not None]
-    grads = torch.autograd.grad(out, case.leaves(), grad_out)
-    expected_grads = torch.autograd.grad(expected, case.leaves(), grad_out)
-    for name, grad, expected_grad in zip(names, grads, expected_grads):
-        errors['grad_' + name] = relative_error(grad, expected_grad)
-    return errors
+    grad_output = output_gradient(case)
+    return errors(evaluate(compiled_op, case, grad_output), evaluate(reference, case, grad_output))
+
+
+def float64_reference_errors(case: Case, dtype: torch.dtype,
+                             device: Union[str, torch.device]) -> Dict[str, float]:
+    """Norm-relative errors of the compiled op run in ``dtype`` on ``device`` against the
+    pure-PyTorch reference in float64 on the CPU, both given the inputs (and the output
+    gradient) rounded to ``dtype``, so only the op's own arithmetic is measured."""
+    low = case.to(dtype, device)
+    exact = low.to(torch.float64, 'cpu')
+    grad_output = output_gradient(case, dtype)
+    return errors(evaluate(compiled_op, low, grad_output),
+                  evaluate(ls_conv2d_reference, exact, grad_output.double()), norm_relative_error)

@@ -1,4 +1,5 @@
-"""The compiled op against independent references: values and every gradient."""
+"""The compiled op against independent references: values and every gradient, on every device
+(``device`` fixture, tests/conftest.py)."""
 from functools import partial
 
 import pytest
@@ -6,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from mmlstride.ops import ls_conv2d, ls_conv2d_reference
-from mmlstride.testing import (FRACTIONAL_STRIDES, compiled_errors, ls_conv2d_by_deform_conv,
-                               random_case)
+from mmlstride.testing import (FRACTIONAL_STRIDES, Case, compiled_errors, compiled_op, errors,
+                               evaluate, ls_conv2d_by_deform_conv, output_gradient, random_case)
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-4}
 
@@ -20,22 +21,30 @@ def assert_same_function(case, reference, tolerance):
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
 @pytest.mark.parametrize('seed', range(40))
-def test_matches_pure_pytorch(seed, dtype):
-    case = random_case(seed, dtype)
+def test_matches_pure_pytorch(seed, dtype, device):
+    case = random_case(seed, dtype, device=device)
     assert_same_function(case, ls_conv2d_reference, TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
 @pytest.mark.parametrize('seed', range(40))
-def test_matches_mmcv_deform_conv(seed, dtype):
+def test_matches_mmcv_deform_conv(seed, dtype, device):
     deform_conv2d = pytest.importorskip('mmcv.ops').deform_conv2d
-    case = random_case(seed, dtype)
+    case = random_case(seed, dtype, device=device)
+    assert_same_function(case, partial(ls_conv2d_by_deform_conv, deform_conv2d), TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('seed', range(40))
+def test_matches_torchvision_deform_conv(seed, dtype, device):
+    deform_conv2d = pytest.importorskip('torchvision.ops').deform_conv2d
+    case = random_case(seed, dtype, device=device)
     assert_same_function(case, partial(ls_conv2d_by_deform_conv, deform_conv2d), TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize('seed', range(4))
-def test_empty_batch(seed):
-    case = random_case(seed, batch=0)
+def test_empty_batch(seed, device):
+    case = random_case(seed, batch=0, device=device)
     out = ls_conv2d(*case.args())
     assert out.shape == (0, case.weight.shape[0], *case.output_size)
     grads = torch.autograd.grad(out.sum(), case.leaves(), allow_unused=True)
@@ -45,19 +54,23 @@ def test_empty_batch(seed):
 
 
 @pytest.mark.parametrize('seed', range(8))
-def test_gradcheck_float64(seed):
-    case = random_case(seed)
+def test_gradcheck_float64(seed, device):
+    case = random_case(seed, device=device)
     # Shrink the case: gradcheck is quadratic in the number of elements.
     case.input = case.input.detach()[:2, :, :7, :7].clone().requires_grad_()
     case.output_size = tuple(min(v, 4) for v in case.output_size)
-    assert torch.autograd.gradcheck(lambda *t: ls_conv2d(*t), case.args(), eps=1e-6, atol=1e-7)
+    # On CUDA the input gradient is summed with atomics, so two backward passes may differ
+    # in the last bits (gradcheck's reentrance check).
+    nondet_tol = 1e-12 if device.type == 'cuda' else 0.0
+    assert torch.autograd.gradcheck(lambda *t: ls_conv2d(*t), case.args(), eps=1e-6, atol=1e-7,
+                                    nondet_tol=nondet_tol)
 
 
 @pytest.mark.parametrize('seed', range(6))
-def test_stride_gradient_by_finite_differences(seed):
-    case = random_case(seed)
+def test_stride_gradient_by_finite_differences(seed, device):
+    case = random_case(seed, device=device)
     grad_out = torch.randn(case.input.shape[0], case.weight.shape[0], *case.output_size,
-                           dtype=torch.float64)
+                           dtype=torch.float64, device=device)
 
     def loss(stride):
         return (ls_conv2d(case.input, case.weight, stride, case.bias, case.padding,
@@ -66,7 +79,7 @@ def test_stride_gradient_by_finite_differences(seed):
     analytic, = torch.autograd.grad(loss(case.stride), case.stride)
     step = 1e-6
     for axis in range(2):
-        delta = torch.zeros(2, dtype=torch.float64)
+        delta = torch.zeros(2, dtype=torch.float64, device=device)
         delta[axis] = step
         with torch.no_grad():
             numeric = (loss(case.stride + delta) - loss(case.stride - delta)) / (2 * step)
@@ -76,12 +89,12 @@ def test_stride_gradient_by_finite_differences(seed):
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
 @pytest.mark.parametrize('stride', [(1, 1), (2, 2), (1, 2), (3, 1)])
 @pytest.mark.parametrize('groups,dilation,padding', [(1, 1, 1), (2, (2, 1), (0, 2))])
-def test_integer_stride_is_conv2d(stride, groups, dilation, padding, dtype):
+def test_integer_stride_is_conv2d(stride, groups, dilation, padding, dtype, device):
     torch.manual_seed(0)
-    x = torch.randn(2, 4, 13, 11, dtype=dtype, requires_grad=True)
-    w = torch.randn(6, 4 // groups, 3, 3, dtype=dtype, requires_grad=True)
-    b = torch.randn(6, dtype=dtype, requires_grad=True)
-    s = torch.tensor(stride, dtype=dtype)
+    x = torch.randn(2, 4, 13, 11, dtype=dtype, device=device, requires_grad=True)
+    w = torch.randn(6, 4 // groups, 3, 3, dtype=dtype, device=device, requires_grad=True)
+    b = torch.randn(6, dtype=dtype, device=device, requires_grad=True)
+    s = torch.tensor(stride, dtype=dtype, device=device)
     out = ls_conv2d(x, w, s, b, padding, dilation, groups)
     expected = F.conv2d(x, w, b, stride, padding, dilation, groups)
     torch.testing.assert_close(out, expected)
@@ -92,18 +105,32 @@ def test_integer_stride_is_conv2d(stride, groups, dilation, padding, dtype):
         torch.testing.assert_close(grad, expected_grad)
 
 
-def test_seed_notebook_example():
+def test_seed_notebook_example(device):
     """DESIGN.md section 2: the notebook's data, with the factor a (b) it left out."""
-    x = torch.tensor([[10., 2, 3], [0, 1, 2], [30, 5, 2]], dtype=torch.float64).view(1, 1, 3, 3)
-    w = torch.tensor([[0.4, 0.2], [0.1, 0.9]], dtype=torch.float64).view(1, 1, 2, 2)
-    stride = torch.tensor([2.4, 2.2], dtype=torch.float64, requires_grad=True)
+    f64 = dict(dtype=torch.float64, device=device)
+    x = torch.tensor([[10., 2, 3], [0, 1, 2], [30, 5, 2]], **f64).view(1, 1, 3, 3)
+    w = torch.tensor([[0.4, 0.2], [0.1, 0.9]], **f64).view(1, 1, 2, 2)
+    stride = torch.tensor([2.4, 2.2], **f64, requires_grad=True)
     y = ls_conv2d(x, w, stride, output_size=(2, 2))
     torch.testing.assert_close(y.detach().view(2, 2),
-                               torch.tensor([[5.3, 1.12], [7.8, 0.384]], dtype=torch.float64))
+                               torch.tensor([[5.3, 1.12], [7.8, 0.384]], **f64))
     expected = {(0, 0): (0.0, 0.0), (0, 1): (0.0, -1.4), (1, 1): (-0.64, -0.48)}
     for (a, b), grad in expected.items():
         got, = torch.autograd.grad(y[0, 0, a, b], stride, retain_graph=True)
-        torch.testing.assert_close(got, torch.tensor(grad, dtype=torch.float64))
+        torch.testing.assert_close(got, torch.tensor(grad, **f64))
+
+
+@pytest.mark.parametrize('stride_dtype', [torch.float32, torch.float64])
+def test_stride_keeps_its_own_dtype(stride_dtype, device):
+    """A float32 stride (as under autocast) with float64 data: same function, gradient in
+    the stride's dtype."""
+    mixed = random_case(3, device=device).to(torch.float64, device, stride_dtype=stride_dtype)
+    same_values = mixed.to(torch.float64, device)  # the stride converted exactly
+    got = evaluate(compiled_op, mixed, output_gradient(mixed))
+    expected = evaluate(compiled_op, same_values, output_gradient(mixed))
+    assert got['grad_stride'].dtype == stride_dtype
+    # Only the stride gradient is rounded, to float32 or not at all.
+    assert max(errors(got, expected).values()) < 1e-7
 
 
 def test_default_output_size_follows_the_stride():
@@ -118,23 +145,22 @@ def test_default_output_size_follows_the_stride():
     'shape, stride',
     [
         # 16 channels, 3x3 taps, 141 columns in float64: 162 KB of columns per output row,
-        # so tiles of 25 rows of the 4 MiB target, which split images and straddle them.
+        # so tiles of 25 rows of the CPU's 4 MiB target (206 rows of CUDA's 32 MiB), which
+        # split images and straddle them.
         ((3, 16, 141, 141), (0.9871, 1.0137)),
-        # 64 channels, 3x3 taps, 1300 columns: one output row (6 MB) exceeds the target,
-        # so tiles of one row.
+        # 64 channels, 3x3 taps, 1300 columns: one output row (6 MB) exceeds the CPU's
+        # target, so tiles of one row (of 5 rows on CUDA, whole images).
         ((2, 64, 5, 1300), (1.0137, 0.9871)),
+        # 64 channels, 3x3 taps, 8000 columns: one output row (37 MB) exceeds either target.
+        ((1, 64, 3, 8000), (1.0137, 0.9871)),
     ],
-    ids=['tiles-of-25-rows', 'rows-wider-than-a-tile'])
-def test_batch_split_into_tiles(shape, stride):
+    ids=['rows-of-several-images', 'rows-wider-than-a-cpu-tile', 'rows-wider-than-any-tile'])
+def test_batch_split_into_tiles(shape, stride, device):
     """Output rows processed in several column tiles give the reference's results."""
     gen = torch.Generator().manual_seed(0)
-    case = random_case(0)
-    case.input = torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
-    case.weight = torch.randn(4, shape[1], 3, 3, generator=gen, dtype=torch.float64,
-                              requires_grad=True)
-    case.bias = None
-    case.stride = torch.tensor(stride, dtype=torch.float64, requires_grad=True)
-    case.padding, case.dilation, case.groups = (1, 1), (1, 1), 1
-    case.output_size = shape[2:]
+    case = Case(input=torch.randn(*shape, generator=gen, dtype=torch.float64),
+                weight=torch.randn(4, shape[1], 3, 3, generator=gen, dtype=torch.float64),
+                stride=torch.tensor(stride, dtype=torch.float64), bias=None, padding=(1, 1),
+                dilation=(1, 1), groups=1, output_size=shape[2:]).to(torch.float64, device)
     errors = compiled_errors(case, ls_conv2d_reference)
     assert max(errors.values()) < 1e-10, errors

@@ -1,4 +1,5 @@
-"""The ops as torch.library ops: opcheck (schema, fake, autograd registration) and torch.compile."""
+"""The ops as torch.library ops: opcheck (schema, fake, autograd registration) and torch.compile,
+on every device (``device`` fixture, tests/conftest.py)."""
 import pytest
 import torch
 from torch import nn
@@ -8,8 +9,8 @@ from mmlstride.ops import LSConv2d
 
 
 @pytest.mark.parametrize('seed', range(3))
-def test_opcheck_forward(seed):
-    case = random_case(seed)
+def test_opcheck_forward(seed, device):
+    case = random_case(seed, device=device)
     args = (case.input, case.weight, case.bias, case.stride, case.padding, case.dilation,
             case.groups, case.output_size)
     torch.library.opcheck(torch.ops.mmlstride.ls_conv2d.default, args)
@@ -17,33 +18,34 @@ def test_opcheck_forward(seed):
 
 @pytest.mark.parametrize('output_mask', [[True] * 4, [False, True, False, True],
                                          [True, False, True, False]])
-def test_opcheck_backward(output_mask):
-    case = random_case(1)
+def test_opcheck_backward(output_mask, device):
+    case = random_case(1, device=device)
     grad_output = torch.randn(case.input.shape[0], case.weight.shape[0], *case.output_size,
-                              dtype=torch.float64)
+                              dtype=torch.float64, device=device)
     args = (grad_output, case.input.detach(), case.weight.detach(), case.stride.detach(),
             case.padding, case.dilation, case.groups, output_mask)
     torch.library.opcheck(torch.ops.mmlstride.ls_conv2d_backward.default, args)
 
 
-def small_net():
+def small_net(device):
     torch.manual_seed(0)
     return nn.Sequential(
         LSConv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
         LSConv2d(8, 8, 3, stride=2, padding=1, groups=2), nn.ReLU(),
-        LSConv2d(8, 4, 1, stride=1)).double()
+        LSConv2d(8, 4, 1, stride=1)).double().to(device)
 
 
 @pytest.mark.parametrize('backend,dynamic', [('aot_eager', True), ('inductor', False)])
-def test_torch_compile_fullgraph(backend, dynamic):
-    net = small_net()
+def test_torch_compile_fullgraph(backend, dynamic, device):
+    net = small_net(device)
     with torch.no_grad():
         for module in net:
             if isinstance(module, LSConv2d):
-                module.learnable_stride.add_(torch.tensor([0.137, -0.219], dtype=torch.float64))
+                module.learnable_stride.add_(
+                    torch.tensor([0.137, -0.219], dtype=torch.float64, device=device))
     compiled = torch.compile(net, backend=backend, fullgraph=True, dynamic=dynamic)
     for size in (17, 23):
-        x = torch.randn(2, 3, size, size + 2, dtype=torch.float64)
+        x = torch.randn(2, 3, size, size + 2, dtype=torch.float64, device=device)
         expected = net(x)
         expected_grads = torch.autograd.grad(expected.square().sum(), list(net.parameters()))
         out = compiled(x)

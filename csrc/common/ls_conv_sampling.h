@@ -76,6 +76,19 @@ LSCONV_HOST_DEVICE inline double sample_position(int64_t out, int64_t tap, doubl
   return double(out) * stride - double(pad) + double(tap * dilation);
 }
 
+// Conversion of a stored element of type V to type T (a static_cast).
+// ls_conv_cuda_kernel.cuh specialises it for CUDA's half and bfloat16 types,
+// whose conversions torch builds disable as implicit casts.
+template <typename T, typename V>
+struct Convert {
+  LSCONV_HOST_DEVICE static T apply(V v) { return static_cast<T>(v); }
+};
+
+template <typename T, typename V>
+LSCONV_HOST_DEVICE inline T convert(V v) {
+  return Convert<T, V>::apply(v);
+}
+
 // Sum over the four neighbours of (factor along h) * (factor along w) * pixel,
 // with the factors of the low and high neighbour given per axis. Pixels of type
 // V are read as T (e.g. half pixels, float arithmetic).
@@ -85,8 +98,8 @@ LSCONV_HOST_DEVICE inline T combine_neighbours(const V* im, int64_t width, const
                                                T w_low, T w_high) {
   const V* row_low = im + h.low * width;
   const V* row_high = im + h.high * width;
-  return h_low * (w_low * T(row_low[w.low]) + w_high * T(row_low[w.high])) +
-         h_high * (w_low * T(row_high[w.low]) + w_high * T(row_high[w.high]));
+  return h_low * (w_low * convert<T>(row_low[w.low]) + w_high * convert<T>(row_low[w.high])) +
+         h_high * (w_low * convert<T>(row_high[w.low]) + w_high * convert<T>(row_high[w.high]));
 }
 
 // Interpolated value of image `im` (row length `width`) at (h, w).

@@ -1,8 +1,11 @@
 // Device-agnostic host code of the learnable-stride convolution: argument
-// checks, tiling of the output rows, the GEMMs (through ATen) and the op registrations.
-// The sampling work is done by the backend kernels of ls_conv_kernels.h.
+// checks, tiling of the output rows, the GEMMs (through ATen) and the op
+// registrations (CPU, CUDA when built WITH_CUDA, and autocast). The sampling
+// work is done by the backend kernels of ls_conv_kernels.h.
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/record_function.h>
+#include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -17,11 +20,20 @@ namespace {
 
 // Target size of a columns buffer. The batch's output rows are processed in
 // tiles of whole rows whose columns fit in it (one row when a single row needs
-// more): the GEMMs run fastest at a few hundred to a few thousand columns, and
-// a buffer this size is reused from the heap rather than page-faulted anew.
-// Forward holds one such buffer, backward two (columns and their gradient),
-// each with an (out_channels x tile columns) output tile.
-constexpr int64_t kTileBytes = int64_t(4) << 20;
+// more). Forward holds one such buffer, backward two (columns and their
+// gradient), each with an (out_channels x tile columns) output tile.
+// CPU: the GEMMs run fastest at a few hundred to a few thousand columns, and a
+// buffer this size is reused from the heap rather than page-faulted anew.
+// CUDA: large enough that the usual detection layers take one or two tiles,
+// so each launch fills the GPU.
+int64_t tile_bytes(const at::Device& device) {
+  return device.is_cuda() ? int64_t(32) << 20 : int64_t(4) << 20;
+}
+
+// The dtype in which the input gradient and the weight gradient are accumulated.
+at::ScalarType accumulate_type(at::ScalarType dtype) {
+  return dtype == at::kHalf || dtype == at::kBFloat16 ? at::kFloat : dtype;
+}
 
 void check_like_input(const at::Tensor& t, const char* name, const at::Tensor& input) {
   TORCH_CHECK(t.device() == input.device(), name, ".device=", t.device(), " expected ",
@@ -45,10 +57,23 @@ LSConvGeometry make_geometry(const at::Tensor& input, const at::Tensor& weight,
   TORCH_CHECK(input.dim() == 4, "input.dim()=", input.dim(), " expected 4 (N, C, H, W)");
   TORCH_CHECK(weight.dim() == 4, "weight.dim()=", weight.dim(),
               " expected 4 (out_channels, in_channels / groups, kernel_h, kernel_w)");
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
-              "input.dtype=", input.scalar_type(), " expected float32 or float64");
+  const at::ScalarType dtype = input.scalar_type();
+  if (input.is_cuda()) {
+    TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+                    dtype == at::kBFloat16,
+                "input.dtype=", dtype, " expected float32, float64, float16 or bfloat16");
+  } else {
+    TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "input.dtype=", dtype,
+                " expected float32 or float64 on ", input.device().type(),
+                " (float16 and bfloat16 run on CUDA)");
+  }
   check_like_input(weight, "weight", input);
-  check_like_input(stride, "stride", input);
+  // The stride keeps its own floating dtype (float32 under autocast, say): it
+  // is read in float64 and its gradient is returned in its dtype.
+  TORCH_CHECK(stride.device() == input.device(), "stride.device=", stride.device(), " expected ",
+              input.device(), " (the device of input)");
+  TORCH_CHECK(at::isFloatingType(stride.scalar_type()), "stride.dtype=", stride.scalar_type(),
+              " expected a floating-point dtype");
   TORCH_CHECK(stride.dim() == 1 && stride.size(0) == 2, "stride.shape=", stride.sizes(),
               " expected [2] (stride_h, stride_w)");
   check_pair(padding, "padding", 0);
@@ -81,14 +106,17 @@ LSConvGeometry make_geometry(const at::Tensor& input, const at::Tensor& weight,
 }
 
 // Output rows per tile so that its columns stay within kTileBytes.
-int64_t tile_rows(const LSConvGeometry& g, int64_t element_size) {
-  const int64_t per_row = g.channels * g.kernel_h * g.kernel_w * g.out_w * element_size;
-  return std::max<int64_t>(1, kTileBytes / std::max<int64_t>(per_row, 1));
+int64_t tile_rows(const LSConvGeometry& g, const at::Tensor& input) {
+  const int64_t per_row = g.channels * g.kernel_h * g.kernel_w * g.out_w * input.element_size();
+  return std::max<int64_t>(1, tile_bytes(input.device()) / std::max<int64_t>(per_row, 1));
 }
 
 void im2col(const at::Tensor& input, const LSConvGeometry& g, int64_t row_begin, int64_t row_end,
             const at::Tensor& columns) {
   RECORD_FUNCTION("mmlstride::im2col", std::vector<c10::IValue>());
+#ifdef WITH_CUDA
+  if (input.is_cuda()) return ls_conv_im2col_cuda(input, g, row_begin, row_end, columns);
+#endif
   ls_conv_im2col_cpu(input, g, row_begin, row_end, columns);
 }
 
@@ -97,6 +125,12 @@ void backward_sampling(const at::Tensor& grad_columns, const at::Tensor& input,
                        const at::Tensor& grad_input, const at::Tensor& stride_partials,
                        const at::Tensor& columns) {
   RECORD_FUNCTION("mmlstride::backward_sampling", std::vector<c10::IValue>());
+#ifdef WITH_CUDA
+  if (input.is_cuda()) {
+    return ls_conv_backward_sampling_cuda(grad_columns, input, g, row_begin, row_end, grad_input,
+                                          stride_partials, columns);
+  }
+#endif
   ls_conv_backward_sampling_cpu(grad_columns, input, g, row_begin, row_end, grad_input,
                                 stride_partials, columns);
 }
@@ -107,23 +141,32 @@ at::Tensor matrix_view(const at::Tensor& buffer, int64_t rows, int64_t cols) {
 }
 
 // Copies between an (N, O, out_h, out_w) tensor and a tile matrix (O, rows * out_w) of
-// its output rows [row_begin, row_end), in the direction `to_tile`.
+// its output rows [row_begin, row_end), in the direction `to_tile`: one copy for
+// the run of whole images, one for each partial image at either end.
 void copy_tile(const at::Tensor& full, const at::Tensor& tile, const LSConvGeometry& g,
                int64_t row_begin, int64_t row_end, bool to_tile) {
   RECORD_FUNCTION("mmlstride::copy_tile", std::vector<c10::IValue>());
   const int64_t out_plane = g.out_h * g.out_w;
+  const int64_t channels = full.size(1);
   for (int64_t row = row_begin; row < row_end;) {
     const int64_t image = row / g.out_h;
     const int64_t a = row % g.out_h;
-    const int64_t rows = std::min(g.out_h - a, row_end - row);
-    at::Tensor image_part = full.select(0, image)
-                                .view({full.size(1), out_plane})
-                                .narrow(1, a * g.out_w, rows * g.out_w);
+    const int64_t images = a == 0 ? (row_end - row) / g.out_h : 0;
+    const int64_t rows = images > 0 ? images * g.out_h : std::min(g.out_h - a, row_end - row);
     at::Tensor tile_part = tile.narrow(1, (row - row_begin) * g.out_w, rows * g.out_w);
-    if (to_tile) {
-      tile_part.copy_(image_part);
+    at::Tensor full_part;
+    if (images > 0) {  // (O, images, plane) views of both
+      full_part = full.narrow(0, image, images).view({images, channels, out_plane}).transpose(0, 1);
+      tile_part = tile_part.view({channels, images, out_plane});
     } else {
-      image_part.copy_(tile_part);
+      full_part = full.select(0, image)
+                      .view({channels, out_plane})
+                      .narrow(1, a * g.out_w, rows * g.out_w);
+    }
+    if (to_tile) {
+      tile_part.copy_(full_part);
+    } else {
+      full_part.copy_(tile_part);
     }
     row += rows;
   }
@@ -135,6 +178,7 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
                              at::IntArrayRef output_size) {
   const LSConvGeometry g =
       make_geometry(input_, weight_, stride, padding, dilation, groups, output_size);
+  const c10::DeviceGuard device_guard(input_.device());
   const at::Tensor input = input_.contiguous();
   const at::Tensor weight = weight_.contiguous();
   const int64_t batch = input.size(0);
@@ -149,7 +193,7 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
   const int64_t total_rows = batch * g.out_h;
   if (total_rows > 0) {
     const at::Tensor weight_g = weight.view({groups, out_channels / groups, col_rows / groups});
-    const int64_t step = std::min(tile_rows(g, input.element_size()), total_rows);
+    const int64_t step = std::min(tile_rows(g, input), total_rows);
     const at::Tensor columns_buffer = at::empty({col_rows * step * g.out_w}, input.options());
     const at::Tensor output_buffer = at::empty({out_channels * step * g.out_w}, input.options());
     for (int64_t begin = 0; begin < total_rows; begin += step) {
@@ -175,6 +219,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
   const LSConvGeometry g = make_geometry(input_, weight_, stride, padding, dilation, groups,
                                          {grad_output_.size(2), grad_output_.size(3)});
   check_like_input(grad_output_, "grad_output", input_);
+  const c10::DeviceGuard device_guard(input_.device());
   const at::Tensor input = input_.contiguous();
   const at::Tensor weight = weight_.contiguous();
   const at::Tensor grad_output = grad_output_.contiguous();
@@ -188,11 +233,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
   const bool need_weight = output_mask[1];
   const bool need_stride = output_mask[3];
 
-  at::Tensor grad_input = need_input ? at::zeros_like(input) : at::Tensor();
-  at::Tensor grad_weight = need_weight ? at::zeros_like(weight) : at::Tensor();
-  at::Tensor grad_bias = output_mask[2] ? grad_output.sum(at::IntArrayRef{0, 2, 3}) : at::Tensor();
+  if (need_input && input.is_cuda()) {
+    // The CUDA kernel adds the input gradient with atomicAdd (overlapping
+    // samples meet), so its rounding varies from run to run. The weight, bias
+    // and stride gradients are deterministic on every device.
+    at::globalContext().alertNotDeterministic("ls_conv2d_backward_cuda (gradient of input)");
+  }
+  // Accumulated in float32 for float16 and bfloat16 inputs.
+  const at::TensorOptions accumulate = input.options().dtype(accumulate_type(input.scalar_type()));
+  at::Tensor grad_input = need_input ? at::zeros(input.sizes(), accumulate) : at::Tensor();
+  at::Tensor grad_weight = need_weight ? at::zeros(weight.sizes(), accumulate) : at::Tensor();
+  at::Tensor grad_bias = output_mask[2]
+      ? grad_output.sum(at::IntArrayRef{0, 2, 3}, false, accumulate_type(input.scalar_type()))
+      : at::Tensor();
+  // One pair per image plane on CPU, one pair on CUDA (ls_conv_kernels.h).
   at::Tensor stride_partials = need_stride
-      ? at::zeros({batch, g.channels, 2}, input.options().dtype(at::kDouble))
+      ? at::zeros(input.is_cuda() ? at::IntArrayRef{1, 2} : at::IntArrayRef{batch, g.channels, 2},
+                  input.options().dtype(at::kDouble))
       : at::Tensor();
 
   const int64_t total_rows = batch * g.out_h;
@@ -201,7 +258,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
     at::Tensor grad_weight_g =
         need_weight ? grad_weight.view({groups, out_channels / groups, col_rows / groups})
                     : at::Tensor();
-    const int64_t step = std::min(tile_rows(g, input.element_size()), total_rows);
+    const int64_t step = std::min(tile_rows(g, input), total_rows);
     const at::Tensor columns_buffer =
         need_weight ? at::empty({col_rows * step * g.out_w}, input.options()) : at::Tensor();
     const at::Tensor grad_columns_buffer = need_input || need_stride
@@ -228,14 +285,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
         im2col(input, g, begin, end, columns);
       }
       if (need_weight) {
-        grad_weight_g.baddbmm_(grad_output_g,
-                               columns.view({groups, col_rows / groups, cols}).transpose(1, 2));
+        const at::Tensor columns_t = columns.view({groups, col_rows / groups, cols}).transpose(1, 2);
+        if (grad_weight.scalar_type() == input.scalar_type()) {
+          grad_weight_g.baddbmm_(grad_output_g, columns_t);
+        } else {  // a low-precision product per tile, summed in float32
+          grad_weight_g.add_(at::bmm(grad_output_g, columns_t));
+        }
       }
     }
   }
-  at::Tensor grad_stride =
-      need_stride ? stride_partials.sum(at::IntArrayRef{0, 1}).to(stride.scalar_type()) : at::Tensor();
-  return {grad_input, grad_weight, grad_bias, grad_stride};
+  at::Tensor grad_stride = need_stride
+      ? stride_partials.view({-1, 2}).sum(0).to(stride.scalar_type())
+      : at::Tensor();
+  const at::ScalarType dtype = input.scalar_type();
+  return {need_input ? grad_input.to(dtype) : grad_input,
+          need_weight ? grad_weight.to(dtype) : grad_weight,
+          output_mask[2] ? grad_bias.to(dtype) : grad_bias, grad_stride};
+}
+
+// Autocast: the op runs in the autocast dtype on CUDA (float16 by default, as
+// F.conv2d does) and in float32 on CPU, whose kernels have no low-precision
+// path. Input, weight and bias are cast (float64 ones are left alone, as
+// autocast does); the stride keeps its dtype.
+template <c10::DeviceType device_type>
+at::Tensor ls_conv2d_autocast(const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, const at::Tensor& stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                              c10::SymIntArrayRef output_size) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(
+      at::autocast::get_autocast_dispatch_key_from_device_type(device_type));
+  const at::ScalarType dtype = device_type == c10::DeviceType::CUDA
+      ? at::autocast::get_autocast_dtype(device_type)
+      : at::kFloat;
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("mmlstride::ls_conv2d", "")
+                             .typed<decltype(ls_conv2d_autocast<device_type>)>();
+  return op.call(at::autocast::cached_cast(dtype, input, device_type),
+                 at::autocast::cached_cast(dtype, weight, device_type),
+                 at::autocast::cached_cast(dtype, bias, device_type), stride, padding, dilation,
+                 groups, output_size);
 }
 
 }  // namespace
@@ -253,6 +341,21 @@ TORCH_LIBRARY(mmlstride, m) {
 TORCH_LIBRARY_IMPL(mmlstride, CPU, m) {
   m.impl("ls_conv2d", &ls_conv2d_forward);
   m.impl("ls_conv2d_backward", &ls_conv2d_backward);
+}
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(mmlstride, CUDA, m) {
+  m.impl("ls_conv2d", &ls_conv2d_forward);
+  m.impl("ls_conv2d_backward", &ls_conv2d_backward);
+}
+#endif
+
+TORCH_LIBRARY_IMPL(mmlstride, AutocastCPU, m) {
+  m.impl("ls_conv2d", &ls_conv2d_autocast<c10::DeviceType::CPU>);
+}
+
+TORCH_LIBRARY_IMPL(mmlstride, AutocastCUDA, m) {
+  m.impl("ls_conv2d", &ls_conv2d_autocast<c10::DeviceType::CUDA>);
 }
 
 }  // namespace mmlstride

@@ -18,7 +18,8 @@ from .extension import EXTENSION_ERROR, has_kernel
 from .ls_conv2d_reference import ls_conv2d_reference
 
 IntPair = Union[int, Sequence[int]]
-_FLOAT_DTYPES = (torch.float32, torch.float64)
+_CPU_DTYPES = (torch.float32, torch.float64)
+_CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _int_pair(value: IntPair, name: str, minimum: int) -> Tuple[int, int]:
@@ -29,11 +30,18 @@ def _int_pair(value: IntPair, name: str, minimum: int) -> Tuple[int, int]:
     return pair
 
 
-def _check_tensor(tensor: Tensor, name: str, input: Tensor) -> None:
+def _autocast_enabled(device: torch.device) -> bool:
+    """Whether autocast is on for ``device`` (which then casts input, weight and bias)."""
+    return device.type in ('cpu', 'cuda') and torch.is_autocast_enabled(device.type)
+
+
+def _check_tensor(tensor: Tensor, name: str, input: Tensor, same_dtype: bool) -> None:
     if not isinstance(tensor, Tensor):
         raise TypeError(f'{name} is a {type(tensor).__name__}, expected a torch.Tensor')
-    if tensor.dtype != input.dtype:
+    if same_dtype and tensor.dtype != input.dtype:
         raise TypeError(f'{name}.dtype={tensor.dtype} expected {input.dtype} (the dtype of input)')
+    if not tensor.dtype.is_floating_point:
+        raise TypeError(f'{name}.dtype={tensor.dtype} expected a floating-point dtype')
     if tensor.device != input.device:
         raise ValueError(f'{name}.device={tensor.device} expected {input.device} '
                          '(the device of input)')
@@ -45,14 +53,23 @@ def _check_arguments(input: Tensor, weight: Tensor, stride: Tensor, bias: Option
 
     Only shapes, dtypes and devices are checked here (no data access, so this
     traces under torch.compile); the stride values are checked where they are read.
+    Under autocast, input, weight and bias may differ in dtype: the op casts them.
+    The stride may have any floating dtype.
     """
     if not isinstance(input, Tensor):
         raise TypeError(f'input is a {type(input).__name__}, expected a torch.Tensor')
-    if input.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f'input.dtype={input.dtype} expected torch.float32 or torch.float64')
+    autocast = _autocast_enabled(input.device)
+    if input.device.type == 'cpu':
+        dtypes, names = _CPU_DTYPES, 'torch.float32 or torch.float64 on cpu (float16 and ' \
+                                     'bfloat16 run on CUDA)'
+    else:
+        dtypes, names = _CUDA_DTYPES, 'torch.float32, torch.float64, torch.float16 or ' \
+                                      'torch.bfloat16'
+    if not (autocast and input.dtype.is_floating_point) and input.dtype not in dtypes:
+        raise TypeError(f'input.dtype={input.dtype} expected {names}')
     for tensor, name in ((weight, 'weight'), (stride, 'stride'), (bias, 'bias')):
         if tensor is not None:
-            _check_tensor(tensor, name, input)
+            _check_tensor(tensor, name, input, same_dtype=not autocast and name != 'stride')
     if input.dim() != 4:
         raise ValueError(f'input.dim()={input.dim()} expected 4 (N, C, H, W)')
     if weight.dim() != 4:
@@ -107,9 +124,12 @@ def ls_conv2d(input: Tensor,
     """Learnable-stride 2-D convolution, differentiable in input, weight, bias and stride.
 
     Args:
-        input: (N, C, H, W), float32 or float64.
+        input: (N, C, H, W): float32 or float64; float16 and bfloat16 too on CUDA.
+            Under autocast the op runs in the autocast dtype on CUDA and in float32
+            on CPU (see README).
         weight: (O, C / groups, kernel_h, kernel_w), same dtype and device as input.
-        stride: (2,) tensor (s_h, s_w) of real strides > 0, or a pair of numbers.
+        stride: (2,) tensor (s_h, s_w) of real strides > 0, any floating dtype (its
+            gradient has that dtype), or a pair of numbers.
         bias: (O,) or None.
         padding, dilation: int or (h, w) pair, as in F.conv2d.
         groups: number of channel groups, as in F.conv2d.
@@ -121,7 +141,8 @@ def ls_conv2d(input: Tensor,
         (N, O, H_out, W_out) tensor.
     """
     if not isinstance(stride, Tensor) and isinstance(input, Tensor):
-        stride = torch.as_tensor(stride, dtype=input.dtype, device=input.device)
+        dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+        stride = torch.as_tensor(stride, dtype=dtype, device=input.device)
     padding = _int_pair(padding, 'padding', 0)
     dilation = _int_pair(dilation, 'dilation', 1)
     _check_arguments(input, weight, stride, bias, padding, dilation, groups)
@@ -148,9 +169,9 @@ def _register_torch_library() -> None:
 
     @torch.library.register_fake('mmlstride::ls_conv2d_backward')
     def _(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
-        shapes = (input.shape, weight.shape, (weight.shape[0], ), stride.shape)
-        return tuple(
-            input.new_empty(shape) if needed else None for shape, needed in zip(shapes, output_mask))
+        grads = (input.new_empty(input.shape), weight.new_empty(weight.shape),
+                 weight.new_empty(weight.shape[0]), stride.new_empty(stride.shape))
+        return tuple(grad if needed else None for grad, needed in zip(grads, output_mask))
 
     def setup_context(ctx, inputs, output):
         input, weight, bias, stride, padding, dilation, groups, _ = inputs
