@@ -107,7 +107,9 @@ def make_problem(shape: Shape, dtype: torch.dtype, device: torch.device) -> Prob
         input=leaf(shape.batch, shape.channels, shape.size, shape.size),
         weight=leaf(shape.channels, shape.channels, KERNEL, KERNEL, scale=fan_in**-0.5),
         bias=leaf(shape.channels),
-        stride=torch.tensor(FRACTIONAL_STRIDE, dtype=dtype, device=device, requires_grad=True),
+        # float32 for float16 and bfloat16, as LSConv2d's parameter under autocast.
+        stride=torch.tensor(FRACTIONAL_STRIDE, dtype=torch.promote_types(dtype, torch.float32),
+                            device=device, requires_grad=True),
         grad_output=torch.randn(shape.batch, shape.channels, out, out, generator=gen).to(
             device, dtype))
 
@@ -118,7 +120,7 @@ def dcn_offset(p: Problem, out: int) -> Tensor:
     off_h = (index * (p.stride[0] - NOMINAL_STRIDE)).view(-1, 1).expand(out, out)
     off_w = (index * (p.stride[1] - NOMINAL_STRIDE)).view(1, -1).expand(out, out)
     # Channel 2t is tap t's h offset, 2t + 1 its w offset; every tap moves alike.
-    offset = torch.stack((off_h, off_w)).repeat(KERNEL * KERNEL, 1, 1)
+    offset = torch.stack((off_h, off_w)).repeat(KERNEL * KERNEL, 1, 1).to(p.input.dtype)
     return offset.unsqueeze(0).expand(p.input.shape[0], -1, -1, -1).contiguous()
 
 
@@ -249,10 +251,27 @@ def floor_ms(shape: Shape, element_size: int, rates: Dict[str, float]) -> Dict[s
     }
 
 
+def supported(methods: Dict[str, Callable], p: Problem, out: int,
+              device: torch.device) -> Dict[str, Callable]:
+    """The methods that run on this problem (torchvision's deform conv has no bfloat16 kernel,
+    say); says which do not."""
+    kept = {}
+    for name, forward in methods.items():
+        try:
+            run_once(forward, p, out, device)
+            kept[name] = forward
+        except (RuntimeError, NotImplementedError, TypeError) as error:
+            print(f'{name} skipped for {p.input.dtype}: {str(error).splitlines()[0]}')
+    return kept
+
+
 def benchmark_shape(shape: Shape, dtype: torch.dtype, device: torch.device,
                     methods: Dict[str, Callable], warmup: int, repeats: int) -> List[dict]:
     p = make_problem(shape, dtype, device)
     out = shape.out_size
+    methods = supported(methods, p, out, device)
+    if 'conv2d' not in methods:
+        return []
     times = {name: ([], []) for name in methods}
     for name, forward in methods.items():
         for _ in range(warmup):
@@ -316,18 +335,19 @@ def print_table(records: List[dict], floors: Dict[str, Dict[str, float]]) -> Non
     header = (f"{'shape':<8} {'dtype':<8} {'method':<16} {'fwd ms':>8} {'bwd ms':>8} "
               f"{'fwd+bwd ms (min-max)':>22} {'x conv2d':>8} {'x dcn':>6} {'peak MiB':>9}")
     print('x conv2d: median over repeats of the fwd+bwd time ratio within a repeat; '
-          'x dcn: ratio of medians to mmcv_dcn')
+          'x dcn: ratio of medians to mmcv_dcn (torchvision_dcn where mmcv has none)')
     print(header)
     print('-' * len(header))
     for record in records:
         key = (record['shape']['name'], record['dtype'])
-        dcn = next((r for r in records if (r['shape']['name'], r['dtype']) == key and
-                    r['method'] == 'mmcv_dcn'), None)
+        same_problem = [r for r in records if (r['shape']['name'], r['dtype']) == key]
+        dcn = next((r for method in ('mmcv_dcn', 'torchvision_dcn') for r in same_problem
+                    if r['method'] == method), None)
         total = record['total_ms']
-        spread = f"{total['median']:.1f} ({total['min']:.1f}-{total['max']:.1f})"
+        spread = f"{total['median']:.3g} ({total['min']:.3g}-{total['max']:.3g})"
         versus_dcn = (f"{total['median'] / dcn['total_ms']['median']:.2f}" if dcn else '-')
         print(f"{record['shape']['name']:<8} {record['dtype']:<8} {record['method']:<16} "
-              f"{record['forward_ms']['median']:>8.1f} {record['backward_ms']['median']:>8.1f} "
+              f"{record['forward_ms']['median']:>8.3g} {record['backward_ms']['median']:>8.3g} "
               f"{spread:>22} {record['ratio_to_conv2d']:>8.2f} {versus_dcn:>6} "
               f"{record['peak_mib']:>9.1f}")
     print()
@@ -376,6 +396,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         choices=['float32', 'float64', 'float16', 'bfloat16'])
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=9)
+    parser.add_argument('--tf32', action='store_true',
+                        help='let cuDNN convs and cuBLAS GEMMs use TF32 for float32 on CUDA '
+                             '(default: neither, so every method computes in full float32)')
     parser.add_argument('--profile', action='store_true',
                         help='also print where the time of LSConv goes, by operator')
     parser.add_argument('--json', default='work_dirs/benchmark_op.json', help='output JSON path')
@@ -383,6 +406,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
+    # PyTorch's defaults differ (TF32 on for cuDNN convs, off for GEMMs): one setting for all.
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
     methods = available_methods(device)
     if args.methods:
         unknown = set(args.methods) - set(methods)
@@ -391,7 +416,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         methods = {name: methods[name] for name in methods if name in args.methods or name == 'conv2d'}
     print(f'torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, '
           f'{platform.processor() or platform.machine()}; stride {FRACTIONAL_STRIDE} against '
-          f'nominal {NOMINAL_STRIDE}; median of {args.repeats} after {args.warmup} warm-up')
+          f'nominal {NOMINAL_STRIDE}; median of {args.repeats} after {args.warmup} warm-up'
+          + (f'; TF32 {"on" if args.tf32 else "off"}' if device.type == 'cuda' else ''))
     records, floors, rates, profiles = [], {}, {}, {}
     for dtype_name in args.dtype:
         dtype = getattr(torch, dtype_name)

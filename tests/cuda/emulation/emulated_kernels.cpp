@@ -1,0 +1,103 @@
+// C entry points that run the CUDA kernels of csrc/common/cuda on the CPU
+// through cuda_emulation.h, for tests/test_cuda_kernels_emulated.py (ctypes).
+//
+// dtype: 0 float, 1 double, 2 half, 3 bfloat16; index64: 0 int32_t, 1 int64_t.
+// geometry: channels, height, width, kernel_h, kernel_w, pad_h, pad_w,
+// dilation_h, dilation_w, out_h, out_w; stride: stride_h, stride_w.
+#include "cuda_emulation.h"
+// clang-format off (the stand-in must come first)
+#include "common/cuda/ls_conv_cuda_kernel.cuh"
+// clang-format on
+
+#include <cstdint>
+
+namespace {
+
+using mmlstride::LSConvGeometry;
+namespace cuda = mmlstride::cuda;
+
+LSConvGeometry make_geometry(const int64_t* v, const double* stride) {
+  return LSConvGeometry{v[0], v[1], v[2], v[3], v[4],      v[5],     v[6],
+                        v[7], v[8], v[9], v[10], stride[0], stride[1]};
+}
+
+template <typename T, typename Index>
+void im2col(const void* input, const LSConvGeometry& g, int64_t row_begin, int64_t row_end,
+            void* columns, unsigned blocks) {
+  emulated_launch(blocks, cuda::kThreads, cuda::ls_conv_im2col_kernel<T, Index>,
+                  static_cast<const T*>(input), g, Index(row_begin), Index(row_end),
+                  static_cast<T*>(columns));
+}
+
+template <typename T, typename Index, bool kInput, bool kStride, bool kColumns>
+void backward(const void* grad_columns, const void* input, const LSConvGeometry& g,
+              int64_t row_begin, int64_t row_end, void* grad_input, void* block_partials,
+              void* columns, unsigned blocks) {
+  using Acc = typename cuda::Accumulate<T>::type;
+  emulated_launch(blocks, cuda::kThreads,
+                  cuda::ls_conv_backward_kernel<T, Index, kInput, kStride, kColumns>,
+                  static_cast<const T*>(grad_columns), static_cast<const T*>(input), g,
+                  Index(row_begin), Index(row_end), static_cast<Acc*>(grad_input),
+                  static_cast<Acc*>(block_partials), static_cast<T*>(columns));
+}
+
+template <typename T, typename Index>
+int backward_variant(int flags, const void* grad_columns, const void* input,
+                     const LSConvGeometry& g, int64_t row_begin, int64_t row_end,
+                     void* grad_input, void* block_partials, void* columns, unsigned blocks) {
+#define LSCONV_CASE(flags_value, kInput, kStride, kColumns)                                      \
+  case flags_value:                                                                              \
+    backward<T, Index, kInput, kStride, kColumns>(grad_columns, input, g, row_begin, row_end,   \
+                                                  grad_input, block_partials, columns, blocks); \
+    return 0;
+  switch (flags) {  // bit 0: input gradient, bit 1: stride partials, bit 2: columns
+    LSCONV_CASE(1, true, false, false)
+    LSCONV_CASE(2, false, true, false)
+    LSCONV_CASE(3, true, true, false)
+    LSCONV_CASE(5, true, false, true)
+    LSCONV_CASE(6, false, true, true)
+    LSCONV_CASE(7, true, true, true)
+  }
+#undef LSCONV_CASE
+  return 1;
+}
+
+template <typename Function>
+int dispatch(int dtype, int index64, Function&& function) {
+  auto with_index = [&](auto type_tag) {
+    using T = decltype(type_tag);
+    return index64 ? function(T(), int64_t()) : function(T(), int32_t());
+  };
+  switch (dtype) {
+    case 0: return with_index(float());
+    case 1: return with_index(double());
+    case 2: return with_index(__half());
+    case 3: return with_index(__nv_bfloat16());
+  }
+  return 1;
+}
+
+}  // namespace
+
+extern "C" int emulated_im2col(int dtype, int index64, const void* input,
+                               const int64_t* geometry, const double* stride, int64_t row_begin,
+                               int64_t row_end, void* columns, unsigned blocks) {
+  const LSConvGeometry g = make_geometry(geometry, stride);
+  return dispatch(dtype, index64, [&](auto type_tag, auto index_tag) {
+    im2col<decltype(type_tag), decltype(index_tag)>(input, g, row_begin, row_end, columns,
+                                                    blocks);
+    return 0;
+  });
+}
+
+extern "C" int emulated_backward(int dtype, int index64, int flags, const void* grad_columns,
+                                 const void* input, const int64_t* geometry, const double* stride,
+                                 int64_t row_begin, int64_t row_end, void* grad_input,
+                                 void* block_partials, void* columns, unsigned blocks) {
+  const LSConvGeometry g = make_geometry(geometry, stride);
+  return dispatch(dtype, index64, [&](auto type_tag, auto index_tag) {
+    return backward_variant<decltype(type_tag), decltype(index_tag)>(
+        flags, grad_columns, input, g, row_begin, row_end, grad_input, block_partials, columns,
+        blocks);
+  });
+}

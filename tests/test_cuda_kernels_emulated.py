@@ -1,0 +1,152 @@
+"""The CUDA kernels of csrc/common/cuda, run on the CPU through a stand-in for the CUDA execution
+model (tests/cuda/emulation): their indexing, grid-stride loops, block reduction, atomics and
+dtype conversions against an autograd reference, on machines without a GPU. Launchers, streams
+and real-GPU concurrency are left to tests/test_cuda.py on a GPU."""
+import ctypes
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmlstride.testing import random_case
+
+REPO = Path(__file__).resolve().parents[1]
+EMULATION = REPO / 'tests' / 'cuda' / 'emulation'
+DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+THREADS = 256  # cuda::kThreads
+
+
+def cuda_include_dir():
+    """The CUDA toolkit's include directory (for cuda_fp16.h and friends), or None."""
+    candidates = [os.environ.get('CUDA_HOME'), '/usr/local/cuda']
+    nvcc = shutil.which('nvcc')
+    if nvcc:
+        candidates.append(str(Path(nvcc).resolve().parents[1]))
+    for root in candidates:
+        if root and (Path(root) / 'include' / 'cuda_fp16.h').exists():
+            return Path(root) / 'include'
+    return None
+
+
+@pytest.fixture(scope='module')
+def kernels(tmp_path_factory):
+    include = cuda_include_dir()
+    compiler = shutil.which('c++')
+    if include is None or compiler is None:
+        pytest.skip('needs the CUDA toolkit headers and a C++ compiler')
+    library = tmp_path_factory.mktemp('emulation') / 'emulated_kernels.so'
+    result = subprocess.run(
+        [compiler, '-std=c++20', '-O1', '-Wall', '-Werror', '-shared', '-fPIC', '-pthread',
+         f'-I{include}', f'-I{EMULATION}', f'-I{REPO / "csrc"}',
+         str(EMULATION / 'emulated_kernels.cpp'), '-o', str(library)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return ctypes.CDLL(str(library))
+
+
+def pointer(tensor):
+    return ctypes.c_void_p(tensor.data_ptr() if tensor is not None else 0)
+
+
+def geometry_arguments(case):
+    n, c, h, w = case.input.shape
+    ints = [c, h, w, *case.weight.shape[2:], *case.padding, *case.dilation, *case.output_size]
+    stride = case.stride.detach().double().tolist()
+    return (ctypes.c_int64 * 11)(*ints), (ctypes.c_double * 2)(*stride)
+
+
+def reference_columns(input, stride, case, row_begin, row_end):
+    """The tile's columns (C*kh*kw, rows*out_w) by separable triangle-kernel interpolation:
+    X(h, w) = sum_yx max(0, 1 - |h - y|) max(0, 1 - |w - x|) x[y, x], which is MMCV's bilinear
+    rule; differentiable in input and stride."""
+    _, channels, height, width = input.shape
+    kh, kw = case.weight.shape[2:]
+    out_h, out_w = case.output_size
+    rows = torch.arange(row_begin, row_end)
+    image, a = rows // out_h, rows % out_h
+    tap_h = torch.arange(kh, dtype=torch.float64) * case.dilation[0]
+    tap_w = torch.arange(kw, dtype=torch.float64) * case.dilation[1]
+    pos_h = a.double()[:, None] * stride[0] - case.padding[0] + tap_h  # (rows, kh)
+    b = torch.arange(out_w, dtype=torch.float64)
+    pos_w = tap_w[:, None] + b[None, :] * stride[1] - case.padding[1]  # (kw, out_w)
+    weight_h = (1 - (pos_h[..., None] - torch.arange(height)).abs()).clamp(min=0)
+    weight_w = (1 - (pos_w[..., None] - torch.arange(width)).abs()).clamp(min=0)
+    columns = torch.einsum('riy,rcyx,jbx->cijrb', weight_h, input[image], weight_w)
+    return columns.reshape(channels * kh * kw, (row_end - row_begin) * out_w)
+
+
+def random_tile(seed):
+    """A random case in float64 and a random tile of its output rows."""
+    case = random_case(seed)
+    total = case.input.shape[0] * case.output_size[0]
+    rng = random.Random(seed)
+    row_begin = rng.randrange(total)
+    return case, row_begin, rng.randint(row_begin + 1, total)
+
+
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3,
+             torch.bfloat16: 8e-3}
+
+
+def assert_close(actual, expected, tolerance, name):
+    scale = expected.abs().max().item() or 1.0
+    error = (actual.double() - expected).abs().max().item() / scale
+    assert error < tolerance, f'{name}: relative error {error:.2e}'
+
+
+@pytest.mark.parametrize('index64', [False, True], ids=['int32', 'int64'])
+@pytest.mark.parametrize('dtype', list(DTYPE_CODES), ids=str)
+@pytest.mark.parametrize('seed', range(6))
+def test_im2col_kernel(kernels, seed, dtype, index64):
+    case, row_begin, row_end = random_tile(seed)
+    input = case.input.detach().to(dtype)
+    expected = reference_columns(input.double(), case.stride.detach(), case, row_begin, row_end)
+    columns = torch.full(expected.shape, float('nan'), dtype=dtype)  # every element must be written
+    ints, stride = geometry_arguments(case)
+    blocks = 1 + seed % 3  # grid-stride loops over several passes
+    assert kernels.emulated_im2col(DTYPE_CODES[dtype], int(index64), pointer(input), ints, stride,
+                                   ctypes.c_int64(row_begin), ctypes.c_int64(row_end),
+                                   pointer(columns), ctypes.c_uint(blocks)) == 0
+    assert_close(columns, expected, TOLERANCE[dtype], 'columns')
+
+
+@pytest.mark.parametrize('flags', [1, 2, 3, 5, 6, 7],
+                         ids=['input', 'stride', 'input+stride', 'input+columns',
+                              'stride+columns', 'all'])
+@pytest.mark.parametrize('index64', [False, True], ids=['int32', 'int64'])
+@pytest.mark.parametrize('dtype', list(DTYPE_CODES), ids=str)
+@pytest.mark.parametrize('seed', range(4))
+def test_backward_kernel(kernels, seed, dtype, index64, flags):
+    case, row_begin, row_end = random_tile(seed + 100)
+    input = case.input.detach().to(dtype)
+    input64 = input.double().requires_grad_()
+    stride64 = case.stride.detach().clone().requires_grad_()
+    columns64 = reference_columns(input64, stride64, case, row_begin, row_end)
+    grad_columns = torch.randn(columns64.shape, generator=torch.Generator().manual_seed(seed),
+                               dtype=torch.float64).to(dtype)
+    expected_input, expected_stride = torch.autograd.grad(
+        (columns64 * grad_columns.double()).sum(), (input64, stride64))
+
+    accumulate = torch.float64 if dtype == torch.float64 else torch.float32
+    blocks = 1 + seed % 3
+    want_input, want_stride, want_columns = bool(flags & 1), bool(flags & 2), bool(flags & 4)
+    grad_input = torch.zeros(input.shape, dtype=accumulate) if want_input else None
+    partials = torch.full((blocks, 2), float('nan'), dtype=accumulate) if want_stride else None
+    columns = torch.full(columns64.shape, float('nan'), dtype=dtype) if want_columns else None
+    ints, stride = geometry_arguments(case)
+    assert kernels.emulated_backward(
+        DTYPE_CODES[dtype], int(index64), flags, pointer(grad_columns), pointer(input), ints,
+        stride, ctypes.c_int64(row_begin), ctypes.c_int64(row_end), pointer(grad_input),
+        pointer(partials), pointer(columns), ctypes.c_uint(blocks)) == 0
+    # The gradients are computed in float32 or float64 from the same rounded values.
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    if want_input:
+        assert_close(grad_input, expected_input, tolerance, 'grad_input')
+    if want_stride:
+        assert_close(partials.sum(0), expected_stride, tolerance, 'stride partials')
+    if want_columns:
+        assert_close(columns, columns64.detach(), TOLERANCE[dtype], 'columns')
