@@ -1,7 +1,13 @@
 """Device parametrisation shared by the tests: every test that takes ``device`` runs on the
 CPU and, where a GPU is visible, on CUDA (skipped otherwise)."""
+import os
+
 import pytest
 import torch
+
+# Older torch versions refuse cuBLAS under torch.use_deterministic_algorithms(True)
+# unless this is set before CUDA starts (tests/test_cuda.py uses deterministic mode).
+os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
 
 CUDA_AVAILABLE = torch.cuda.is_available()
 DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not CUDA_AVAILABLE,

@@ -126,12 +126,12 @@ def test_backward_kernel(kernels, seed, dtype, index64, flags):
     input64 = input.double().requires_grad_()
     stride64 = case.stride.detach().clone().requires_grad_()
     columns64 = reference_columns(input64, stride64, case, row_begin, row_end)
+    accumulate = torch.float64 if dtype == torch.float64 else torch.float32
     grad_columns = torch.randn(columns64.shape, generator=torch.Generator().manual_seed(seed),
-                               dtype=torch.float64).to(dtype)
+                               dtype=torch.float64).to(accumulate)
     expected_input, expected_stride = torch.autograd.grad(
         (columns64 * grad_columns.double()).sum(), (input64, stride64))
 
-    accumulate = torch.float64 if dtype == torch.float64 else torch.float32
     blocks = 1 + seed % 3
     want_input, want_stride, want_columns = bool(flags & 1), bool(flags & 2), bool(flags & 4)
     grad_input = torch.zeros(input.shape, dtype=accumulate) if want_input else None

@@ -53,6 +53,22 @@ def test_empty_batch(seed, device):
         assert torch.count_nonzero(grad) == 0
 
 
+def test_input_without_pixels(device):
+    """Zero height: every sample is 0, so the output is the bias and the input, weight and
+    stride gradients are 0."""
+    f64 = dict(dtype=torch.float64, device=device, requires_grad=True)
+    x = torch.randn(2, 3, 0, 5, **f64)
+    w = torch.randn(4, 3, 3, 3, **f64)
+    b = torch.randn(4, **f64)
+    s = torch.tensor([1.5, 1.5], **f64)
+    out = ls_conv2d(x, w, s, b, padding=2, output_size=(2, 3))
+    assert torch.equal(out, b.detach().view(1, -1, 1, 1).expand(2, 4, 2, 3))
+    grad_x, grad_w, grad_b, grad_s = torch.autograd.grad(out.sum(), (x, w, b, s))
+    assert grad_x.shape == x.shape
+    assert torch.count_nonzero(grad_w) == 0 and torch.count_nonzero(grad_s) == 0
+    assert torch.equal(grad_b, torch.full_like(grad_b, 12.0))
+
+
 @pytest.mark.parametrize('seed', range(8))
 def test_gradcheck_float64(seed, device):
     case = random_case(seed, device=device)

@@ -7,6 +7,7 @@
 #include <ATen/record_function.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <array>
@@ -30,9 +31,20 @@ int64_t tile_bytes(const at::Device& device) {
   return device.is_cuda() ? int64_t(32) << 20 : int64_t(4) << 20;
 }
 
-// The dtype in which the input gradient and the weight gradient are accumulated.
+// The dtype in which the columns gradient, the input gradient and the weight
+// gradient are computed: float32 for float16 and bfloat16 input.
 at::ScalarType accumulate_type(at::ScalarType dtype) {
   return dtype == at::kHalf || dtype == at::kBFloat16 ? at::kFloat : dtype;
+}
+
+// out (float32) <- a @ b for float16 or bfloat16 batches a and b, without
+// rounding the product to their dtype (cuBLAS accumulates in float32 anyway).
+void bmm_float32_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
+  at::bmm_out(out, a, b, at::kFloat);  // the out_dtype overload (torch 2.8)
+#else
+  at::bmm_out(out, a.to(at::kFloat), b.to(at::kFloat));
+#endif
 }
 
 void check_like_input(const at::Tensor& t, const char* name, const at::Tensor& input) {
@@ -107,7 +119,8 @@ LSConvGeometry make_geometry(const at::Tensor& input, const at::Tensor& weight,
 
 // Output rows per tile so that its columns stay within kTileBytes.
 int64_t tile_rows(const LSConvGeometry& g, const at::Tensor& input) {
-  const int64_t per_row = g.channels * g.kernel_h * g.kernel_w * g.out_w * input.element_size();
+  const int64_t element_size = c10::elementSize(accumulate_type(input.scalar_type()));
+  const int64_t per_row = g.channels * g.kernel_h * g.kernel_w * g.out_w * element_size;
   return std::max<int64_t>(1, tile_bytes(input.device()) / std::max<int64_t>(per_row, 1));
 }
 
@@ -240,6 +253,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
     at::globalContext().alertNotDeterministic("ls_conv2d_backward_cuda (gradient of input)");
   }
   // Accumulated in float32 for float16 and bfloat16 inputs.
+  const bool low_precision = accumulate_type(input.scalar_type()) != input.scalar_type();
   const at::TensorOptions accumulate = input.options().dtype(accumulate_type(input.scalar_type()));
   at::Tensor grad_input = need_input ? at::zeros(input.sizes(), accumulate) : at::Tensor();
   at::Tensor grad_weight = need_weight ? at::zeros(weight.sizes(), accumulate) : at::Tensor();
@@ -262,7 +276,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
     const at::Tensor columns_buffer =
         need_weight ? at::empty({col_rows * step * g.out_w}, input.options()) : at::Tensor();
     const at::Tensor grad_columns_buffer = need_input || need_stride
-        ? at::empty({col_rows * step * g.out_w}, input.options())
+        ? at::empty({col_rows * step * g.out_w}, accumulate)
         : at::Tensor();
     const at::Tensor grad_output_buffer =
         at::empty({out_channels * step * g.out_w}, input.options());
@@ -278,7 +292,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
         // One pass computes the input and stride gradients and the columns for dw.
         const at::Tensor grad_columns = matrix_view(grad_columns_buffer, col_rows, cols);
         at::Tensor grad_columns_g = grad_columns.view({groups, col_rows / groups, cols});
-        at::bmm_out(grad_columns_g, weight_g.transpose(1, 2), grad_output_g);
+        if (low_precision) {
+          bmm_float32_out(grad_columns_g, weight_g.transpose(1, 2), grad_output_g);
+        } else {
+          at::bmm_out(grad_columns_g, weight_g.transpose(1, 2), grad_output_g);
+        }
         backward_sampling(grad_columns, input, g, begin, end, grad_input, stride_partials,
                           columns);
       } else {
@@ -286,10 +304,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
       }
       if (need_weight) {
         const at::Tensor columns_t = columns.view({groups, col_rows / groups, cols}).transpose(1, 2);
-        if (grad_weight.scalar_type() == input.scalar_type()) {
+        if (low_precision) {  // each tile's product in float32, summed in float32
+          at::Tensor tile_product =
+              at::empty(grad_weight_g.sizes(), grad_weight_g.options());
+          bmm_float32_out(tile_product, grad_output_g, columns_t);
+          grad_weight_g.add_(tile_product);
+        } else {
           grad_weight_g.baddbmm_(grad_output_g, columns_t);
-        } else {  // a low-precision product per tile, summed in float32
-          grad_weight_g.add_(at::bmm(grad_output_g, columns_t));
         }
       }
     }

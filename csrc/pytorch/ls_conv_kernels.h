@@ -6,10 +6,10 @@
 // processed in tiles [row_begin, row_end) of whole output rows (a tile may span
 // several images, or part of one). Layouts (input: N x C x H x W, contiguous):
 //   columns, grad_columns: (C * kernel_h * kernel_w) x ((row_end - row_begin) * out_w),
-//     row (c * kernel_h + i) * kernel_w + j, column (row - row_begin) * out_w + b,
-//     in the dtype of input.
-//   grad_input: N x C x H x W in the accumulation dtype (that of input, float32 for
-//     float16 and bfloat16 input); the kernels add to it.
+//     row (c * kernel_h + i) * kernel_w + j, column (row - row_begin) * out_w + b;
+//     columns in the dtype of input, grad_columns in the accumulation dtype (that of
+//     input, float32 for float16 and bfloat16 input).
+//   grad_input: N x C x H x W in the accumulation dtype; the kernels add to it.
 //   stride_partials: float64 partial sums of (dL/ds_h, dL/ds_w), accumulated over
 //     tiles; the caller sums them. N x C x 2 on CPU (one pair per image plane,
 //     reduced in parallel without atomics), 1 x 2 on CUDA (each tile's per-block

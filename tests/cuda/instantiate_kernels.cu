@@ -8,8 +8,8 @@ namespace cuda {
 
 #define LSCONV_INSTANTIATE_BACKWARD(T, Index, kInput, kStride, kColumns)                 \
   template __global__ void ls_conv_backward_kernel<T, Index, kInput, kStride, kColumns>( \
-      const T*, const T*, LSConvGeometry, Index, Index, typename Accumulate<T>::type*,   \
-      typename Accumulate<T>::type*, T*);
+      const typename Accumulate<T>::type*, const T*, LSConvGeometry, Index, Index,        \
+      typename Accumulate<T>::type*, typename Accumulate<T>::type*, T*);
 
 #define LSCONV_INSTANTIATE_INDEX(T, Index)                                                    \
   template __global__ void ls_conv_im2col_kernel<T, Index>(const T*, LSConvGeometry, Index, \

@@ -11,7 +11,8 @@
 // call fits in it (faster division), int64_t otherwise.
 //
 // Arithmetic runs in Accumulate<T>::type: float for float, half and bfloat16,
-// double for double. The input gradient is accumulated in that type too.
+// double for double. The columns gradient comes in that type and the input
+// gradient is accumulated in it.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -118,10 +119,11 @@ __global__ void __launch_bounds__(kThreads)
 //             block k writes them to block_partials[2 * k] and [2 * k + 1] (no atomics:
 //             the caller sums the partials in a fixed order);
 //   kColumns: writes the tile's columns (as ls_conv_im2col_kernel) for the weight gradient.
-// grad_input has the layout of input, in the accumulation type.
+// grad_columns and grad_input (with the layout of input) are in the accumulation type.
 template <typename T, typename Index, bool kInput, bool kStride, bool kColumns>
 __global__ void __launch_bounds__(kThreads)
-    ls_conv_backward_kernel(const T* __restrict__ grad_columns, const T* __restrict__ input,
+    ls_conv_backward_kernel(const typename Accumulate<T>::type* __restrict__ grad_columns,
+                            const T* __restrict__ input,
                             LSConvGeometry g, Index row_begin, Index row_end,
                             typename Accumulate<T>::type* grad_input,
                             typename Accumulate<T>::type* __restrict__ block_partials,
@@ -138,7 +140,7 @@ __global__ void __launch_bounds__(kThreads)
     const AxisSample<Acc> h = sample_h<Acc>(e, g);
     const AxisSample<Acc> w = sample_w<Acc>(e, g);
     const Index plane_offset = (e.image * Index(g.channels) + e.c) * plane;
-    const Acc grad = convert<Acc>(grad_columns[index]);
+    const Acc grad = grad_columns[index];
     if (kInput && grad != Acc(0)) {
       Acc* gim = grad_input + plane_offset;
       if (h.weight_low != Acc(0)) {

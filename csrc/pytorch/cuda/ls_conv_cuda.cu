@@ -42,11 +42,15 @@ int64_t grid_blocks(int64_t total, int device) {
 }
 
 // Whether 32-bit indices address every element of the launch: the input, the
-// tile's columns, and the grid-stride loop's last increment.
-bool fits_int32(const at::Tensor& input, int64_t total, int64_t blocks) {
-  const int64_t largest = std::max(input.numel(), total + blocks * cuda::kThreads);
+// tile's columns, the grid-stride loop's last increment, and the output rows.
+bool fits_int32(const at::Tensor& input, int64_t total, int64_t blocks, int64_t row_end) {
+  const int64_t largest = std::max({input.numel(), total + blocks * cuda::kThreads, row_end});
   return largest <= std::numeric_limits<int32_t>::max();
 }
+
+// An input of zero height or width has no pixel to load: every sample is 0, so
+// the columns are zeros and the gradients get nothing.
+bool has_no_pixels(const LSConvGeometry& g) { return g.height == 0 || g.width == 0; }
 
 int64_t tile_elements(const LSConvGeometry& g, int64_t row_begin, int64_t row_end) {
   return g.channels * g.kernel_h * g.kernel_w * (row_end - row_begin) * g.out_w;
@@ -83,7 +87,7 @@ void launch_backward(const at::Tensor& grad_columns, const at::Tensor& input,
   using Acc = typename cuda::Accumulate<T>::type;
   cuda::ls_conv_backward_kernel<T, Index, kInput, kStride, kColumns>
       <<<blocks, cuda::kThreads, 0, stream>>>(
-          cuda_data<scalar_t>(grad_columns), cuda_data<scalar_t>(input), g, Index(row_begin),
+          grad_columns.const_data_ptr<Acc>(), cuda_data<scalar_t>(input), g, Index(row_begin),
           Index(row_end), kInput ? grad_input.mutable_data_ptr<Acc>() : nullptr,
           kStride ? block_partials.mutable_data_ptr<Acc>() : nullptr,
           kColumns ? cuda_mutable_data<scalar_t>(columns) : nullptr);
@@ -121,11 +125,15 @@ void ls_conv_im2col_cuda(const at::Tensor& input, const LSConvGeometry& g, int64
                          int64_t row_end, const at::Tensor& columns) {
   const int64_t total = tile_elements(g, row_begin, row_end);
   if (total == 0) return;
+  if (has_no_pixels(g)) {
+    columns.zero_();
+    return;
+  }
   const int64_t blocks = grid_blocks(total, input.device().index());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(input.device().index());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "ls_conv_im2col_cuda", [&] {
-        if (fits_int32(input, total, blocks)) {
+        if (fits_int32(input, total, blocks, row_end)) {
           launch_im2col<scalar_t, int32_t>(input, g, row_begin, row_end, columns, blocks, stream);
         } else {
           launch_im2col<scalar_t, int64_t>(input, g, row_begin, row_end, columns, blocks, stream);
@@ -141,6 +149,10 @@ void ls_conv_backward_sampling_cuda(const at::Tensor& grad_columns, const at::Te
               "ls_conv_backward_sampling_cuda: grad_input or stride_partials expected");
   const int64_t total = tile_elements(g, row_begin, row_end);
   if (total == 0) return;
+  if (has_no_pixels(g)) {
+    if (columns.defined()) columns.zero_();
+    return;
+  }
   const int64_t blocks = grid_blocks(total, input.device().index());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(input.device().index());
   const at::ScalarType accumulate =
@@ -150,7 +162,7 @@ void ls_conv_backward_sampling_cuda(const at::Tensor& grad_columns, const at::Te
       : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "ls_conv_backward_sampling_cuda", [&] {
-        if (fits_int32(input, total, blocks)) {
+        if (fits_int32(input, total, blocks, row_end)) {
           launch_backward_variant<scalar_t, int32_t>(grad_columns, input, g, row_begin, row_end,
                                                      grad_input, block_partials, columns, blocks,
                                                      stream);

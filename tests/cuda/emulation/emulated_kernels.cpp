@@ -36,7 +36,7 @@ void backward(const void* grad_columns, const void* input, const LSConvGeometry&
   using Acc = typename cuda::Accumulate<T>::type;
   emulated_launch(blocks, cuda::kThreads,
                   cuda::ls_conv_backward_kernel<T, Index, kInput, kStride, kColumns>,
-                  static_cast<const T*>(grad_columns), static_cast<const T*>(input), g,
+                  static_cast<const Acc*>(grad_columns), static_cast<const T*>(input), g,
                   Index(row_begin), Index(row_end), static_cast<Acc*>(grad_input),
                   static_cast<Acc*>(block_partials), static_cast<T*>(columns));
 }
