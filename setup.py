@@ -39,6 +39,11 @@ def build_cuda() -> bool:
                                f'toolkit; found torch.version.cuda={torch.version.cuda}, '
                                f'CUDA_HOME={CUDA_HOME}')
         return False
+    runtime = [pattern for directory in ('lib64', 'lib', 'targets/x86_64-linux/lib')
+               for pattern in glob.glob(os.path.join(CUDA_HOME, directory, 'libcudart.so*'))]
+    if not runtime:
+        raise RuntimeError(f'CUDA_HOME={CUDA_HOME} expected the CUDA toolkit (its lib64/libcudart.so '
+                           'is missing): set CUDA_HOME to the toolkit directory')
     if not os.getenv('TORCH_CUDA_ARCH_LIST') and not torch.cuda.is_available():
         os.environ['TORCH_CUDA_ARCH_LIST'] = DEFAULT_CUDA_ARCH_LIST
     return True
