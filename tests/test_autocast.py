@@ -58,5 +58,6 @@ def test_cuda_autocast_runs_in_autocast_dtype(dtype, tolerance):
     exact.load_state_dict(layer.state_dict())
     with torch.no_grad():
         exact.weight.copy_(layer.weight.to(dtype))
+        exact.bias.copy_(layer.bias.to(dtype))
         expected = exact(x.to(dtype).double())
     assert norm_relative_error(out, expected) < tolerance

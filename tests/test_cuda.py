@@ -13,10 +13,11 @@ from mmlstride.testing import (compiled_op, errors, evaluate, float64_reference_
 pytestmark = pytest.mark.skipif(not CUDA_AVAILABLE, reason='no CUDA device')
 
 # Worst norm-relative error ||op - ref|| / ||ref|| allowed against the float64 reference
-# (output and every gradient). float16 and bfloat16 round their columns and GEMM results
-# to 11 and 8 significant bits (relative 4.9e-4 and 3.9e-3 per element); the sums run in
-# float32. About ten times the rounding of one element.
-LOW_PRECISION_TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+# (output and every gradient). float16 and bfloat16 round the columns, the output and the
+# returned gradients to 11 and 8 significant bits (relative 4.9e-4 and 3.9e-3 per element):
+# about ten times that. The sums run in float32; the stride gradient, a sum that cancels
+# heavily, is the least accurate in float32 (as on the CPU: README's accuracy table).
+LOW_PRECISION_TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +25,7 @@ def cuda_kernels():
     require_cuda_kernels()
 
 
-@pytest.mark.parametrize('dtype,tolerance', [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize('dtype,tolerance', [(torch.float64, 1e-12), (torch.float32, 2e-4)])
 @pytest.mark.parametrize('seed', range(20))
 def test_matches_cpu_kernels(seed, dtype, tolerance):
     case = random_case(seed, dtype)
