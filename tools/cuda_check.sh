@@ -4,7 +4,10 @@
 # (CUDA cases included), the accuracy sweep on the GPU, and the op benchmark in
 # float32 and bfloat16 against cuDNN, torchvision's deform conv and pure PyTorch.
 # Logs go to $OUT (default work_dirs/cuda_check). Uses the python3 it finds;
-# mmengine must be importable (pip install mmengine, or carried wheels).
+# mmengine must be importable. On the lent GPU machines (torch, pytest, numpy,
+# pyyaml, rich, opencv and torchvision there; no network) carry these wheels,
+# fetched here with the device tool's pip download recipe into .whl/:
+#   mmengine==0.10.7 addict yapf platformdirs termcolor
 #   TORCH_CUDA_ARCH_LIST=9.0 bash tools/cuda_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
