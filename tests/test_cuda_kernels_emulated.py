@@ -150,3 +150,28 @@ def test_backward_kernel(kernels, seed, dtype, index64, flags):
         assert_close(partials.sum(0), expected_stride, tolerance, 'stride partials')
     if want_columns:
         assert_close(columns, columns64.detach(), TOLERANCE[dtype], 'columns')
+
+
+@pytest.mark.parametrize('index64', [False, True], ids=['int32', 'int64'])
+@pytest.mark.parametrize('dtype', list(DTYPE_CODES), ids=str)
+@pytest.mark.parametrize('seed', range(8))
+def test_input_gradient_kernel(kernels, seed, dtype, index64):
+    """The deterministic gather gives the scatter's input gradient; it adds to grad_input."""
+    case, row_begin, row_end = random_tile(seed + 200)
+    input64 = case.input.detach().to(dtype).double().requires_grad_()
+    columns64 = reference_columns(input64, case.stride.detach(), case, row_begin, row_end)
+    accumulate = torch.float64 if dtype == torch.float64 else torch.float32
+    grad_columns = torch.randn(columns64.shape, generator=torch.Generator().manual_seed(seed),
+                               dtype=torch.float64).to(accumulate)
+    expected, = torch.autograd.grad((columns64 * grad_columns.double()).sum(), input64)
+    earlier = torch.randn(input64.shape, generator=torch.Generator().manual_seed(seed + 1),
+                          dtype=torch.float64)
+    grad_input = earlier.to(accumulate, copy=True)  # what earlier tiles added
+    ints, stride = geometry_arguments(case)
+    assert kernels.emulated_input_gradient(
+        DTYPE_CODES[dtype], int(index64), pointer(grad_columns), ints, stride,
+        ctypes.c_int64(row_begin), ctypes.c_int64(row_end), pointer(grad_input),
+        ctypes.c_uint(1 + seed % 3)) == 0
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    assert_close(grad_input.double() - earlier.to(accumulate).double(), expected, tolerance,
+                 'grad_input')

@@ -246,12 +246,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
   const bool need_weight = output_mask[1];
   const bool need_stride = output_mask[3];
 
-  if (need_input && input.is_cuda()) {
-    // The CUDA kernel adds the input gradient with atomicAdd (overlapping
-    // samples meet), so its rounding varies from run to run. The weight, bias
-    // and stride gradients are deterministic on every device.
-    at::globalContext().alertNotDeterministic("ls_conv2d_backward_cuda (gradient of input)");
-  }
   // Accumulated in float32 for float16 and bfloat16 inputs.
   const bool low_precision = accumulate_type(input.scalar_type()) != input.scalar_type();
   const at::TensorOptions accumulate = input.options().dtype(accumulate_type(input.scalar_type()));

@@ -1,6 +1,7 @@
-// CUDA kernels of the learnable-stride convolution: bilinear im2col and the
-// fused backward sampling pass (col2im onto the input gradient, the stride
-// gradient reduced per block, and the columns for the weight gradient).
+// CUDA kernels of the learnable-stride convolution: bilinear im2col, the fused
+// backward sampling pass (col2im onto the input gradient, the stride gradient
+// reduced per block, and the columns for the weight gradient), and the input
+// gradient by gathering, for deterministic mode.
 // Plain CUDA C++ with no torch header; the math is ls_conv_sampling.h's,
 // shared with the CPU backend. Launchers: csrc/pytorch/cuda/ls_conv_cuda.cu.
 //
@@ -18,6 +19,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cmath>
 #include <cstdint>
 
 #include "../ls_conv_sampling.h"
@@ -182,6 +184,72 @@ __global__ void __launch_bounds__(kThreads)
       block_partials[2 * blockIdx.x] = shared_h[0];
       block_partials[2 * blockIdx.x + 1] = shared_w[0];
     }
+  }
+}
+
+// Weight of input index `pixel` in the interpolation `s` along one axis (0 when
+// it is neither neighbour, or a neighbour outside the image).
+template <typename Acc>
+__device__ inline Acc pixel_weight(const AxisSample<Acc>& s, int64_t pixel) {
+  return (s.low == pixel ? s.weight_low : Acc(0)) + (s.high == pixel ? s.weight_high : Acc(0));
+}
+
+// The input gradient of a tile without atomics, for deterministic mode: one
+// thread per input pixel of the images the tile touches gathers, in a fixed
+// order, what ls_conv_backward_kernel's kInput scatter adds to that pixel (the
+// samples within one pixel of it: a few output indices per tap and axis), and
+// adds the sum to grad_input (tiles run one after another on the stream).
+template <typename T, typename Index>
+__global__ void __launch_bounds__(kThreads)
+    ls_conv_input_gradient_kernel(const typename Accumulate<T>::type* __restrict__ grad_columns,
+                                  LSConvGeometry g, Index row_begin, Index row_end,
+                                  typename Accumulate<T>::type* __restrict__ grad_input) {
+  using Acc = typename Accumulate<T>::type;
+  const Index out_h = Index(g.out_h), out_w = Index(g.out_w);
+  const Index height = Index(g.height), width = Index(g.width), channels = Index(g.channels);
+  const Index plane = height * width;
+  const Index ncols = (row_end - row_begin) * out_w;
+  const Index image_begin = row_begin / out_h;
+  const Index image_end = (row_end - 1) / out_h + 1;
+  const Index total = (image_end - image_begin) * channels * plane;
+  LSCONV_CUDA_KERNEL_LOOP(Index, index, total) {
+    const Index x = index % width;
+    const Index y = (index / width) % height;
+    const Index c = (index / plane) % channels;
+    const Index image = image_begin + index / (plane * channels);
+    // This image's output rows inside the tile: a in [a_begin, a_end).
+    const Index first_row = image * out_h;
+    const Index a_begin = (row_begin > first_row ? row_begin : first_row) - first_row;
+    const Index a_end = (row_end < first_row + out_h ? row_end : first_row + out_h) - first_row;
+    Acc sum = Acc(0);
+    for (Index i = 0; i < Index(g.kernel_h); ++i) {
+      // a * stride_h - pad_h + i * dilation_h within (y - 1, y + 1), one index of margin.
+      const double centre_h = double(y + Index(g.pad_h) - i * Index(g.dilation_h));
+      const Index a_low = Index(floor((centre_h - 1) / g.stride_h)) - 1;
+      const Index a_high = Index(ceil((centre_h + 1) / g.stride_h)) + 1;
+      for (Index a = (a_low > a_begin ? a_low : a_begin); a < a_end && a <= a_high; ++a) {
+        const Acc weight_h = pixel_weight(
+            axis_sample<Acc>(sample_position(a, i, g.stride_h, g.pad_h, g.dilation_h), g.height),
+            y);
+        if (weight_h == Acc(0)) continue;
+        for (Index j = 0; j < Index(g.kernel_w); ++j) {
+          const double centre_w = double(x + Index(g.pad_w) - j * Index(g.dilation_w));
+          const Index b_low = Index(floor((centre_w - 1) / g.stride_w)) - 1;
+          const Index b_high = Index(ceil((centre_w + 1) / g.stride_w)) + 1;
+          const Index tap_row = (c * Index(g.kernel_h) + i) * Index(g.kernel_w) + j;
+          const Acc* grad_row =
+              grad_columns + tap_row * ncols + (first_row + a - row_begin) * out_w;
+          for (Index b = (b_low > 0 ? b_low : 0); b < out_w && b <= b_high; ++b) {
+            const Acc weight_w = pixel_weight(
+                axis_sample<Acc>(sample_position(b, j, g.stride_w, g.pad_w, g.dilation_w),
+                                 g.width),
+                x);
+            if (weight_w != Acc(0)) sum += grad_row[b] * weight_h * weight_w;
+          }
+        }
+      }
+    }
+    grad_input[(image * channels + c) * plane + y * width + x] += sum;
   }
 }
 

@@ -1,7 +1,9 @@
 // CUDA launchers of the learnable-stride convolution's sampling kernels
 // (csrc/common/cuda/ls_conv_cuda_kernel.cuh): dtype dispatch, index width,
-// grid size, the current stream, launch checks, and the sum of the stride
-// gradient's per-block partials. Called by the host code of ls_conv.cpp.
+// grid size, the current stream, launch checks, the sum of the stride
+// gradient's per-block partials, and the choice of the input gradient's
+// kernel (atomic scatter, or gather under deterministic mode). Called by the
+// host code of ls_conv.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -94,6 +96,24 @@ void launch_backward(const at::Tensor& grad_columns, const at::Tensor& input,
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <typename scalar_t, typename Index>
+void launch_input_gradient(const at::Tensor& grad_columns, const LSConvGeometry& g,
+                           int64_t row_begin, int64_t row_end, const at::Tensor& grad_input,
+                           int64_t blocks, cudaStream_t stream) {
+  using T = typename CudaType<scalar_t>::type;
+  using Acc = typename cuda::Accumulate<T>::type;
+  cuda::ls_conv_input_gradient_kernel<T, Index><<<blocks, cuda::kThreads, 0, stream>>>(
+      grad_columns.const_data_ptr<Acc>(), g, Index(row_begin), Index(row_end),
+      grad_input.mutable_data_ptr<Acc>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Pixels of the images that output rows [row_begin, row_end) belong to.
+int64_t touched_pixels(const LSConvGeometry& g, int64_t row_begin, int64_t row_end) {
+  const int64_t images = (row_end - 1) / g.out_h - row_begin / g.out_h + 1;
+  return images * g.channels * g.height * g.width;
+}
+
 // Chooses the kernel variant for the gradients asked for (grad_input and/or
 // stride partials, with or without columns).
 template <typename scalar_t, typename Index>
@@ -146,7 +166,7 @@ void ls_conv_backward_sampling_cuda(const at::Tensor& grad_columns, const at::Te
                                     const at::Tensor& grad_input, const at::Tensor& stride_partials,
                                     const at::Tensor& columns) {
   TORCH_CHECK(grad_input.defined() || stride_partials.defined(),
-              "ls_conv_backward_sampling_cuda: grad_input or stride_partials expected");
+              "grad_input and stride_partials are undefined, expected at least one defined");
   const int64_t total = tile_elements(g, row_begin, row_end);
   if (total == 0) return;
   if (has_no_pixels(g)) {
@@ -160,16 +180,42 @@ void ls_conv_backward_sampling_cuda(const at::Tensor& grad_columns, const at::Te
   const at::Tensor block_partials = stride_partials.defined()
       ? at::empty({blocks, 2}, input.options().dtype(accumulate))
       : at::Tensor();
+  // Under torch.use_deterministic_algorithms(True) the input gradient is
+  // gathered per pixel instead of scattered with atomicAdd.
+  const bool gather_input = grad_input.defined() && at::globalContext().deterministicAlgorithms();
+  const at::Tensor scatter_input = gather_input ? at::Tensor() : grad_input;
+  const int64_t pixels = touched_pixels(g, row_begin, row_end);
+  const int64_t pixel_blocks = gather_input ? grid_blocks(pixels, input.device().index()) : 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "ls_conv_backward_sampling_cuda", [&] {
-        if (fits_int32(input, total, blocks, row_end)) {
-          launch_backward_variant<scalar_t, int32_t>(grad_columns, input, g, row_begin, row_end,
-                                                     grad_input, block_partials, columns, blocks,
-                                                     stream);
-        } else {
-          launch_backward_variant<scalar_t, int64_t>(grad_columns, input, g, row_begin, row_end,
-                                                     grad_input, block_partials, columns, blocks,
-                                                     stream);
+        const bool small = fits_int32(input, total, blocks, row_end);
+        if (scatter_input.defined() || block_partials.defined()) {
+          if (small) {
+            launch_backward_variant<scalar_t, int32_t>(grad_columns, input, g, row_begin,
+                                                       row_end, scatter_input, block_partials,
+                                                       columns, blocks, stream);
+          } else {
+            launch_backward_variant<scalar_t, int64_t>(grad_columns, input, g, row_begin,
+                                                       row_end, scatter_input, block_partials,
+                                                       columns, blocks, stream);
+          }
+        } else if (columns.defined()) {
+          if (small) {
+            launch_im2col<scalar_t, int32_t>(input, g, row_begin, row_end, columns, blocks,
+                                             stream);
+          } else {
+            launch_im2col<scalar_t, int64_t>(input, g, row_begin, row_end, columns, blocks,
+                                             stream);
+          }
+        }
+        if (gather_input) {
+          if (small && fits_int32(input, pixels, pixel_blocks, row_end)) {
+            launch_input_gradient<scalar_t, int32_t>(grad_columns, g, row_begin, row_end,
+                                                     grad_input, pixel_blocks, stream);
+          } else {
+            launch_input_gradient<scalar_t, int64_t>(grad_columns, g, row_begin, row_end,
+                                                     grad_input, pixel_blocks, stream);
+          }
         }
       });
   if (stride_partials.defined()) {

@@ -42,6 +42,15 @@ void backward(const void* grad_columns, const void* input, const LSConvGeometry&
 }
 
 template <typename T, typename Index>
+void input_gradient(const void* grad_columns, const LSConvGeometry& g, int64_t row_begin,
+                    int64_t row_end, void* grad_input, unsigned blocks) {
+  using Acc = typename cuda::Accumulate<T>::type;
+  emulated_launch(blocks, cuda::kThreads, cuda::ls_conv_input_gradient_kernel<T, Index>,
+                  static_cast<const Acc*>(grad_columns), g, Index(row_begin), Index(row_end),
+                  static_cast<Acc*>(grad_input));
+}
+
+template <typename T, typename Index>
 int backward_variant(int flags, const void* grad_columns, const void* input,
                      const LSConvGeometry& g, int64_t row_begin, int64_t row_end,
                      void* grad_input, void* block_partials, void* columns, unsigned blocks) {
@@ -86,6 +95,18 @@ extern "C" int emulated_im2col(int dtype, int index64, const void* input,
   return dispatch(dtype, index64, [&](auto type_tag, auto index_tag) {
     im2col<decltype(type_tag), decltype(index_tag)>(input, g, row_begin, row_end, columns,
                                                     blocks);
+    return 0;
+  });
+}
+
+extern "C" int emulated_input_gradient(int dtype, int index64, const void* grad_columns,
+                                       const int64_t* geometry, const double* stride,
+                                       int64_t row_begin, int64_t row_end, void* grad_input,
+                                       unsigned blocks) {
+  const LSConvGeometry g = make_geometry(geometry, stride);
+  return dispatch(dtype, index64, [&](auto type_tag, auto index_tag) {
+    input_gradient<decltype(type_tag), decltype(index_tag)>(grad_columns, g, row_begin, row_end,
+                                                            grad_input, blocks);
     return 0;
   });
 }
