@@ -2,6 +2,8 @@
 reference, determinism, 64-bit indexing, device checks. The shared oracle tests, gradcheck,
 opcheck and torch.compile run on CUDA through the ``device`` fixture (tests/conftest.py).
 Skipped without a GPU."""
+import re
+
 import pytest
 import torch
 
@@ -66,7 +68,37 @@ def deterministic():
     torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
 
 
-@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+def backward_kernel_names(case, grad_output):
+    """Names of the CUDA kernels one backward pass launches."""
+    from torch.profiler import ProfilerActivity, profile
+    out = compiled_op(*case.args())
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        torch.autograd.grad(out, [t for t in case.leaves() if t.requires_grad],
+                            grad_output.to(out.dtype).to(out.device))
+        torch.cuda.synchronize()
+    return {event.name for event in prof.events()}
+
+
+@pytest.mark.parametrize('needs', ['input', 'input+weight', 'input+stride', 'all'])
+def test_deterministic_mode_gathers_the_input_gradient(deterministic, needs):
+    """The atomic scatter of the input gradient (the backward kernel with kInput = true)
+    runs by default, and never under deterministic mode, where the gather runs instead."""
+    case = random_case(6).to(torch.float32, 'cuda')
+    for name, leaf in (('weight', case.weight), ('stride', case.stride), ('bias', case.bias)):
+        if leaf is not None:
+            leaf.requires_grad_(needs == 'all' or name in needs)
+    grad_output = output_gradient(case)
+    scatter = re.compile(r'ls_conv_backward_kernel<[^,]+, [^,]+, true')
+    default = backward_kernel_names(case, grad_output)
+    assert any(scatter.search(name) for name in default), default
+    assert not any('ls_conv_input_gradient_kernel' in name for name in default), default
+    torch.use_deterministic_algorithms(True)
+    deterministic_names = backward_kernel_names(case, grad_output)
+    assert not any(scatter.search(name) for name in deterministic_names), deterministic_names
+    assert any('ls_conv_input_gradient_kernel' in name for name in deterministic_names)
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize('seed', range(4))
 def test_deterministic_mode_repeats_bit_for_bit(deterministic, seed, dtype):
     """Under deterministic mode the input gradient is gathered (no atomics): every gradient

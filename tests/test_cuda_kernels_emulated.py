@@ -152,12 +152,17 @@ def test_backward_kernel(kernels, seed, dtype, index64, flags):
         assert_close(columns, columns64.detach(), TOLERANCE[dtype], 'columns')
 
 
+@pytest.mark.parametrize('stride', [None, (1e-12, 1e9), (0.3, 0.25)],
+                         ids=['random', 'extreme', 'dense'])
 @pytest.mark.parametrize('index64', [False, True], ids=['int32', 'int64'])
 @pytest.mark.parametrize('dtype', list(DTYPE_CODES), ids=str)
 @pytest.mark.parametrize('seed', range(8))
-def test_input_gradient_kernel(kernels, seed, dtype, index64):
-    """The deterministic gather gives the scatter's input gradient; it adds to grad_input."""
+def test_input_gradient_kernel(kernels, seed, dtype, index64, stride):
+    """The deterministic gather gives the scatter's input gradient, for tiles of whole and
+    partial images and strides far from 1; it adds to grad_input."""
     case, row_begin, row_end = random_tile(seed + 200)
+    if stride is not None:
+        case.stride = torch.tensor(stride, dtype=torch.float64)
     input64 = case.input.detach().to(dtype).double().requires_grad_()
     columns64 = reference_columns(input64, case.stride.detach(), case, row_begin, row_end)
     accumulate = torch.float64 if dtype == torch.float64 else torch.float32

@@ -15,7 +15,7 @@ namespace cuda {
   template __global__ void ls_conv_im2col_kernel<T, Index>(const T*, LSConvGeometry, Index, \
                                                            Index, T*);                        \
   template __global__ void ls_conv_input_gradient_kernel<T, Index>(                           \
-      const typename Accumulate<T>::type*, LSConvGeometry, Index, Index,                      \
+      const typename Accumulate<T>::type*, LSConvGeometry, Index, Index, PixelBox,            \
       typename Accumulate<T>::type*);                                                         \
   LSCONV_INSTANTIATE_BACKWARD(T, Index, true, true, true)                                     \
   LSCONV_INSTANTIATE_BACKWARD(T, Index, true, true, false)                                    \

@@ -194,52 +194,94 @@ __device__ inline Acc pixel_weight(const AxisSample<Acc>& s, int64_t pixel) {
   return (s.low == pixel ? s.weight_low : Acc(0)) + (s.high == pixel ? s.weight_high : Acc(0));
 }
 
+// value clamped to [low, high] (in double, before any conversion to an index).
+__device__ inline double clip(double value, int64_t low, int64_t high) {
+  return fmin(fmax(value, double(low)), double(high));
+}
+
+// Input pixels whose gradient a tile of output rows can reach, as at most
+// three boxes (images [image_begin, image_end) x rows [y_begin, y_end) x every
+// channel and column): the rows of a partial image at either end of the tile,
+// and the whole images between them.
+struct PixelBox {
+  int64_t image_begin, image_end, y_begin, y_end;
+};
+
+inline int reachable_pixel_boxes(const LSConvGeometry& g, int64_t row_begin, int64_t row_end,
+                                 PixelBox boxes[3]) {
+  int count = 0;
+  for (int64_t row = row_begin; row < row_end;) {
+    const int64_t image = row / g.out_h;
+    const int64_t a = row % g.out_h;
+    if (a == 0 && row_end - row >= g.out_h) {
+      const int64_t images = (row_end - row) / g.out_h;
+      boxes[count++] = PixelBox{image, image + images, 0, g.height};
+      row += images * g.out_h;
+      continue;
+    }
+    const int64_t rows = (g.out_h - a < row_end - row) ? g.out_h - a : row_end - row;
+    // Samples of output rows [a, a + rows) lie within [lowest, highest] along h;
+    // they reach input rows floor(lowest) to floor(highest) + 1 (one row of margin).
+    const double lowest = double(a) * g.stride_h - double(g.pad_h);
+    const double highest = double(a + rows - 1) * g.stride_h - double(g.pad_h) +
+                           double((g.kernel_h - 1) * g.dilation_h);
+    const double y_begin = std::fmax(std::floor(lowest) - 1, 0.0);
+    const double y_end = std::fmin(std::floor(highest) + 3, double(g.height));
+    if (y_begin < y_end) {
+      boxes[count++] = PixelBox{image, image + 1, int64_t(y_begin), int64_t(y_end)};
+    }
+    row += rows;
+  }
+  return count;
+}
+
 // The input gradient of a tile without atomics, for deterministic mode: one
-// thread per input pixel of the images the tile touches gathers, in a fixed
-// order, what ls_conv_backward_kernel's kInput scatter adds to that pixel (the
-// samples within one pixel of it: a few output indices per tap and axis), and
-// adds the sum to grad_input (tiles run one after another on the stream).
+// thread per input pixel of `box` gathers, in a fixed order, what
+// ls_conv_backward_kernel's kInput scatter adds to that pixel (the samples
+// within one pixel of it: a few output indices per tap and axis), and adds the
+// sum to grad_input (tiles run one after another on the stream).
 template <typename T, typename Index>
 __global__ void __launch_bounds__(kThreads)
     ls_conv_input_gradient_kernel(const typename Accumulate<T>::type* __restrict__ grad_columns,
-                                  LSConvGeometry g, Index row_begin, Index row_end,
+                                  LSConvGeometry g, Index row_begin, Index row_end, PixelBox box,
                                   typename Accumulate<T>::type* __restrict__ grad_input) {
   using Acc = typename Accumulate<T>::type;
   const Index out_h = Index(g.out_h), out_w = Index(g.out_w);
   const Index height = Index(g.height), width = Index(g.width), channels = Index(g.channels);
-  const Index plane = height * width;
   const Index ncols = (row_end - row_begin) * out_w;
-  const Index image_begin = row_begin / out_h;
-  const Index image_end = (row_end - 1) / out_h + 1;
-  const Index total = (image_end - image_begin) * channels * plane;
+  const Index box_rows = Index(box.y_end - box.y_begin);
+  const Index box_plane = box_rows * width;
+  const Index total = Index(box.image_end - box.image_begin) * channels * box_plane;
   LSCONV_CUDA_KERNEL_LOOP(Index, index, total) {
     const Index x = index % width;
-    const Index y = (index / width) % height;
-    const Index c = (index / plane) % channels;
-    const Index image = image_begin + index / (plane * channels);
+    const Index y = Index(box.y_begin) + (index / width) % box_rows;
+    const Index c = (index / box_plane) % channels;
+    const Index image = Index(box.image_begin) + index / (box_plane * channels);
     // This image's output rows inside the tile: a in [a_begin, a_end).
     const Index first_row = image * out_h;
     const Index a_begin = (row_begin > first_row ? row_begin : first_row) - first_row;
-    const Index a_end = (row_end < first_row + out_h ? row_end : first_row + out_h) - first_row;
+    const Index a_end = (row_end - first_row < out_h ? row_end - first_row : out_h);
     Acc sum = Acc(0);
     for (Index i = 0; i < Index(g.kernel_h); ++i) {
-      // a * stride_h - pad_h + i * dilation_h within (y - 1, y + 1), one index of margin.
+      // a * stride_h - pad_h + i * dilation_h within (y - 1, y + 1), with one index of
+      // margin, clipped to the tile's [a_begin, a_end) in floating point (tiny strides
+      // give bounds far outside any index type).
       const double centre_h = double(y + Index(g.pad_h) - i * Index(g.dilation_h));
-      const Index a_low = Index(floor((centre_h - 1) / g.stride_h)) - 1;
-      const Index a_high = Index(ceil((centre_h + 1) / g.stride_h)) + 1;
-      for (Index a = (a_low > a_begin ? a_low : a_begin); a < a_end && a <= a_high; ++a) {
+      const Index a_low = Index(clip(floor((centre_h - 1) / g.stride_h) - 1, a_begin, a_end));
+      const Index a_high = Index(clip(ceil((centre_h + 1) / g.stride_h) + 2, a_begin, a_end));
+      for (Index a = a_low; a < a_high; ++a) {
         const Acc weight_h = pixel_weight(
             axis_sample<Acc>(sample_position(a, i, g.stride_h, g.pad_h, g.dilation_h), g.height),
             y);
         if (weight_h == Acc(0)) continue;
         for (Index j = 0; j < Index(g.kernel_w); ++j) {
           const double centre_w = double(x + Index(g.pad_w) - j * Index(g.dilation_w));
-          const Index b_low = Index(floor((centre_w - 1) / g.stride_w)) - 1;
-          const Index b_high = Index(ceil((centre_w + 1) / g.stride_w)) + 1;
+          const Index b_low = Index(clip(floor((centre_w - 1) / g.stride_w) - 1, 0, out_w));
+          const Index b_high = Index(clip(ceil((centre_w + 1) / g.stride_w) + 2, 0, out_w));
           const Index tap_row = (c * Index(g.kernel_h) + i) * Index(g.kernel_w) + j;
           const Acc* grad_row =
               grad_columns + tap_row * ncols + (first_row + a - row_begin) * out_w;
-          for (Index b = (b_low > 0 ? b_low : 0); b < out_w && b <= b_high; ++b) {
+          for (Index b = b_low; b < b_high; ++b) {
             const Acc weight_w = pixel_weight(
                 axis_sample<Acc>(sample_position(b, j, g.stride_w, g.pad_w, g.dilation_w),
                                  g.width),
@@ -249,7 +291,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-    grad_input[(image * channels + c) * plane + y * width + x] += sum;
+    grad_input[(image * channels + c) * height * width + y * width + x] += sum;
   }
 }
 

@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <limits>
+#include <mutex>
+#include <unordered_map>
 
 #include "../../common/cuda/ls_conv_cuda_kernel.cuh"
 #include "../ls_conv_kernels.h"
@@ -33,12 +35,25 @@ struct CudaType<at::BFloat16> {
   using type = __nv_bfloat16;
 };
 
+// Multiprocessors of a device, read once per device.
+int multiprocessor_count(int device) {
+  static std::mutex mutex;
+  static std::unordered_map<int, int> counts;
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto found = counts.find(device);
+  if (found == counts.end()) {
+    int count = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    found = counts.emplace(device, count).first;
+  }
+  return found->second;
+}
+
 // Blocks of a grid-stride launch over `total` elements: one element per
 // thread, at most 32 blocks per multiprocessor (enough to fill it; threads
 // then loop), so the per-block stride partials stay small.
 int64_t grid_blocks(int64_t total, int device) {
-  int multiprocessors = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
+  const int multiprocessors = multiprocessor_count(device);
   const int64_t needed = (total + cuda::kThreads - 1) / cuda::kThreads;
   return std::max<int64_t>(1, std::min<int64_t>(needed, int64_t(multiprocessors) * 32));
 }
@@ -98,20 +113,18 @@ void launch_backward(const at::Tensor& grad_columns, const at::Tensor& input,
 
 template <typename scalar_t, typename Index>
 void launch_input_gradient(const at::Tensor& grad_columns, const LSConvGeometry& g,
-                           int64_t row_begin, int64_t row_end, const at::Tensor& grad_input,
-                           int64_t blocks, cudaStream_t stream) {
+                           int64_t row_begin, int64_t row_end, const cuda::PixelBox& box,
+                           const at::Tensor& grad_input, int64_t blocks, cudaStream_t stream) {
   using T = typename CudaType<scalar_t>::type;
   using Acc = typename cuda::Accumulate<T>::type;
   cuda::ls_conv_input_gradient_kernel<T, Index><<<blocks, cuda::kThreads, 0, stream>>>(
-      grad_columns.const_data_ptr<Acc>(), g, Index(row_begin), Index(row_end),
+      grad_columns.const_data_ptr<Acc>(), g, Index(row_begin), Index(row_end), box,
       grad_input.mutable_data_ptr<Acc>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Pixels of the images that output rows [row_begin, row_end) belong to.
-int64_t touched_pixels(const LSConvGeometry& g, int64_t row_begin, int64_t row_end) {
-  const int64_t images = (row_end - 1) / g.out_h - row_begin / g.out_h + 1;
-  return images * g.channels * g.height * g.width;
+int64_t box_pixels(const LSConvGeometry& g, const cuda::PixelBox& box) {
+  return (box.image_end - box.image_begin) * g.channels * (box.y_end - box.y_begin) * g.width;
 }
 
 // Chooses the kernel variant for the gradients asked for (grad_input and/or
@@ -184,8 +197,8 @@ void ls_conv_backward_sampling_cuda(const at::Tensor& grad_columns, const at::Te
   // gathered per pixel instead of scattered with atomicAdd.
   const bool gather_input = grad_input.defined() && at::globalContext().deterministicAlgorithms();
   const at::Tensor scatter_input = gather_input ? at::Tensor() : grad_input;
-  const int64_t pixels = touched_pixels(g, row_begin, row_end);
-  const int64_t pixel_blocks = gather_input ? grid_blocks(pixels, input.device().index()) : 0;
+  cuda::PixelBox boxes[3];
+  const int box_count = gather_input ? cuda::reachable_pixel_boxes(g, row_begin, row_end, boxes) : 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "ls_conv_backward_sampling_cuda", [&] {
         const bool small = fits_int32(input, total, blocks, row_end);
@@ -208,13 +221,15 @@ void ls_conv_backward_sampling_cuda(const at::Tensor& grad_columns, const at::Te
                                              stream);
           }
         }
-        if (gather_input) {
+        for (int k = 0; k < box_count; ++k) {
+          const int64_t pixels = box_pixels(g, boxes[k]);
+          const int64_t pixel_blocks = grid_blocks(pixels, input.device().index());
           if (small && fits_int32(input, pixels, pixel_blocks, row_end)) {
             launch_input_gradient<scalar_t, int32_t>(grad_columns, g, row_begin, row_end,
-                                                     grad_input, pixel_blocks, stream);
+                                                     boxes[k], grad_input, pixel_blocks, stream);
           } else {
             launch_input_gradient<scalar_t, int64_t>(grad_columns, g, row_begin, row_end,
-                                                     grad_input, pixel_blocks, stream);
+                                                     boxes[k], grad_input, pixel_blocks, stream);
           }
         }
       });

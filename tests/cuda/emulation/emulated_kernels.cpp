@@ -45,9 +45,13 @@ template <typename T, typename Index>
 void input_gradient(const void* grad_columns, const LSConvGeometry& g, int64_t row_begin,
                     int64_t row_end, void* grad_input, unsigned blocks) {
   using Acc = typename cuda::Accumulate<T>::type;
-  emulated_launch(blocks, cuda::kThreads, cuda::ls_conv_input_gradient_kernel<T, Index>,
-                  static_cast<const Acc*>(grad_columns), g, Index(row_begin), Index(row_end),
-                  static_cast<Acc*>(grad_input));
+  cuda::PixelBox boxes[3];
+  const int count = cuda::reachable_pixel_boxes(g, row_begin, row_end, boxes);
+  for (int k = 0; k < count; ++k) {
+    emulated_launch(blocks, cuda::kThreads, cuda::ls_conv_input_gradient_kernel<T, Index>,
+                    static_cast<const Acc*>(grad_columns), g, Index(row_begin), Index(row_end),
+                    boxes[k], static_cast<Acc*>(grad_input));
+  }
 }
 
 template <typename T, typename Index>
