@@ -55,6 +55,49 @@ def ls_conv2d_by_deform_conv(deform_conv2d: Callable, input: Tensor, weight: Ten
     return out
 
 
+def interpolation_matrix(position: Tensor, size: int) -> Tensor:
+    """Weights (..., size) of MMCV's bilinear rule along one axis at ``position`` (...).
+
+    ``(1 - f)`` at ``floor(p)`` and ``f`` at ``floor(p) + 1`` with ``f = p - floor(p)``,
+    neighbours outside ``[0, size)`` dropped, and all 0 where ``p <= -1`` or ``p >= size``.
+    Autograd differentiates ``f`` only, so at an integer position the derivative is the one
+    from the right (the kink convention of MMCV's ``get_coordinate_weight`` and of the op),
+    and at exactly ``p = -1`` it is 0 (the sample counts as outside, as in MMCV).
+    """
+    low = torch.floor(position.detach())
+    frac = position - low
+    index = torch.arange(size, dtype=position.dtype, device=position.device)
+    at_low = (index == low[..., None]).to(position.dtype)
+    at_high = (index == low[..., None] + 1).to(position.dtype)
+    inside = ((position.detach() > -1) & (position.detach() < size)).to(position.dtype)
+    return inside[..., None] * ((1 - frac)[..., None] * at_low + frac[..., None] * at_high)
+
+
+def ls_conv2d_by_interpolation(input: Tensor, weight: Tensor, stride: Tensor,
+                               bias: Optional[Tensor], padding: Tuple[int, int],
+                               dilation: Tuple[int, int], groups: int,
+                               output_size: Tuple[int, int]) -> Tensor:
+    """LSConv straight from its definition (DESIGN.md section 1): every sample is a product
+    of the two axes' :func:`interpolation_matrix`, so its stride derivative at pixel positions
+    follows the op's convention, unlike ``grid_sample``'s at ``p = -1``. Dense and small: for
+    tests."""
+    n, channels, height, width = input.shape
+    out_channels, group_channels, kh, kw = weight.shape
+    out_h, out_w = output_size
+    axes = []
+    for k, (out, taps, size) in enumerate(((out_h, kh, height), (out_w, kw, width))):
+        index = torch.arange(out, dtype=input.dtype, device=input.device)
+        tap = torch.arange(taps, dtype=input.dtype, device=input.device) * dilation[k]
+        position = index[:, None] * stride[k].to(input.dtype) - padding[k] + tap[None, :]
+        axes.append(interpolation_matrix(position, size))  # (out, taps, size)
+    samples = torch.einsum('aiy,ncyx,bjx->ncijab', axes[0], input, axes[1])
+    samples = samples.reshape(n, groups, group_channels, kh, kw, out_h, out_w)
+    grouped = weight.reshape(groups, out_channels // groups, group_channels, kh, kw)
+    out = torch.einsum('ngcijab,gocij->ngoab', samples, grouped).reshape(n, out_channels,
+                                                                        out_h, out_w)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
 def relative_error(actual: Tensor, expected: Tensor) -> float:
     """max |actual - expected| / max |expected| (0 when both are empty or zero)."""
     actual, expected = actual.double().cpu(), expected.double().cpu()

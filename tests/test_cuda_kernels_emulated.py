@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmlstride.testing import random_case
+from mmlstride.testing import interpolation_matrix, random_case
 
 REPO = Path(__file__).resolve().parents[1]
 EMULATION = REPO / 'tests' / 'cuda' / 'emulation'
@@ -60,9 +60,9 @@ def geometry_arguments(case):
 
 
 def reference_columns(input, stride, case, row_begin, row_end):
-    """The tile's columns (C*kh*kw, rows*out_w) by separable triangle-kernel interpolation:
-    X(h, w) = sum_yx max(0, 1 - |h - y|) max(0, 1 - |w - x|) x[y, x], which is MMCV's bilinear
-    rule; differentiable in input and stride."""
+    """The tile's columns (C*kh*kw, rows*out_w) by separable interpolation matrices (MMCV's
+    bilinear rule, derivatives from the right at pixel positions: mmlstride.testing);
+    differentiable in input and stride."""
     _, channels, height, width = input.shape
     kh, kw = case.weight.shape[2:]
     out_h, out_w = case.output_size
@@ -73,8 +73,8 @@ def reference_columns(input, stride, case, row_begin, row_end):
     pos_h = a.double()[:, None] * stride[0] - case.padding[0] + tap_h  # (rows, kh)
     b = torch.arange(out_w, dtype=torch.float64)
     pos_w = tap_w[:, None] + b[None, :] * stride[1] - case.padding[1]  # (kw, out_w)
-    weight_h = (1 - (pos_h[..., None] - torch.arange(height)).abs()).clamp(min=0)
-    weight_w = (1 - (pos_w[..., None] - torch.arange(width)).abs()).clamp(min=0)
+    weight_h = interpolation_matrix(pos_h, height)
+    weight_w = interpolation_matrix(pos_w, width)
     columns = torch.einsum('riy,rcyx,jbx->cijrb', weight_h, input[image], weight_w)
     return columns.reshape(channels * kh * kw, (row_end - row_begin) * out_w)
 
@@ -114,6 +114,11 @@ def test_im2col_kernel(kernels, seed, dtype, index64):
     assert_close(columns, expected, TOLERANCE[dtype], 'columns')
 
 
+# Strides that put samples exactly on pixels (kinks), where the kernels must take the
+# derivative from the right; with the random paddings some samples sit at exactly -1.
+PIXEL_STRIDES = [(2.0, 2.0), (1.0, 1.0), (1.5, 3.0)]
+
+
 @pytest.mark.parametrize('flags', [1, 2, 3, 5, 6, 7],
                          ids=['input', 'stride', 'input+stride', 'input+columns',
                               'stride+columns', 'all'])
@@ -121,7 +126,20 @@ def test_im2col_kernel(kernels, seed, dtype, index64):
 @pytest.mark.parametrize('dtype', list(DTYPE_CODES), ids=str)
 @pytest.mark.parametrize('seed', range(4))
 def test_backward_kernel(kernels, seed, dtype, index64, flags):
+    check_backward_kernel(kernels, seed, dtype, index64, flags)
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize('stride', PIXEL_STRIDES, ids=str)
+@pytest.mark.parametrize('seed', range(4))
+def test_backward_kernel_on_pixels(kernels, seed, stride, dtype):
+    check_backward_kernel(kernels, seed, dtype, False, 7, stride)
+
+
+def check_backward_kernel(kernels, seed, dtype, index64, flags, stride=None):
     case, row_begin, row_end = random_tile(seed + 100)
+    if stride is not None:
+        case.stride = torch.tensor(stride, dtype=torch.float64)
     input = case.input.detach().to(dtype)
     input64 = input.double().requires_grad_()
     stride64 = case.stride.detach().clone().requires_grad_()

@@ -1,7 +1,9 @@
 """Detectors with learned strides: configs, aligned residual blocks, the stride hook, the
 digits dataset, training through mmengine's Runner, distributed training and mim."""
+import argparse
 import glob
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,7 +15,8 @@ import torch
 
 pytest.importorskip('mmdet')
 
-from mmengine.config import Config  # noqa: E402
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.hooks import Hook  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import mmlstride  # noqa: E402,F401  (registrations)
@@ -125,8 +128,14 @@ def test_ls_resnet_loads_a_plain_resnet_checkpoint():
     from mmdet.models.backbones import ResNet
     plain = ResNet(depth=18, base_channels=8)
     backbone = LSResNet(depth=18, base_channels=8, initial_stride=3.0)
+    with torch.no_grad():
+        for _, layer in backbone.learned_strides():
+            layer.learnable_stride.fill_(1.7)  # as if trained
     backbone.load_state_dict(plain.state_dict())  # strict: the learned strides are optional
-    assert all(m.learnable_stride.tolist() == [2.0, 2.0] for _, m in backbone.learned_strides())
+    # A checkpoint without strides (pretrained or shared initial weights) keeps the initial stride.
+    assert all(m.learnable_stride.tolist() == [3.0, 3.0] for _, m in backbone.learned_strides())
+    for name, value in plain.state_dict().items():
+        assert torch.equal(backbone.state_dict()[name], value), name
 
 
 def test_initial_and_frozen_strides():
@@ -225,3 +234,95 @@ def test_mim_train_runs_a_benchmark_config(tmp_path):
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     assert 'strides at iter 3' in log, log[-4000:]
+
+
+def load_benchmark_tool():
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_detection', REPO / 'tools' / 'benchmark_detection.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class RecordStart(Hook):
+    """Records the model's state when training starts (after init and ``load_from``), the
+    images of the first batches, and the training losses."""
+
+    def before_train(self, runner) -> None:
+        self.state = {k: v.detach().clone() for k, v in runner.model.state_dict().items()}
+        self.requires_grad = {k: p.requires_grad for k, p in runner.model.named_parameters()}
+        self.images, self.losses = [], []
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        self.images.append([s.img_id for s in data_batch['data_samples']])
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        self.losses.append(outputs['loss'].item())
+
+
+def test_benchmark_settings_start_from_the_same_weights_and_data(tmp_path):
+    """Within a seed, every setting of the detection benchmark starts from the same initial
+    weights on every key it shares with the fixed-stride model, with its own stride value, and
+    sees the same batches; the frozen-at-nominal control trains as the fixed model does."""
+    tool = load_benchmark_tool()
+    weights = tool.write_initial_weights(3, str(tmp_path / 'seed3.pth'))
+    starts, strides = {}, {'lsconv': 2.0, 'frozen': 2.0, 'lsconv-badinit': 1.5,
+                           'frozen-badinit': 1.5}
+    for setting in tool.SETTINGS:
+        cfg = tiny_run_config(tmp_path / setting, tmp_path / 'data', tool.config_path(setting))
+        parser = argparse.ArgumentParser()  # as mmdet's train tool reads the options
+        parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+        cfg.merge_from_dict(parser.parse_args(
+            ['--cfg-options', *tool.seed_options(3, weights)]).cfg_options)
+        cfg.merge_from_dict({'val_cfg': None, 'val_dataloader': None, 'val_evaluator': None})
+        cfg.train_cfg.val_interval = 100
+        runner = Runner.from_cfg(cfg)
+        runner.register_hook(RecordStart(), 'LOWEST')
+        runner.train()
+        starts[setting] = next(h for h in runner.hooks if isinstance(h, RecordStart))
+    fixed = starts['fixed']
+    for setting, start in starts.items():
+        shared = set(start.state) & set(fixed.state)
+        assert len(shared) > 0.9 * len(fixed.state), setting
+        for key in shared:
+            assert torch.equal(start.state[key], fixed.state[key]), (setting, key)
+        assert start.images == fixed.images, setting
+        stride_keys = [k for k in start.state if k.endswith('learnable_stride')]
+        assert len(stride_keys) == (3 if setting in strides else 0), setting
+        for key in stride_keys:
+            assert start.state[key].tolist() == [strides[setting]] * 2, (setting, key)
+            assert start.requires_grad[key] == setting.startswith('lsconv'), (setting, key)
+    assert any(k.endswith('conv_offset.weight') for k in starts['dcn'].state)
+    # Draws differ between seeds; the control computes the fixed model's losses.
+    assert not torch.equal(torch.load(tool.write_initial_weights(4, str(tmp_path / 's4.pth')))[
+        'state_dict']['backbone.conv1.weight'], fixed.state['backbone.conv1.weight'])
+    assert starts['frozen'].losses == pytest.approx(fixed.losses, rel=1e-5)
+    assert starts['lsconv'].losses[0] == pytest.approx(fixed.losses[0], rel=1e-5)
+
+
+def test_benchmark_summary_pairs_seeds_with_a_confidence_interval(tmp_path):
+    tool = load_benchmark_tool()
+
+    def run(value):
+        return {'bbox_mAP': value, 'bbox_mAP_50': value + 20, 'seconds_per_iter': 0.1,
+                'final_strides': {}, 'scalars': ''}
+
+    runs = {'fixed': {0: run(60.0), 1: run(62.0), 2: run(61.0)},
+            'lsconv': {0: run(61.0), 1: run(64.0), 2: run(64.0), 3: run(99.0)}}
+    rows, pairs = tool.summarise(runs)
+    assert [r['bbox_mAP_mean'] for r in rows] == pytest.approx([61.0, 72.0])
+    assert rows[0]['bbox_mAP_std'] == pytest.approx(1.0)
+    (pair,) = pairs  # seed 3 has no fixed run: not paired
+    assert pair['seeds'] == [0, 1, 2] and pair['differences'] == [1.0, 2.0, 3.0]
+    # mean 2, std 1 over 3 seeds: half-width t(0.975, 2) / sqrt(3) = 4.3027 / 1.7321
+    assert (pair['mean'], pair['ci95']) == pytest.approx((2.0, 2.4841), abs=1e-4)
+    table = tool.markdown(rows, pairs, runs)
+    assert '| `lsconv` | 3 | +2.00 | [-0.48, +4.48] | +1.0, +2.0, +3.0 |' in table
+    readme = tmp_path / 'README.md'
+    readme.write_text(f'intro\n{tool.README_START}\nold\n{tool.README_END}\nrest\n')
+    tool.rewrite_readme(str(readme), table)
+    text = readme.read_text()
+    assert 'old' not in text and table in text and text.endswith(f'{tool.README_END}\nrest\n')
+    readme.write_text('no markers')
+    with pytest.raises(ValueError, match='markers'):
+        tool.rewrite_readme(str(readme), table)

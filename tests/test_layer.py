@@ -72,6 +72,30 @@ def test_stride_is_clamped_to_bounds_and_can_come_back():
         assert grad.tolist() == expected
 
 
+@pytest.mark.parametrize('at_bound, outward, inward', [
+    ((1.0, 4.0), [1.0, -1.0], [-1.0, 1.0]),  # s_h at the low bound, s_w at the high one
+    ((4.0, 1.0), [-1.0, 1.0], [1.0, -1.0]),
+])
+def test_stride_exactly_on_a_bound(at_bound, outward, inward):
+    """A stride equal to a bound counts as on it: a descent step outward is blocked, one
+    inward passes, and the forward uses the bound itself."""
+    stride = torch.tensor(at_bound, requires_grad=True)
+    low, high = torch.ones(2), torch.full((2,), 4.0)
+    bounded = _BoundedStride.apply(stride, low, high)
+    assert bounded.tolist() == list(at_bound)
+    # A positive upstream gradient makes descent lower the stride; negative raises it.
+    grad, = torch.autograd.grad(bounded, stride, torch.tensor(outward), retain_graph=True)
+    assert grad.tolist() == [0.0, 0.0]
+    grad, = torch.autograd.grad(bounded, stride, torch.tensor(inward))
+    assert grad.tolist() == inward
+
+
+def test_default_stride_bounds():
+    layer = LSConv2d(2, 2, 3, stride=(2, 3))
+    assert layer.stride_bounds == (0.25, 4.0)
+    assert layer.stride_min.tolist() == [0.5, 0.75] and layer.stride_max.tolist() == [8.0, 12.0]
+
+
 def test_state_dict_round_trip(tmp_path):
     layer = LSConv2d(3, 4, 3, stride=2, padding=1)
     with torch.no_grad():
@@ -94,6 +118,22 @@ def test_loads_a_conv2d_checkpoint():
     assert model[0].learnable_stride.tolist() == [2.0, 2.0]
     x = torch.randn(2, 3, 11, 11)
     torch.testing.assert_close(model(x), conv(x))
+
+
+def test_initial_stride_is_where_the_stride_starts_and_returns():
+    layer = LSConv2d(3, 4, 3, stride=2, padding=1, initial_stride=(1.5, 2.5))
+    assert layer.learnable_stride.tolist() == [1.5, 2.5]
+    with torch.no_grad():
+        layer.learnable_stride.fill_(1.9)  # as if trained
+    layer.load_state_dict(nn.Conv2d(3, 4, 3, stride=2, padding=1).state_dict())
+    assert layer.learnable_stride.tolist() == [1.5, 2.5]
+    assert LSConv2d(3, 4, 3, stride=2, initial_stride=3).learnable_stride.tolist() == [3.0, 3.0]
+
+
+@pytest.mark.parametrize('bad', [0.0, -1.0, float('nan'), float('inf'), (1.0, 2.0, 3.0)])
+def test_initial_stride_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match='initial_stride='):
+        LSConv2d(3, 4, 3, stride=2, initial_stride=bad)
 
 
 def test_recovers_a_fractional_stride():

@@ -1,35 +1,82 @@
-"""The CPU detection benchmark: fixed strides, LSConv, DCN, and bad initial strides learned or frozen.
+"""The CPU detection benchmark: fixed strides against learned ones, paired on initial weights.
 
 Trains the configs of ``configs/digits`` (RetinaNet, narrow ResNet-18 (32-256 channels), 128 px
-digits canvases generated from scikit-learn's data, no download) with mmdet's
-train tool, one process per run, for each setting and seed. Then prints and
-writes a table of bbox mAP (mean and spread over seeds), training time per
-iteration and final learned strides, and a plot (mAP per setting, stride
-trajectories). Runs whose results exist are reused (``--force`` retrains).
+digits canvases generated from scikit-learn's data, no download) with mmdet's train tool, one
+process per run. Within a seed every setting starts from the same initial weights (drawn once
+from the fixed-stride model and given to every run as ``load_from``; the learned stride starts at
+its setting's value, layers only one setting has keep their usual initialisation) and sees the
+same data order, so a per-seed difference between settings is caused by the settings alone.
 
-    python tools/benchmark_detection.py                  # 5 settings x 3 seeds
-    python tools/benchmark_detection.py --settings fixed lsconv --seeds 0
+Settings: ``fixed`` (plain ResNet), ``lsconv`` (strides learned), ``frozen`` (LSConv frozen at
+the nominal stride: the control, equal to ``fixed`` up to float noise), ``dcn`` (mmcv DCN in the
+same places), ``lsconv-badinit`` and ``frozen-badinit`` (strides start at 1.5, learned or
+frozen). Prints and writes per-setting mean ± std, per-seed paired differences against ``fixed``
+with 95% confidence intervals, a plot, and the README section (``--readme`` rewrites it in
+place). Runs whose results exist are reused (``--force`` retrains).
+
+    python tools/benchmark_detection.py --readme README.md       # the README's study
+    python tools/benchmark_detection.py --settings fixed lsconv --seeds 0 --other-seeds
 """
 import argparse
 import json
+import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from mmlstride.engine import find_scalars_json, read_stride_trajectories
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO, 'configs', 'digits')
 SETTINGS = {
-    'fixed': 'retinanet_r18n_digits_fixed.py',
-    'lsconv': 'retinanet_r18n-ls_digits.py',
-    'dcn': 'retinanet_r18n-dcn_digits.py',
-    'lsconv-badinit': 'retinanet_r18n-ls-badinit_digits.py',
-    'frozen-badinit': 'retinanet_r18n-ls-badinit-frozen_digits.py',
+    'fixed': ('retinanet_r18n_digits_fixed.py', 'fixed integer strides (plain ResNet)'),
+    'lsconv': ('retinanet_r18n-ls_digits.py', 'LSConv, strides learned'),
+    'frozen': ('retinanet_r18n-ls-frozen_digits.py',
+               'LSConv, strides frozen at the nominal 2 (control)'),
+    'dcn': ('retinanet_r18n-dcn_digits.py', 'mmcv DCN, same places'),
+    'lsconv-badinit': ('retinanet_r18n-ls-badinit_digits.py',
+                       'LSConv, strides start at 1.5, learned'),
+    'frozen-badinit': ('retinanet_r18n-ls-badinit-frozen_digits.py',
+                       'LSConv, strides start at 1.5, frozen'),
 }
-PROGRESS_MARKS = ('Iter(train)', 'bbox_mAP_copypaste', 'strides at', 'Traceback', 'Error:')
+BASELINE = 'fixed'
+PAIRED = ('fixed', 'lsconv', 'frozen')  # the main comparison: --seeds; the others: --other-seeds
+README_START = '<!-- detection-benchmark:start (tools/benchmark_detection.py --readme) -->'
+README_END = '<!-- detection-benchmark:end -->'
+PROGRESS_MARKS = ('bbox_mAP_copypaste', 'Traceback', 'Error:')
+
+
+def config_path(setting: str) -> str:
+    return os.path.join(CONFIG_DIR, SETTINGS[setting][0])
+
+
+def write_initial_weights(seed: int, path: str) -> str:
+    """Draws the fixed-stride detector's initial weights for ``seed`` and saves them as a
+    checkpoint every setting of that seed loads (mmengine's ``load_from``)."""
+    import torch
+    from mmengine.config import Config
+    from mmengine.runner import set_random_seed
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules()
+    import mmlstride  # noqa: F401  (registrations)
+    set_random_seed(seed)
+    model = MODELS.build(Config.fromfile(config_path(BASELINE)).model)
+    logging.disable(logging.INFO)  # mmengine logs every parameter's initialiser
+    try:
+        model.init_weights()
+    finally:
+        logging.disable(logging.NOTSET)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({'state_dict': model.state_dict(),
+                'meta': {'seed': seed, 'drawn_by': SETTINGS[BASELINE][0]}}, path)
+    return path
 
 
 def mmdet_train_script() -> str:
@@ -38,18 +85,34 @@ def mmdet_train_script() -> str:
     return os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'tools', 'train.py')
 
 
-def train(config: str, work_dir: str, seed: int, extra: Sequence[str]) -> None:
-    """One training run in its own process, its progress lines echoed."""
-    command = [sys.executable, mmdet_train_script(), config, '--work-dir', work_dir,
-               '--cfg-options', f'randomness.seed={seed}', *extra]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          cwd=REPO) as process:
+def seed_options(seed: int, initial_weights: str) -> List[str]:
+    """The ``--cfg-options`` that pair a run with the other settings of its seed."""
+    return [f'randomness.seed={seed}', f'load_from={initial_weights}']
+
+
+def train_command(setting: str, work_dir: str, seed: int, initial_weights: str,
+                  extra: Sequence[str]) -> List[str]:
+    return [sys.executable, mmdet_train_script(), config_path(setting), '--work-dir', work_dir,
+            '--cfg-options', *seed_options(seed, initial_weights), *extra]
+
+
+def train(command: List[str], label: str, work_dir: str, threads: Optional[int]) -> None:
+    """One training run in its own process; its result lines echoed with ``label``."""
+    env = dict(os.environ)
+    if threads:
+        env['OMP_NUM_THREADS'] = str(threads)
+    os.makedirs(work_dir, exist_ok=True)
+    with open(os.path.join(work_dir, 'train.log'), 'w') as log, subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+            env=env) as process:
         for line in process.stdout:
+            log.write(line)
             if any(mark in line for mark in PROGRESS_MARKS):
-                print('   ', line.rstrip()[line.find(' - mmengine - ') + 14:][:150], flush=True)
+                print(f'   {label}:', line.rstrip()[line.find(' - mmengine - ') + 14:][:150],
+                      flush=True)
     if process.returncode:
-        raise RuntimeError(f'training {config} (seed {seed}) failed with exit code '
-                           f'{process.returncode}; see {work_dir}')
+        raise RuntimeError(f'{label} failed with exit code {process.returncode}; see '
+                           f'{work_dir}/train.log')
 
 
 def read_run(work_dir: str) -> Optional[dict]:
@@ -73,66 +136,108 @@ def read_run(work_dir: str) -> Optional[dict]:
         maps = [{'coco/bbox_mAP': 0.0, 'coco/bbox_mAP_50': 0.0}]
     strides = {layer: (axes['h'][-1][1], axes['w'][-1][1])
                for layer, axes in read_stride_trajectories(path).items()}
-    return {'bbox_mAP': maps[-1]['coco/bbox_mAP'], 'bbox_mAP_50': maps[-1]['coco/bbox_mAP_50'],
-            'seconds_per_iter': median_or_none(times),
+    return {'bbox_mAP': 100 * maps[-1]['coco/bbox_mAP'],
+            'bbox_mAP_50': 100 * maps[-1]['coco/bbox_mAP_50'],
+            'seconds_per_iter': statistics.median(times) if times else None,
             'final_strides': strides, 'scalars': path}
 
 
-def median_or_none(values: List[Optional[float]]) -> Optional[float]:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
+def t_quantile_975(dof: int) -> float:
+    """The 97.5% quantile of Student's t with ``dof`` degrees of freedom (two-sided 95%)."""
+    from scipy.stats import t
+    return float(t.ppf(0.975, dof))
 
 
-def summarise(runs: Dict[str, List[dict]]) -> List[dict]:
-    rows = []
-    for setting, results in runs.items():
-        maps = [100 * r['bbox_mAP'] for r in results]
+def mean_and_ci(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and the half-width of its 95% confidence interval (Student's t; 0 for one value)."""
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, float('nan')
+    return mean, t_quantile_975(len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+
+
+def summarise(runs: Dict[str, Dict[int, dict]]) -> Tuple[List[dict], List[dict]]:
+    """Per-setting rows (mean ± std over seeds) and paired differences against the baseline."""
+    rows, pairs = [], []
+    for setting, by_seed in runs.items():
+        results = list(by_seed.values())
+        maps = [r['bbox_mAP'] for r in results]
+        times = [r['seconds_per_iter'] for r in results if r['seconds_per_iter'] is not None]
         layers = results[0]['final_strides'].keys()
         rows.append({
-            'setting': setting, 'seeds': len(results),
+            'setting': setting, 'seeds': sorted(by_seed),
             'bbox_mAP_mean': statistics.mean(maps),
             'bbox_mAP_std': statistics.stdev(maps) if len(maps) > 1 else 0.0,
-            'bbox_mAP_runs': maps,
-            'bbox_mAP_50_mean': statistics.mean(100 * r['bbox_mAP_50'] for r in results),
-            'seconds_per_iter': median_or_none([r['seconds_per_iter'] for r in results]),
+            'bbox_mAP_50_mean': statistics.mean(r['bbox_mAP_50'] for r in results),
+            'seconds_per_iter': statistics.median(times) if times else None,
             'final_strides_mean': {layer: [statistics.mean(r['final_strides'][layer][axis]
                                                            for r in results) for axis in (0, 1)]
                                    for layer in layers},
         })
-    return rows
+        shared = sorted(set(by_seed) & set(runs.get(BASELINE, {})))
+        if setting != BASELINE and shared:
+            diffs = [by_seed[s]['bbox_mAP'] - runs[BASELINE][s]['bbox_mAP'] for s in shared]
+            mean, half = mean_and_ci(diffs)
+            pairs.append({'setting': setting, 'seeds': shared, 'differences': diffs,
+                          'mean': mean, 'ci95': half})
+    return rows, pairs
 
 
-def print_table(rows: List[dict]) -> str:
+def markdown(rows: List[dict], pairs: List[dict], runs: Dict[str, Dict[int, dict]]) -> str:
+    """The tables of the README's benchmark section."""
     lines = ['| setting | seeds | bbox mAP (mean ± std) | mAP@50 | s / iter | final strides '
              '(s_h, s_w), stages 2-4 |', '|---|---|---|---|---|---|']
     for row in rows:
         strides = ' '.join(f'({h:.2f}, {w:.2f})' for h, w in row['final_strides_mean'].values())
         per_iter = row['seconds_per_iter']
-        lines.append(f"| {row['setting']} | {row['seeds']} | {row['bbox_mAP_mean']:.1f} ± "
+        lines.append(f"| {SETTINGS[row['setting']][1]} (`{row['setting']}`) | "
+                     f"{len(row['seeds'])} | {row['bbox_mAP_mean']:.1f} ± "
                      f"{row['bbox_mAP_std']:.1f} | {row['bbox_mAP_50_mean']:.1f} | "
                      f"{'-' if per_iter is None else f'{per_iter:.3f}'} | {strides or '-'} |")
-    table = '\n'.join(lines)
-    print(table)
-    return table
+    lines += ['', f'Paired on seed (same initial weights, same data order), minus `{BASELINE}`:',
+              '', '| setting | seeds | mean difference (bbox mAP) | 95% CI | per seed |',
+              '|---|---|---|---|---|']
+    for pair in pairs:
+        low, high = pair['mean'] - pair['ci95'], pair['mean'] + pair['ci95']
+        per_seed = ', '.join(f'{d:+.1f}' for d in pair['differences'])
+        lines.append(f"| `{pair['setting']}` | {len(pair['seeds'])} | {pair['mean']:+.2f} | "
+                     f"[{low:+.2f}, {high:+.2f}] | {per_seed} |")
+    seeds = sorted({s for by_seed in runs.values() for s in by_seed})
+    lines += ['', 'bbox mAP per seed:', '',
+              '| seed | ' + ' | '.join(f'`{s}`' for s in runs) + ' |',
+              '|---' * (len(runs) + 1) + '|']
+    for seed in seeds:
+        cells = [f"{runs[s][seed]['bbox_mAP']:.1f}" if seed in runs[s] else '' for s in runs]
+        lines.append(f'| {seed} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
 
 
-def plot(rows: List[dict], runs: Dict[str, List[dict]], path: str) -> None:
+def plot(rows: List[dict], pairs: List[dict], runs: Dict[str, Dict[int, dict]],
+         path: str) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    learned = [s for s in runs if runs[s][0]['final_strides'] and not s.startswith('frozen')]
-    fig, axes = plt.subplots(1, 1 + len(learned), figsize=(5 + 4.5 * len(learned), 4))
-    axes = list(axes) if learned else [axes]
+    learned = [s for s in runs if next(iter(runs[s].values()))['final_strides']
+               and not s.startswith('frozen')]
+    fig, axes = plt.subplots(1, 2 + len(learned), figsize=(9 + 4.5 * len(learned), 4))
     names = [r['setting'] for r in rows]
     axes[0].bar(names, [r['bbox_mAP_mean'] for r in rows],
                 yerr=[r['bbox_mAP_std'] for r in rows], capsize=4, color='tab:blue')
-    for x, row in enumerate(rows):
-        axes[0].plot([x] * len(row['bbox_mAP_runs']), row['bbox_mAP_runs'], 'k.')
+    for x, setting in enumerate(names):
+        maps = [r['bbox_mAP'] for r in runs[setting].values()]
+        axes[0].plot([x] * len(maps), maps, 'k.')
     axes[0].set_ylabel('bbox mAP (%)')
-    axes[0].set_title('digits detection, mean ± std over seeds')
+    axes[0].set_title('mean ± std over seeds')
     axes[0].tick_params(axis='x', rotation=30)
-    for ax, setting in zip(axes[1:], learned):
-        trajectories = read_stride_trajectories(runs[setting][0]['scalars'])
+    for y, pair in enumerate(pairs):
+        axes[1].errorbar(pair['mean'], y, xerr=pair['ci95'], fmt='o', capsize=4)
+        axes[1].plot(pair['differences'], [y] * len(pair['differences']), 'k.', alpha=0.5)
+    axes[1].axvline(0, color='grey', linewidth=1)
+    axes[1].set_yticks(range(len(pairs)), [p['setting'] for p in pairs])
+    axes[1].set_xlabel(f'bbox mAP minus {BASELINE}, same seed')
+    axes[1].set_title('paired differences, mean and 95% CI')
+    for ax, setting in zip(axes[2:], learned):
+        trajectories = read_stride_trajectories(next(iter(runs[setting].values()))['scalars'])
         for index, (layer, series) in enumerate(trajectories.items()):
             colour = f'C{index}'
             label = layer.replace('backbone.', '')
@@ -140,45 +245,85 @@ def plot(rows: List[dict], runs: Dict[str, List[dict]], path: str) -> None:
             ax.plot(*zip(*series['w']), color=colour, linestyle='--', label=f'{label} s_w')
         ax.set_xlabel('iteration')
         ax.set_ylabel('learned stride (pixels)')
-        ax.set_title(f'{setting}: stride trajectories (first seed)')
+        ax.set_title(f'{setting}: strides (first seed)')
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def rewrite_readme(path: str, section: str) -> None:
+    """Replaces the text between the benchmark markers of ``path`` with ``section``."""
+    with open(path) as f:
+        text = f.read()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f'{path} expected the markers {README_START!r} and {README_END!r}')
+    with open(path, 'w') as f:
+        f.write(text[:start + len(README_START)] + '\n' + section + '\n' + text[end:])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    parser.add_argument('--seeds', nargs='+', type=int, default=list(range(8)),
+                        help=f'seeds of {", ".join(PAIRED)}')
+    parser.add_argument('--other-seeds', nargs='*', type=int, default=[0, 1, 2],
+                        help='seeds of the other settings')
+    parser.add_argument('--jobs', type=int, default=1,
+                        help='training processes at once (each gets cores / jobs threads)')
     parser.add_argument('--work-dir', default='work_dirs/detection_benchmark')
     parser.add_argument('--force', action='store_true', help='retrain runs that have results')
+    parser.add_argument('--readme', help='rewrite the benchmark section of this README')
+    parser.add_argument('--figure', help='also copy the plot here (e.g. the README\'s figure)')
     parser.add_argument('--cfg-options', nargs='+', default=[],
                         help='extra key=value overrides for every run, e.g. train_cfg.max_iters=200')
     args = parser.parse_args(argv)
     work_dir = os.path.abspath(args.work_dir)
-    runs: Dict[str, List[dict]] = {}
-    for setting in args.settings:
-        config = os.path.join(REPO, 'configs', 'digits', SETTINGS[setting])
-        for seed in args.seeds:
-            run_dir = os.path.join(work_dir, setting, f'seed{seed}')
-            result = None if args.force else read_run(run_dir)
-            if result is None:
-                print(f'== {setting}, seed {seed}: training {os.path.relpath(config, REPO)}',
-                      flush=True)
-                start = time.time()
-                train(config, run_dir, seed, args.cfg_options)
-                result = read_run(run_dir)
-                print(f'   done in {time.time() - start:.0f} s: bbox mAP '
-                      f'{100 * result["bbox_mAP"]:.1f}', flush=True)
-            runs.setdefault(setting, []).append(result)
-    rows = summarise(runs)
-    table = print_table(rows)
+    plan = [(setting, seed) for setting in args.settings
+            for seed in (args.seeds if setting in PAIRED else args.other_seeds)]
+    weights = {seed: os.path.join(work_dir, 'initial_weights', f'seed{seed}.pth')
+               for seed in sorted({seed for _, seed in plan})}
+    for seed, path in weights.items():
+        if args.force or not os.path.exists(path):
+            write_initial_weights(seed, path)
+    run_dir = {key: os.path.join(work_dir, key[0], f'seed{key[1]}') for key in plan}
+    todo = [key for key in plan if args.force or read_run(run_dir[key]) is None]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+
+    def run(key):
+        setting, seed = key
+        label = f'{setting}, seed {seed}'
+        print(f'== {label}: training {SETTINGS[setting][0]}', flush=True)
+        start = time.time()
+        train(train_command(setting, run_dir[key], seed, weights[seed], args.cfg_options),
+              label, run_dir[key], threads)
+        print(f'   {label}: done in {time.time() - start:.0f} s', flush=True)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(run, todo))
+    runs: Dict[str, Dict[int, dict]] = {}
+    for key in plan:
+        result = read_run(run_dir[key])
+        if result is None:
+            raise RuntimeError(f'{key[0]}, seed {key[1]}: no result in {run_dir[key]}')
+        runs.setdefault(key[0], {})[key[1]] = result
+    rows, pairs = summarise(runs)
+    table = markdown(rows, pairs, runs)
+    print(table)
     png = os.path.join(work_dir, 'detection_benchmark.png')
-    plot(rows, runs, png)
+    plot(rows, pairs, runs, png)
     with open(os.path.join(work_dir, 'detection_benchmark.json'), 'w') as f:
-        json.dump({'rows': rows, 'runs': runs, 'table': table}, f, indent=1)
-    print(f'wrote {png} and detection_benchmark.json in {work_dir}')
+        json.dump({'rows': rows, 'pairs': pairs, 'runs': runs, 'table': table,
+                   'cfg_options': args.cfg_options}, f, indent=1)
+    with open(os.path.join(work_dir, 'detection_benchmark.md'), 'w') as f:
+        f.write(table + '\n')
+    if args.readme:
+        rewrite_readme(args.readme, table)
+    if args.figure:
+        shutil.copyfile(png, args.figure)
+    print(f'wrote {png}, detection_benchmark.json and .md in {work_dir}'
+          + (f'; rewrote the benchmark section of {args.readme}' if args.readme else ''))
 
 
 if __name__ == '__main__':

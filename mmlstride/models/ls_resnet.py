@@ -35,7 +35,9 @@ class LSResNet(ResNet):
             deform_groups=1)`` to compare with deformable convs in the same
             places (then shortcuts are left as they are).
         initial_stride: start the learned stride of the strided convs here
-            instead of at the nominal stride (e.g. 3.0 where it is 2).
+            instead of at the nominal stride (e.g. 3.0 where it is 2); it
+            stays there when a checkpoint without strides (a plain ResNet's)
+            is loaded.
         learn_stride: False freezes the strides at their initial value.
     """
 
@@ -63,7 +65,8 @@ class LSResNet(ResNet):
         for module in self.modules():
             if isinstance(module, LSConv2d) and module.stride_leader is None:
                 if initial_stride is not None and max(module.stride) > 1:
-                    module.learnable_stride.data.fill_(initial_stride)
+                    module.initial_stride = (float(initial_stride),) * 2
+                    module.reset_stride()
                 module.learnable_stride.requires_grad_(learn_stride)
 
     def _convert_block(self, block: nn.Module, all_3x3: bool) -> None:

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from .ls_conv2d_function import default_output_size, ls_conv2d
 
 IntPair = Union[int, Tuple[int, int]]
+FloatPair = Union[float, Tuple[float, float]]
 
 
 class _BoundedStride(torch.autograd.Function):
@@ -49,12 +50,15 @@ class LSConv2d(nn.Conv2d):
         stride_bounds: (low, high) multiples of the nominal stride between which
             the learned stride is clamped in the forward pass; default
             (0.25, 4.0), i.e. [0.5, 8] pixels for a nominal stride of 2.
+        initial_stride: where the learned stride starts, a number or
+            (s_h, s_w) in input pixels; default the nominal stride.
 
     Attributes:
         learnable_stride: nn.Parameter tensor([s_h, s_w]) in input pixels,
-            initialised to the nominal stride. A checkpoint without it (an
-            nn.Conv2d one) loads with it reset to the nominal stride. A layer
+            starting at ``initial_stride``. A checkpoint without it (an
+            nn.Conv2d one) loads with it set to ``initial_stride``. A layer
             that follows another's stride (:meth:`follow_stride`) has none.
+        initial_stride: (s_h, s_w) as floats, what :meth:`reset_stride` restores.
     """
 
     def __init__(self,
@@ -69,7 +73,8 @@ class LSConv2d(nn.Conv2d):
                  padding_mode: str = 'zeros',
                  device=None,
                  dtype=None,
-                 stride_bounds: Tuple[float, float] = (0.25, 4.0)) -> None:
+                 stride_bounds: Tuple[float, float] = (0.25, 4.0),
+                 initial_stride: Optional[FloatPair] = None) -> None:
         if isinstance(padding, str):
             raise ValueError(f'padding={padding!r} expected an int or a pair of ints')
         if padding_mode != 'zeros':
@@ -81,9 +86,18 @@ class LSConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                          bias, padding_mode, device, dtype)
         self.stride_bounds = (float(low), float(high))
+        if initial_stride is None:
+            initial_stride = self.stride
+        elif not isinstance(initial_stride, (tuple, list)):
+            initial_stride = (initial_stride, initial_stride)
+        if len(initial_stride) != 2 or not all(0 < float(v) < float('inf')
+                                               for v in initial_stride):
+            raise ValueError(f'initial_stride={initial_stride!r} expected a number or a pair '
+                             'of finite numbers > 0')
+        self.initial_stride = (float(initial_stride[0]), float(initial_stride[1]))
         factory = dict(device=self.weight.device, dtype=self.weight.dtype)
         nominal = torch.tensor(self.stride, **factory)
-        self.learnable_stride = nn.Parameter(nominal.clone())
+        self.learnable_stride = nn.Parameter(torch.tensor(self.initial_stride, **factory))
         self.register_buffer('stride_min', nominal * low, persistent=False)
         self.register_buffer('stride_max', nominal * high, persistent=False)
         # (leader,) once this layer follows another's stride; a tuple keeps the
@@ -125,10 +139,10 @@ class LSConv2d(nn.Conv2d):
                      zip(self.kernel_size, self.padding, self.dilation))
 
     def reset_stride(self) -> None:
-        """Sets the learned stride back to the nominal stride (a no-op for a follower)."""
+        """Sets the learned stride back to ``initial_stride`` (a no-op for a follower)."""
         if self.stride_leader is None:
             with torch.no_grad():
-                self.learnable_stride.copy_(torch.tensor(self.stride))
+                self.learnable_stride.copy_(torch.tensor(self.initial_stride))
 
     def sampling_stride(self) -> Tensor:
         """The stride the forward pass samples with: the learned one (this layer's or its
@@ -151,7 +165,7 @@ class LSConv2d(nn.Conv2d):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         key = prefix + 'learnable_stride'
-        if key in missing_keys and self.stride_leader is None:  # an nn.Conv2d checkpoint: start from the nominal stride
+        if key in missing_keys and self.stride_leader is None:  # an nn.Conv2d checkpoint
             missing_keys.remove(key)
             self.reset_stride()
 
