@@ -124,6 +124,95 @@ def test_ls_resnet_has_one_stride_per_strided_block(depth):
         LSResNet(depth=18, ls_stages=(True, True))
 
 
+@pytest.mark.parametrize('depth', [18, 50])
+def test_ls_resnet_shortcuts_follow_their_block_stride(depth):
+    """Each strided block's shortcut is an LSConv that follows the block's strided conv, and
+    after the stride moves both branches sample with it: each equals the pure-PyTorch
+    reference at the leader's moved stride (the kernel centres then sit on the same grid)."""
+    from mmlstride.ops import ls_conv2d_reference
+    backbone = LSResNet(depth=depth, base_channels=8, out_indices=(1, 2, 3)).double()
+    strided = 'conv1' if depth == 18 else 'conv2'
+    torch.manual_seed(0)
+    for index, layer in enumerate(('layer2', 'layer3', 'layer4')):
+        block = getattr(backbone, layer)[0]
+        leader, shortcut = getattr(block, strided), block.downsample[0]
+        assert isinstance(leader, LSConv2d) and leader.stride_leader is None
+        assert isinstance(shortcut, LSConv2d) and shortcut.stride_leader is leader
+        assert 'learnable_stride' not in dict(shortcut.named_parameters())
+        moved = torch.tensor([1.63 + 0.1 * index, 2.41 - 0.2 * index], dtype=torch.float64)
+        with torch.no_grad():
+            leader.learnable_stride.copy_(moved)
+        for conv in (leader, shortcut):
+            x = torch.randn(2, conv.in_channels, 15, 13, dtype=torch.float64)
+            expected = ls_conv2d_reference(x, conv.weight, moved, conv.bias, conv.padding,
+                                           conv.dilation, conv.groups, (8, 7))
+            torch.testing.assert_close(conv(x), expected)
+    # Blocks with stride 1 keep identity shortcuts and plain convs.
+    assert backbone.layer2[1].downsample is None
+    assert not isinstance(getattr(backbone.layer2[1], strided), LSConv2d)
+
+
+def test_all_3x3_and_initial_stride():
+    """all_3x3 makes every 3x3 conv of stages 2-4 an LSConv (13 at depth 50, plus the 3
+    strided shortcuts); initial_stride moves only the strided ones."""
+    backbone = LSResNet(depth=50, base_channels=8, all_3x3=True, initial_stride=1.5)
+    convs = [m for m in backbone.modules() if isinstance(m, LSConv2d)]
+    assert len(convs) == 16
+    assert len(LSResNet(depth=50, base_channels=8).learned_strides()) == 3
+    assert not any(isinstance(m, LSConv2d) for m in backbone.layer1.modules())
+    for layer in (backbone.layer2, backbone.layer3, backbone.layer4):
+        for index, block in enumerate(layer):
+            assert isinstance(block.conv2, LSConv2d)
+            expected = [1.5, 1.5] if index == 0 else [1.0, 1.0]
+            assert block.conv2.learnable_stride.tolist() == expected
+            assert block.conv2.learnable_stride.requires_grad
+            assert not isinstance(block.conv1, LSConv2d) and not isinstance(block.conv3, LSConv2d)
+
+
+DIGITS = REPO / 'configs' / 'digits'
+
+
+@pytest.mark.parametrize('config, stride, learned, lr_mult', [
+    ('retinanet_r18n-ls_digits.py', 2.0, True, 20.0),
+    ('retinanet_r18n-ls-frozen_digits.py', 2.0, False, 20.0),
+    ('retinanet_r18n-ls-badinit_digits.py', 1.5, True, 20.0),
+    ('retinanet_r18n-ls-badinit-frozen_digits.py', 1.5, False, 20.0),
+    ('../lsconv/faster-rcnn_r50-ls_fpn_1x_coco.py', 2.0, True, 0.1),
+])
+def test_config_strides_and_their_optimizer_group(config, stride, learned, lr_mult):
+    """Each config's initial strides and whether they learn, and the strides' own learning
+    rate and zero weight decay in the optimizer the Runner builds from it."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.optim import build_optim_wrapper
+    register_all_modules()
+    cfg = Config.fromfile(str(DIGITS / config))
+    if 'coco' in config:  # the COCO configs' R-50 is pretrained: build it from scratch here
+        cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model)
+    strides = learned_strides(model)
+    assert len(strides) == 3
+    for name, value in strides.items():
+        assert value == (stride, stride), name
+        assert model.get_submodule(name).learnable_stride.requires_grad == learned, name
+    optim = build_optim_wrapper(model, cfg.optim_wrapper)
+    base = cfg.optim_wrapper.optimizer
+    stride_params = {id(m.learnable_stride) for m in model.modules()
+                     if isinstance(m, LSConv2d) and m.stride_leader is None}
+    groups = [g for g in optim.optimizer.param_groups
+              if any(id(p) in stride_params for p in g['params'])]
+    if not learned:  # frozen strides stay out of the optimizer
+        assert not groups
+        return
+    assert len(groups) == 3
+    for group in groups:
+        assert len(group['params']) == 1
+        assert group['lr'] == pytest.approx(base.lr * lr_mult)
+        assert group['weight_decay'] == 0
+    other = next(g for g in optim.optimizer.param_groups if g not in groups)
+    assert other['lr'] == pytest.approx(base.lr)
+
+
 def test_ls_resnet_loads_a_plain_resnet_checkpoint():
     from mmdet.models.backbones import ResNet
     plain = ResNet(depth=18, base_channels=8)
@@ -173,12 +262,10 @@ def test_detector_trains_and_the_hook_logs_strides(tmp_path):
     runner.train()
     after = learned_strides(runner.model)
     assert all(after[name] != before[name] for name in before), after
-    followers = [m for m in runner.model.modules()
-                 if isinstance(m, LSConv2d) and m.stride_leader is not None]
-    assert len(followers) == 3
-    for follower in followers:
-        torch.testing.assert_close(follower.sampling_stride(),
-                                   follower.stride_leader.sampling_stride())
+    backbone = runner.model.backbone
+    for layer in ('layer2', 'layer3', 'layer4'):
+        block = getattr(backbone, layer)[0]
+        assert block.downsample[0].stride_leader is block.conv1
     trajectories = read_stride_trajectories(find_scalars_json(str(tmp_path / 'work')))
     assert set(trajectories) == set(after)
     for name, series in trajectories.items():
