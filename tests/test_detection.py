@@ -413,3 +413,44 @@ def test_benchmark_summary_pairs_seeds_with_a_confidence_interval(tmp_path):
     readme.write_text('no markers')
     with pytest.raises(ValueError, match='markers'):
         tool.rewrite_readme(str(readme), table)
+
+
+class StubRunner:
+    """What StrideLoggerHook reads of a Runner: the model, the iteration, a visualizer and a
+    logger that keep what they are given."""
+
+    def __init__(self, model):
+        self.model, self.iter, self.records, self.lines = model, 0, [], []
+        self.visualizer = type('Visualizer', (), {'add_scalars': lambda _, scalars, step:
+                                                  self.records.append((step, scalars))})()
+        self.logger = type('Logger', (), {'info': lambda _, line: self.lines.append(line)})()
+
+
+def run_stride_hook(hook, runner, iterations):
+    hook.before_train(runner)
+    for runner.iter in range(iterations):
+        hook.after_train_iter(runner, runner.iter)
+    runner.iter = iterations
+    hook.after_train(runner)
+
+
+@pytest.mark.parametrize('iterations, steps', [(5, [0, 2, 4, 5]), (4, [0, 2, 4])])
+def test_stride_hook_records_every_interval_and_at_the_end(iterations, steps):
+    from mmlstride.engine import StrideLoggerHook
+    runner = StubRunner(torch.nn.Sequential(LSConv2d(2, 2, 3, stride=2, padding=1)))
+    run_stride_hook(StrideLoggerHook(interval=2), runner, iterations)
+    assert [step for step, _ in runner.records] == steps
+    assert runner.records[-1][1] == {'stride/0/h': 2.0, 'stride/0/w': 2.0}
+    assert runner.lines[-1] == f'strides at iter {steps[-1]}: 0 (2.000, 2.000)'
+
+
+def test_stride_hook_raises_when_ranks_disagree(monkeypatch):
+    from mmlstride.engine import StrideLoggerHook, stride_logger_hook
+    runner = StubRunner(torch.nn.Sequential(LSConv2d(2, 2, 3, stride=2, padding=1)))
+    monkeypatch.setattr(stride_logger_hook, 'get_world_size', lambda: 2)
+    monkeypatch.setattr(stride_logger_hook, 'all_gather', lambda values: [values, values.clone()])
+    run_stride_hook(StrideLoggerHook(interval=1), runner, 1)
+    assert runner.lines[-1].startswith('strides at iter 1 (identical on 2 ranks)')
+    monkeypatch.setattr(stride_logger_hook, 'all_gather', lambda values: [values, values + 1e-6])
+    with pytest.raises(RuntimeError, match='differ across ranks'):
+        StrideLoggerHook(interval=1).before_train(runner)

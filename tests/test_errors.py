@@ -51,14 +51,36 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize('extension', [True, False], ids=['compiled', 'pure_pytorch'])
 @pytest.mark.parametrize('changes,error,message', BAD_INPUTS)
-def test_python_api_names_the_argument(changes, error, message, extension, monkeypatch):
-    if not extension:
-        monkeypatch.setattr(ls_conv2d_function, 'has_kernel', lambda device: False)
+def test_python_api_names_the_argument(changes, error, message):
+    """Checked in Python before the op is chosen, so the same for both implementations."""
     with pytest.raises(error) as info:
         ls_conv2d(**good_args(**changes))
     assert message in str(info.value)
+
+
+BAD_STRIDE_VALUES = [(0.0, 2.0), (1.0, -2.0), (float('nan'), 2.0), (1.5, float('inf'))]
+
+
+@pytest.mark.parametrize('values', BAD_STRIDE_VALUES, ids=str)
+def test_stride_values_checked_by_the_pure_pytorch_fallback(values, monkeypatch):
+    """With output_size given nothing reads the stride before dispatch: without kernels,
+    the fallback checks the values itself."""
+    used = []
+    monkeypatch.setattr(ls_conv2d_function, 'has_kernel', lambda device: False)
+    monkeypatch.setattr(ls_conv2d_function, 'ls_conv2d_reference',
+                        lambda *args: used.append(args) or torch.zeros(2, 6, 4, 4))
+    with pytest.raises(ValueError, match=r'stride=\(.*\) expected finite values > 0'):
+        ls_conv2d(**good_args(stride=torch.tensor(values)), output_size=(4, 4))
+    assert not used
+    ls_conv2d(**good_args(), output_size=(4, 4))
+    assert len(used) == 1  # good values reach the pure-PyTorch implementation
+
+
+@pytest.mark.parametrize('values', BAD_STRIDE_VALUES, ids=str)
+def test_stride_values_checked_by_the_compiled_op(values):
+    with pytest.raises(RuntimeError, match='expected finite values > 0'):
+        ls_conv2d(**good_args(stride=torch.tensor(values)), output_size=(4, 4))
 
 
 @pytest.mark.parametrize('changes,message', [
