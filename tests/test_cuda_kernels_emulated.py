@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmlstride.testing import interpolation_matrix, random_case
+from mmlstride.testing import Case, interpolation_matrix, random_case
 
 REPO = Path(__file__).resolve().parents[1]
 EMULATION = REPO / 'tests' / 'cuda' / 'emulation'
@@ -198,3 +198,125 @@ def test_input_gradient_kernel(kernels, seed, dtype, index64, stride):
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
     assert_close(grad_input.double() - earlier.to(accumulate).double(), expected, tolerance,
                  'grad_input')
+
+
+# The launch layer (csrc/common/cuda/ls_conv_cuda_launch.cuh): the decisions the CUDA
+# launchers make, run on the emulation, with a record of every launch.
+KINDS = {0: 'im2col', 1: 'backward', 2: 'input_gradient', 3: 'sum_partials'}
+INPUT, STRIDE, COLUMNS = 1, 2, 4
+INT32_MAX = 2 ** 31 - 1
+
+
+def launch_tile_case():
+    """Two images; the tile [3, 13) of their 16 output rows ends one image and starts the
+    next (two partial input boxes), and has enough columns for 15 blocks of 256 threads."""
+    gen = torch.Generator().manual_seed(7)
+    case = Case(input=torch.randn(2, 3, 11, 12, generator=gen, dtype=torch.float64),
+                weight=torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64),
+                stride=torch.tensor([1.37, 0.83], dtype=torch.float64), bias=None,
+                padding=(1, 1), dilation=(1, 1), groups=1, output_size=(8, 14))
+    return case, 3, 13
+
+
+def recorded_launches(record, count):
+    assert 0 < count <= len(record) // 4
+    return [(KINDS[int(record[4 * k])], int(record[4 * k + 1]), int(record[4 * k + 2]),
+             int(record[4 * k + 3])) for k in range(count)]
+
+
+def test_index_width_decision(kernels):
+    fits = kernels.emulated_fits_int32
+    fits.argtypes = [ctypes.c_int64] * 4
+    assert fits(INT32_MAX, 0, 0, 0) and not fits(INT32_MAX + 1, 0, 0, 0)  # input elements
+    assert fits(0, INT32_MAX - THREADS, 1, 0)  # the grid-stride loop's last increment
+    assert not fits(0, INT32_MAX - THREADS + 1, 1, 0)
+    assert not fits(0, 0, 0, INT32_MAX + 1)  # output rows
+    blocks = kernels.emulated_grid_blocks
+    blocks.argtypes, blocks.restype = [ctypes.c_int64, ctypes.c_int], ctypes.c_int64
+    assert [blocks(0, 4), blocks(THREADS, 4), blocks(THREADS + 1, 4), blocks(10 ** 9, 4)] == \
+        [1, 1, 2, 4 * 32]
+
+
+@pytest.mark.parametrize('index64', [False, True], ids=['int32', 'int64'])
+@pytest.mark.parametrize('deterministic', [False, True], ids=['atomic', 'deterministic'])
+@pytest.mark.parametrize('want', [1, 2, 3, 5, 6, 7],
+                         ids=['input', 'stride', 'input+stride', 'input+columns',
+                              'stride+columns', 'all'])
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32], ids=str)
+def test_backward_tile_launches(kernels, dtype, want, deterministic, index64):
+    """The kernels launched for the gradients asked for (the variant, scatter or gather of
+    the input gradient, the index width, the partials' sum) and what they compute: the
+    stride gradient summed over every block."""
+    case, row_begin, row_end = launch_tile_case()
+    input = case.input.detach().to(dtype)
+    input64 = input.double().requires_grad_()
+    stride64 = case.stride.detach().clone().requires_grad_()
+    columns64 = reference_columns(input64, stride64, case, row_begin, row_end)
+    accumulate = torch.float64 if dtype == torch.float64 else torch.float32
+    grad_columns = torch.randn(columns64.shape, generator=torch.Generator().manual_seed(1),
+                               dtype=torch.float64).to(accumulate)
+    expected_input, expected_stride = torch.autograd.grad(
+        (columns64 * grad_columns.double()).sum(), (input64, stride64))
+    multiprocessors = 1  # at most 32 blocks
+    grad_input = torch.zeros(input.shape, dtype=accumulate)
+    block_partials = torch.full((32, 2), float('nan'), dtype=accumulate)
+    stride_sum = torch.tensor([0.25, -0.5], dtype=torch.float64)  # earlier tiles' sum
+    columns = torch.full(columns64.shape, float('nan'), dtype=dtype)
+    record = (ctypes.c_int64 * 64)()
+    ints, stride = geometry_arguments(case)
+    count = kernels.emulated_backward_tile(
+        DTYPE_CODES[dtype], want, int(deterministic), multiprocessors, pointer(grad_columns),
+        pointer(input), ctypes.c_int64(INT32_MAX + 1 if index64 else input.numel()), ints, stride,
+        ctypes.c_int64(row_begin), ctypes.c_int64(row_end), pointer(grad_input),
+        pointer(block_partials), pointer(stride_sum), pointer(columns), record, 16)
+    launches = recorded_launches(record, count)
+
+    scatter = bool(want & INPUT) and not deterministic
+    expected_variant = (INPUT if scatter else 0) | (want & STRIDE) | (want & COLUMNS)
+    passes = [launch for launch in launches if launch[0] in ('backward', 'im2col')]
+    if scatter or want & STRIDE:
+        assert [(kind, variant) for kind, _, variant, _ in passes] == [('backward',
+                                                                        expected_variant)]
+        assert passes[0][3] == 15  # 3780 column elements
+    else:  # the gathered input gradient, and the columns if asked for
+        assert [kind for kind, *_ in passes] == (['im2col'] if want & COLUMNS else [])
+    gathers = [launch for launch in launches if launch[0] == 'input_gradient']
+    assert len(gathers) == (2 if want & INPUT and deterministic else 0)
+    sums = [launch for launch in launches if launch[0] == 'sum_partials']
+    if want & STRIDE:
+        assert launches[-1] == ('sum_partials', 8, 0, 1) and len(sums) == 1
+    else:
+        assert not sums
+    widths = {width for kind, width, *_ in launches if kind != 'sum_partials'}
+    assert widths == {8 if index64 else 4}
+
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    if want & INPUT:
+        assert_close(grad_input, expected_input, tolerance, 'grad_input')
+    else:
+        assert not grad_input.any()
+    if want & STRIDE:
+        assert_close(stride_sum - torch.tensor([0.25, -0.5], dtype=torch.float64),
+                     expected_stride, tolerance, 'stride gradient')
+    else:
+        assert stride_sum.tolist() == [0.25, -0.5]
+    if want & COLUMNS:
+        assert_close(columns, columns64.detach(), TOLERANCE[dtype], 'columns')
+    else:
+        assert columns.isnan().all()
+
+
+@pytest.mark.parametrize('index64', [False, True], ids=['int32', 'int64'])
+def test_im2col_tile_launch(kernels, index64):
+    case, row_begin, row_end = launch_tile_case()
+    input = case.input.detach()
+    expected = reference_columns(input, case.stride.detach(), case, row_begin, row_end)
+    columns = torch.full(expected.shape, float('nan'), dtype=torch.float64)
+    record = (ctypes.c_int64 * 8)()
+    ints, stride = geometry_arguments(case)
+    count = kernels.emulated_im2col_tile(
+        DTYPE_CODES[torch.float64], 1, pointer(input),
+        ctypes.c_int64(INT32_MAX + 1 if index64 else input.numel()), ints, stride,
+        ctypes.c_int64(row_begin), ctypes.c_int64(row_end), pointer(columns), record, 2)
+    assert recorded_launches(record, count) == [('im2col', 8 if index64 else 4, 0, 15)]
+    assert_close(columns, expected, 1e-12, 'columns')

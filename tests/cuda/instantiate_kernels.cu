@@ -28,6 +28,9 @@ namespace cuda {
   LSCONV_INSTANTIATE_INDEX(T, int32_t) \
   LSCONV_INSTANTIATE_INDEX(T, int64_t)
 
+template __global__ void ls_conv_sum_partials_kernel<float>(const float*, int64_t, double*);
+template __global__ void ls_conv_sum_partials_kernel<double>(const double*, int64_t, double*);
+
 LSCONV_INSTANTIATE(float)
 LSCONV_INSTANTIATE(double)
 LSCONV_INSTANTIATE(__half)

@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(kThreads)
 //             the summation order, and the rounding, varies between runs);
 //   kStride:  reduces sum(grad * a * dX/dh) and sum(grad * b * dX/dw) per block, and
 //             block k writes them to block_partials[2 * k] and [2 * k + 1] (no atomics:
-//             the caller sums the partials in a fixed order);
+//             ls_conv_sum_partials_kernel sums them in a fixed order);
 //   kColumns: writes the tile's columns (as ls_conv_im2col_kernel) for the weight gradient.
 // grad_columns and grad_input (with the layout of input) are in the accumulation type.
 template <typename T, typename Index, bool kInput, bool kStride, bool kColumns>
@@ -184,6 +184,37 @@ __global__ void __launch_bounds__(kThreads)
       block_partials[2 * blockIdx.x] = shared_h[0];
       block_partials[2 * blockIdx.x + 1] = shared_w[0];
     }
+  }
+}
+
+// stride_sum[k] += the sum over `blocks` of block_partials[2 * block + k], in float64 and
+// in a fixed order (thread t sums blocks t, t + kThreads, ... in turn, then a tree in
+// shared memory), so the stride gradient repeats bit for bit. One block.
+template <typename Acc>
+__global__ void __launch_bounds__(kThreads)
+    ls_conv_sum_partials_kernel(const Acc* __restrict__ block_partials, int64_t blocks,
+                                double* __restrict__ stride_sum) {
+  __shared__ double partial_h[kThreads];
+  __shared__ double partial_w[kThreads];
+  double sum_h = 0.0;
+  double sum_w = 0.0;
+  for (int64_t block = threadIdx.x; block < blocks; block += kThreads) {
+    sum_h += double(block_partials[2 * block]);
+    sum_w += double(block_partials[2 * block + 1]);
+  }
+  partial_h[threadIdx.x] = sum_h;
+  partial_w[threadIdx.x] = sum_w;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (int(threadIdx.x) < half) {
+      partial_h[threadIdx.x] += partial_h[threadIdx.x + half];
+      partial_w[threadIdx.x] += partial_w[threadIdx.x + half];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    stride_sum[0] += partial_h[0];
+    stride_sum[1] += partial_w[0];
   }
 }
 

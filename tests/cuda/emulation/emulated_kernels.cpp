@@ -1,5 +1,7 @@
 // C entry points that run the CUDA kernels of csrc/common/cuda on the CPU
-// through cuda_emulation.h, for tests/test_cuda_kernels_emulated.py (ctypes).
+// through cuda_emulation.h, for tests/test_cuda_kernels_emulated.py (ctypes):
+// each kernel alone, and the launch layer (ls_conv_cuda_launch.cuh) for a tile,
+// recording what it launched.
 //
 // dtype: 0 float, 1 double, 2 half, 3 bfloat16; index64: 0 int32_t, 1 int64_t.
 // geometry: channels, height, width, kernel_h, kernel_w, pad_h, pad_w,
@@ -7,6 +9,7 @@
 #include "cuda_emulation.h"
 // clang-format off (the stand-in must come first)
 #include "common/cuda/ls_conv_cuda_kernel.cuh"
+#include "common/cuda/ls_conv_cuda_launch.cuh"
 // clang-format on
 
 #include <cstdint>
@@ -75,6 +78,39 @@ int backward_variant(int flags, const void* grad_columns, const void* input,
   return 1;
 }
 
+// The launch policy of ls_conv_cuda_launch.cuh on the emulation: runs each launch and
+// records it as (kind, index bytes, variant, blocks).
+struct RecordingLaunch {
+  int64_t* record;
+  int capacity;
+  int count = 0;
+
+  template <typename Kernel, typename... Args>
+  void operator()(cuda::KernelKind kind, int index_bytes, int variant, int64_t blocks,
+                  Kernel kernel, Args... args) {
+    if (count < capacity) {
+      int64_t* entry = record + 4 * count;
+      entry[0] = int64_t(kind);
+      entry[1] = index_bytes;
+      entry[2] = variant;
+      entry[3] = blocks;
+    }
+    ++count;
+    emulated_launch(unsigned(blocks), cuda::kThreads, kernel, args...);
+  }
+};
+
+template <typename Function>
+int dispatch_type(int dtype, Function&& function) {
+  switch (dtype) {
+    case 0: return function(float());
+    case 1: return function(double());
+    case 2: return function(__half());
+    case 3: return function(__nv_bfloat16());
+  }
+  return -1;
+}
+
 template <typename Function>
 int dispatch(int dtype, int index64, Function&& function) {
   auto with_index = [&](auto type_tag) {
@@ -125,4 +161,56 @@ extern "C" int emulated_backward(int dtype, int index64, int flags, const void* 
         flags, grad_columns, input, g, row_begin, row_end, grad_input, block_partials, columns,
         blocks);
   });
+}
+
+extern "C" int emulated_fits_int32(int64_t input_numel, int64_t total, int64_t blocks,
+                                   int64_t row_end) {
+  return cuda::fits_int32(input_numel, total, blocks, row_end);
+}
+
+extern "C" int64_t emulated_grid_blocks(int64_t total, int multiprocessors) {
+  return cuda::grid_blocks(total, multiprocessors);
+}
+
+// The launch layer's backward of one tile. want: bit 0 input gradient, bit 1 stride,
+// bit 2 columns. input_numel is what the index-width choice is told (a tensor larger
+// than the one given makes it pick 64-bit indices). Returns the number of launches,
+// recorded in record[4 * k ...] for k < capacity.
+extern "C" int emulated_backward_tile(int dtype, int want, int deterministic, int multiprocessors,
+                                      const void* grad_columns, const void* input,
+                                      int64_t input_numel, const int64_t* geometry,
+                                      const double* stride, int64_t row_begin, int64_t row_end,
+                                      void* grad_input, void* block_partials, double* stride_sum,
+                                      void* columns, int64_t* record, int capacity) {
+  const LSConvGeometry g = make_geometry(geometry, stride);
+  const cuda::BackwardPlan plan =
+      cuda::plan_backward(want & 1, want & 2, want & 4, deterministic != 0);
+  RecordingLaunch launch{record, capacity};
+  const int status = dispatch_type(dtype, [&](auto type_tag) {
+    using T = decltype(type_tag);
+    using Acc = typename cuda::Accumulate<T>::type;
+    cuda::launch_backward_tile(launch, multiprocessors, plan,
+                               static_cast<const Acc*>(grad_columns),
+                               static_cast<const T*>(input), input_numel, g, row_begin, row_end,
+                               static_cast<Acc*>(grad_input), static_cast<Acc*>(block_partials),
+                               stride_sum, static_cast<T*>(columns));
+    return 0;
+  });
+  return status ? status : launch.count;
+}
+
+// The launch layer's im2col of one tile; returns the launches as emulated_backward_tile.
+extern "C" int emulated_im2col_tile(int dtype, int multiprocessors, const void* input,
+                                    int64_t input_numel, const int64_t* geometry,
+                                    const double* stride, int64_t row_begin, int64_t row_end,
+                                    void* columns, int64_t* record, int capacity) {
+  const LSConvGeometry g = make_geometry(geometry, stride);
+  RecordingLaunch launch{record, capacity};
+  const int status = dispatch_type(dtype, [&](auto type_tag) {
+    using T = decltype(type_tag);
+    cuda::launch_im2col_tile(launch, multiprocessors, static_cast<const T*>(input), input_numel,
+                             g, row_begin, row_end, static_cast<T*>(columns));
+    return 0;
+  });
+  return status ? status : launch.count;
 }
