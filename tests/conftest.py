@@ -1,5 +1,7 @@
-"""Device parametrisation shared by the tests: every test that takes ``device`` runs on the
-CPU and, where a GPU is visible, on CUDA (skipped otherwise)."""
+"""Shared by the tests: the device parametrisation (every test that takes ``device`` runs on the
+CPU and, where a GPU is visible, on CUDA), the rule that CI fails instead of skipping when a
+tool it expects is missing, and one summary line per group of skipped tests."""
+import collections
 import os
 
 import pytest
@@ -12,6 +14,43 @@ os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
 CUDA_AVAILABLE = torch.cuda.is_available()
 DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not CUDA_AVAILABLE,
                                                                  reason='no CUDA device'))]
+
+
+# Under CI (CI=true) the toolkit and the OpenMMLab stack are part of the machine: their
+# absence fails the tests that need them instead of skipping them.
+IN_CI = os.environ.get('CI', '').lower() == 'true'
+
+
+def require(available: bool, what: str) -> None:
+    """Skips the calling test when ``what`` is missing; fails it under CI."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f'{what} is missing, and CI (CI=true) expects it')
+    pytest.skip(f'needs {what}', allow_module_level=True)
+
+
+def require_module(name: str):
+    """The imported module ``name``, or :func:`require`'s skip (CI: failure)."""
+    try:
+        return __import__(name, fromlist=['_'])
+    except ImportError:
+        require(False, f'the Python module {name}')
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per reason tests were skipped, with their count and files."""
+    groups = collections.defaultdict(set)
+    counts = collections.Counter()
+    for report in terminalreporter.stats.get('skipped', []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix('Skipped: ')
+        counts[reason] += 1
+        groups[reason].add(report.nodeid.split('::')[0])
+    if counts:
+        terminalreporter.section('skipped groups')
+        for reason, count in counts.most_common():
+            terminalreporter.line(f'{count} skipped: {reason} ({", ".join(sorted(groups[reason]))})')
 
 
 def require_cuda_kernels() -> None:

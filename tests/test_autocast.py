@@ -30,6 +30,18 @@ def test_cpu_autocast_runs_in_float32(input_dtype):
     assert layer.weight.grad.dtype == layer.learnable_stride.grad.dtype == torch.float32
 
 
+def test_cpu_autocast_leaves_float64_alone():
+    layer, x = layer_and_input('cpu')
+    layer, x = layer.double(), x.double()
+    expected = layer(x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.float64
+    assert torch.equal(out, expected)
+    out.sum().backward()
+    assert layer.weight.grad.dtype == layer.learnable_stride.grad.dtype == torch.float64
+
+
 def test_cpu_op_casts_only_under_autocast():
     x = torch.randn(1, 2, 6, 6, dtype=torch.bfloat16)
     w = torch.randn(3, 2, 3, 3)

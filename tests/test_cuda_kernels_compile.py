@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from torch.utils import cpp_extension
 
+from conftest import require
+
 REPO = Path(__file__).resolve().parents[1]
 NVCC = shutil.which('nvcc')
 CXX = shutil.which('c++')
@@ -33,25 +35,25 @@ def compile_ok(command, ours_only=False):
         assert not ours, '\n'.join(ours)
 
 
-@pytest.mark.skipif(NVCC is None, reason='nvcc not installed')
 @pytest.mark.parametrize('arch', ['sm_75', 'sm_80', 'sm_90'])
 def test_kernels_compile(arch, tmp_path):
+    require(NVCC is not None, 'nvcc (the CUDA toolkit)')
     compile_ok([NVCC, '-std=c++17', *cpp_extension.COMMON_NVCC_FLAGS, f'-arch={arch}',
                 '-I', str(REPO / 'csrc'), '-Xcompiler', '-Wall', '-Werror', 'all-warnings', '-c',
                 str(REPO / 'tests' / 'cuda' / 'instantiate_kernels.cu'),
                 '-o', str(tmp_path / 'kernels.o')])
 
 
-@pytest.mark.skipif(NVCC is None, reason='nvcc not installed')
 def test_launchers_compile(tmp_path):
+    require(NVCC is not None, 'nvcc (the CUDA toolkit)')
     compile_ok([NVCC, '-std=c++20', *cpp_extension.COMMON_NVCC_FLAGS, '-arch=sm_90', '-DWITH_CUDA',
                 *TORCH_INCLUDES, '-Xcompiler', '-Wall', '-c',
                 str(REPO / 'csrc' / 'pytorch' / 'cuda' / 'ls_conv_cuda.cu'),
                 '-o', str(tmp_path / 'launchers.o')], ours_only=True)
 
 
-@pytest.mark.skipif(CXX is None, reason='no C++ compiler')
 def test_host_code_with_cuda_registrations_compiles(tmp_path):
+    require(CXX is not None, 'a C++ compiler (c++)')
     compile_ok([CXX, '-std=c++20', '-DWITH_CUDA', *TORCH_INCLUDES, '-Wall', '-c',
                 str(REPO / 'csrc' / 'pytorch' / 'ls_conv.cpp'),
                 '-o', str(tmp_path / 'ls_conv.o')], ours_only=True)

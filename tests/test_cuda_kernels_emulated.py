@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import require
 from mmlstride.testing import Case, interpolation_matrix, random_case
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,8 +37,8 @@ def cuda_include_dir():
 def kernels(tmp_path_factory):
     include = cuda_include_dir()
     compiler = shutil.which('c++')
-    if include is None or compiler is None:
-        pytest.skip('needs the CUDA toolkit headers and a C++ compiler')
+    require(include is not None, "the CUDA toolkit's headers (cuda_fp16.h)")
+    require(compiler is not None, 'a C++ compiler (c++)')
     library = tmp_path_factory.mktemp('emulation') / 'emulated_kernels.so'
     result = subprocess.run(
         [compiler, '-std=c++20', '-O1', '-Wall', '-Werror', '-shared', '-fPIC', '-pthread',

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip('mmdet')
+from conftest import require_module
+
+require_module('mmdet')
 
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.hooks import Hook  # noqa: E402
@@ -250,6 +252,32 @@ def test_digits_dataset_is_deterministic(tmp_path):
         x, y, w, h = ann['bbox']
         assert 0 <= x and 0 <= y and x + w <= 128 and y + h <= 128 and w > 0 and h > 0
         assert 1 <= ann['category_id'] <= 10
+
+
+def test_digits_dataset_has_1_to_4_digits_and_disjoint_samples(tmp_path, monkeypatch):
+    """Every image has 1-4 digits (all counts occur), and train and val canvases draw from
+    disjoint digit samples, 80% and 20% of scikit-learn's 1797."""
+    from mmlstride.datasets import digits_detection
+    pools = []
+    canvas = digits_detection._canvas
+
+    def recording_canvas(rng, images, labels, pool, size):
+        pools.append(pool)
+        return canvas(rng, images, labels, pool, size)
+
+    monkeypatch.setattr(digits_detection, '_canvas', recording_canvas)
+    generate_digits_detection(str(tmp_path / 'd'), num_train=60, num_val=20)
+    for split, count in (('train', 60), ('val', 20)):
+        coco = json.loads((tmp_path / 'd' / 'annotations' / f'{split}.json').read_text())
+        per_image = [sum(a['image_id'] == image['id'] for a in coco['annotations'])
+                     for image in coco['images']]
+        assert len(per_image) == count and min(per_image) >= 1 and max(per_image) <= 4
+        if split == 'train':
+            assert set(per_image) == {1, 2, 3, 4}
+    train, val = {tuple(p) for p in pools[:60]}, {tuple(p) for p in pools[60:]}
+    assert len(train) == len(val) == 1
+    train, val = set(train.pop()), set(val.pop())
+    assert not train & val and len(train | val) == 1797 and len(train) == int(0.8 * 1797)
 
 
 def test_detector_trains_and_the_hook_logs_strides(tmp_path):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import require_module
 from mmlstride.ops import LSConv2d, ls_conv2d
 from mmlstride.ops.ls_conv2d_layer import _BoundedStride
 
@@ -158,7 +159,7 @@ def test_recovers_a_fractional_stride():
 
 
 def test_build_conv_layer_and_conv_module():
-    cnn = pytest.importorskip('mmcv.cnn')
+    cnn = require_module('mmcv.cnn')
     layer = cnn.build_conv_layer(dict(type='LSConv'), 4, 8, 3, stride=2, padding=1)
     assert isinstance(layer, LSConv2d) and layer.stride == (2, 2)
     module = cnn.ConvModule(4, 8, 3, stride=2, padding=1, conv_cfg=dict(type='LSConv'),
@@ -171,7 +172,7 @@ def test_build_conv_layer_and_conv_module():
 
 
 def test_mmdet_registry_finds_lsconv():
-    pytest.importorskip('mmdet')
+    require_module('mmdet')
     from mmdet.registry import MODELS
     layer = MODELS.build(dict(type='LSConv', in_channels=4, out_channels=4, kernel_size=3,
                               stride=2, stride_bounds=(0.5, 2.0)))
@@ -180,7 +181,7 @@ def test_mmdet_registry_finds_lsconv():
 
 def test_custom_imports_register_lsconv(tmp_path):
     """A config's custom_imports is enough: the registration happens on import."""
-    pytest.importorskip('mmcv')
+    require_module('mmcv')
     config = tmp_path / 'config.py'
     config.write_text(textwrap.dedent("""\
         custom_imports = dict(imports=['mmlstride'], allow_failed_imports=False)
@@ -199,7 +200,7 @@ def test_custom_imports_register_lsconv(tmp_path):
 
 def test_mmdet_resnet_with_lsconv_as_dcn():
     """The README's config: LSConv in the 3x3 convs of ResNet-50 stages 2-4."""
-    pytest.importorskip('mmdet')
+    require_module('mmdet')
     from mmdet.registry import MODELS
     backbone = MODELS.build(dict(type='ResNet', depth=50, out_indices=(1, 2, 3),
                                  dcn=dict(type='LSConv'),

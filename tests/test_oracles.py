@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import require_module
+
 from mmlstride.ops import ls_conv2d, ls_conv2d_reference
 from mmlstride.testing import (FRACTIONAL_STRIDES, Case, compiled_errors, compiled_op, errors,
                                evaluate, ls_conv2d_by_deform_conv, ls_conv2d_by_interpolation,
@@ -30,15 +32,7 @@ def test_matches_pure_pytorch(seed, dtype, device):
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
 @pytest.mark.parametrize('seed', range(40))
 def test_matches_mmcv_deform_conv(seed, dtype, device):
-    deform_conv2d = pytest.importorskip('mmcv.ops').deform_conv2d
-    case = random_case(seed, dtype, device=device)
-    assert_same_function(case, partial(ls_conv2d_by_deform_conv, deform_conv2d), TOLERANCE[dtype])
-
-
-@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
-@pytest.mark.parametrize('seed', range(40))
-def test_matches_torchvision_deform_conv(seed, dtype, device):
-    deform_conv2d = pytest.importorskip('torchvision.ops').deform_conv2d
+    deform_conv2d = require_module('mmcv.ops').deform_conv2d
     case = random_case(seed, dtype, device=device)
     assert_same_function(case, partial(ls_conv2d_by_deform_conv, deform_conv2d), TOLERANCE[dtype])
 
@@ -167,7 +161,7 @@ def test_stride_gradient_on_pixels_is_the_derivative_from_the_right(stride, padd
     grad_output = output_gradient(case).to(device)
     for reference in (ls_conv2d_reference, ls_conv2d_by_interpolation,
                       partial(ls_conv2d_by_deform_conv,
-                              pytest.importorskip('mmcv.ops').deform_conv2d)):
+                              require_module('mmcv.ops').deform_conv2d)):
         assert_same_function(case, reference, 1e-10)
     analytic = evaluate(compiled_op, case, grad_output)['grad_stride']
     right = one_sided_stride_derivative(case, grad_output, +1)
@@ -183,7 +177,7 @@ def test_stride_gradient_at_minus_one_follows_mmcv(device):
     case = pixel_case((2.0, 2.0), (3, 3), (1, 1), device)
     grad_output = output_gradient(case).to(device)
     mmcv_deform_conv = partial(ls_conv2d_by_deform_conv,
-                               pytest.importorskip('mmcv.ops').deform_conv2d)
+                               require_module('mmcv.ops').deform_conv2d)
     for reference in (ls_conv2d_by_interpolation, mmcv_deform_conv):
         assert_same_function(case, reference, 1e-10)
     analytic = evaluate(compiled_op, case, grad_output)['grad_stride']
@@ -251,3 +245,26 @@ def test_batch_split_into_tiles(shape, stride, device):
                 dilation=(1, 1), groups=1, output_size=shape[2:]).to(torch.float64, device)
     errors = compiled_errors(case, ls_conv2d_reference)
     assert max(errors.values()) < 1e-10, errors
+
+
+def test_cpu_is_bitwise_deterministic_across_runs_and_threads():
+    """On the CPU every output and gradient repeats bit for bit, whatever the thread count
+    (README: determinism)."""
+    gen = torch.Generator().manual_seed(0)
+    case = Case(input=torch.randn(4, 16, 40, 37, generator=gen),
+                weight=torch.randn(24, 8, 3, 3, generator=gen),
+                stride=torch.tensor([1.73, 2.21]), bias=torch.randn(24, generator=gen),
+                padding=(1, 1), dilation=(1, 2), groups=2, output_size=(20, 17))
+    case = case.to(torch.float32)
+    grad_output = output_gradient(case, torch.float32)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3, 1):
+            torch.set_num_threads(count)
+            results.append(evaluate(compiled_op, case, grad_output))
+    finally:
+        torch.set_num_threads(threads)
+    for result in results[1:]:
+        for name, value in result.items():
+            assert torch.equal(value, results[0][name]), name

@@ -1,6 +1,10 @@
-"""The benchmark tool runs end to end on a tiny shape and writes what it promises."""
+"""The benchmark tool runs end to end on a tiny shape and writes what it promises; the build
+script's errors."""
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +46,30 @@ def test_benchmark_op_rejects_unknown_shapes(bad, capsys):
     with pytest.raises(SystemExit):
         tool.main(['--shapes', bad])
     assert 'expected one of' in capsys.readouterr().err
+
+
+REPO = TOOLS.parent
+
+
+def run_setup(prelude: str, env_changes: dict) -> subprocess.CompletedProcess:
+    """``python setup.py --name`` after ``prelude`` (which may stand in for a CUDA torch)."""
+    code = (f'import runpy, sys, torch, torch.utils.cpp_extension as ext\n{prelude}\n'
+            "sys.argv = ['setup.py', '--name']\nrunpy.run_path('setup.py', run_name='__main__')")
+    env = dict(os.environ, **env_changes)
+    return subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_setup_force_cuda_without_a_cuda_torch_names_both():
+    result = run_setup('torch.version.cuda = None', {'FORCE_CUDA': '1'})
+    assert result.returncode != 0
+    assert 'FORCE_CUDA=1 expected a CUDA build of torch and the CUDA toolkit; found ' \
+           'torch.version.cuda=None' in result.stderr
+
+
+def test_setup_cuda_home_without_the_toolkit(tmp_path):
+    result = run_setup(f"torch.version.cuda = '13.0'\next.CUDA_HOME = {str(tmp_path)!r}",
+                       {'FORCE_CUDA': '1'})
+    assert result.returncode != 0
+    assert f'CUDA_HOME={tmp_path} expected the CUDA toolkit (its lib64/libcudart.so is ' \
+           'missing)' in result.stderr
