@@ -116,7 +116,7 @@ def test_im2col_kernel(kernels, seed, dtype, index64):
 
 
 # Strides that put samples exactly on pixels (kinks), where the kernels must take the
-# derivative from the right; with the random paddings some samples sit at exactly -1.
+# derivative from the right (and, at exactly -1, MMCV's 0: the reference's rule too).
 PIXEL_STRIDES = [(2.0, 2.0), (1.0, 1.0), (1.5, 3.0)]
 
 
@@ -134,13 +134,13 @@ def test_backward_kernel(kernels, seed, dtype, index64, flags):
 @pytest.mark.parametrize('stride', PIXEL_STRIDES, ids=str)
 @pytest.mark.parametrize('seed', range(4))
 def test_backward_kernel_on_pixels(kernels, seed, stride, dtype):
-    check_backward_kernel(kernels, seed, dtype, False, 7, stride)
+    check_backward_kernel(kernels, seed, dtype, False, 7, pixel_stride=stride)
 
 
-def check_backward_kernel(kernels, seed, dtype, index64, flags, stride=None):
+def check_backward_kernel(kernels, seed, dtype, index64, flags, pixel_stride=None):
     case, row_begin, row_end = random_tile(seed + 100)
-    if stride is not None:
-        case.stride = torch.tensor(stride, dtype=torch.float64)
+    if pixel_stride is not None:
+        case.stride = torch.tensor(pixel_stride, dtype=torch.float64)
     input = case.input.detach().to(dtype)
     input64 = input.double().requires_grad_()
     stride64 = case.stride.detach().clone().requires_grad_()
@@ -321,3 +321,17 @@ def test_im2col_tile_launch(kernels, index64):
         ctypes.c_int64(row_begin), ctypes.c_int64(row_end), pointer(columns), record, 2)
     assert recorded_launches(record, count) == [('im2col', 8 if index64 else 4, 0, 15)]
     assert_close(columns, expected, 1e-12, 'columns')
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize('blocks', [1, 255, 1000, 4224])  # 4224: 32 blocks x 132 SMs (H100)
+def test_sum_partials_kernel(kernels, dtype, blocks):
+    """Every block's partial is summed (the threads loop when blocks > 256), in float64,
+    and added to what earlier tiles left."""
+    partials = torch.randn(blocks, 2, generator=torch.Generator().manual_seed(blocks),
+                           dtype=torch.float64).to(dtype)
+    stride_sum = torch.tensor([0.25, -0.5], dtype=torch.float64)
+    assert kernels.emulated_sum_partials(DTYPE_CODES[dtype], pointer(partials),
+                                         ctypes.c_int64(blocks), pointer(stride_sum)) == 0
+    expected = partials.double().sum(0) + torch.tensor([0.25, -0.5], dtype=torch.float64)
+    torch.testing.assert_close(stride_sum, expected, rtol=1e-13, atol=1e-13)

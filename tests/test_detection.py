@@ -482,3 +482,20 @@ def test_stride_hook_raises_when_ranks_disagree(monkeypatch):
     monkeypatch.setattr(stride_logger_hook, 'all_gather', lambda values: [values, values + 1e-6])
     with pytest.raises(RuntimeError, match='differ across ranks'):
         StrideLoggerHook(interval=1).before_train(runner)
+
+
+def test_benchmark_reuses_only_runs_trained_as_planned(tmp_path):
+    """A finished run counts for a seed only if the config mmengine saved with it has that
+    seed, those initial weights and the study's overrides; otherwise it is retrained."""
+    tool = load_benchmark_tool()
+    run_dir = tmp_path / 'fixed' / 'seed3'
+    run_dir.mkdir(parents=True)
+    weights = str(tmp_path / 'initial_weights' / 'seed3.pth')
+    (run_dir / tool.SETTINGS['fixed'][0]).write_text(
+        f"load_from = {weights!r}\nrandomness = dict(seed=3)\ntrain_cfg = dict(max_iters=200)\n")
+    assert tool.run_is_paired(str(run_dir), 'fixed', 3, weights, ['train_cfg.max_iters=200'])
+    assert tool.run_is_paired(str(run_dir), 'fixed', 3, weights, [])
+    assert not tool.run_is_paired(str(run_dir), 'fixed', 4, weights, [])
+    assert not tool.run_is_paired(str(run_dir), 'fixed', 3, weights + 'x', [])
+    assert not tool.run_is_paired(str(run_dir), 'fixed', 3, weights, ['train_cfg.max_iters=300'])
+    assert not tool.run_is_paired(str(run_dir), 'lsconv', 3, weights, [])  # nothing saved

@@ -131,9 +131,19 @@ def test_initial_stride_is_where_the_stride_starts_and_returns():
     assert LSConv2d(3, 4, 3, stride=2, initial_stride=3).learnable_stride.tolist() == [3.0, 3.0]
 
 
-@pytest.mark.parametrize('bad', [0.0, -1.0, float('nan'), float('inf'), (1.0, 2.0, 3.0)])
+def test_initial_stride_keeps_the_parameter_dtype():
+    layer = LSConv2d(3, 4, 3, stride=2, padding=1, initial_stride=1.7).double()
+    layer.load_state_dict(nn.Conv2d(3, 4, 3, stride=2, padding=1).double().state_dict())
+    assert layer.learnable_stride.tolist() == [1.7, 1.7]  # not float32's 1.7000000477
+    layer.set_initial_stride(torch.tensor([1.25, 3.5]))
+    assert layer.learnable_stride.tolist() == [1.25, 3.5]
+
+
+@pytest.mark.parametrize('bad', [0.0, -1.0, float('nan'), float('inf'), (1.0, 2.0, 3.0),
+                                 0.49, 8.01])  # bounds (0.25, 4) x 2: [0.5, 8]
 def test_initial_stride_rejects_bad_values(bad):
-    with pytest.raises(ValueError, match='initial_stride='):
+    with pytest.raises(ValueError, match=r'initial_stride=.* expected .* within the stride '
+                                         r'bounds \[\(0.5, 8.0\), \(0.5, 8.0\)\]'):
         LSConv2d(3, 4, 3, stride=2, initial_stride=bad)
 
 

@@ -118,7 +118,8 @@ def test_integer_stride_is_conv2d(stride, groups, dilation, padding, dtype, devi
 
 # Strides at which sample points sit exactly on pixels, the kinks of the bilinear interpolant:
 # integer strides (where every LSConv2d starts training), and 1.5 / 2.5 / 0.5, which put every
-# other output on a pixel. (stride, padding, dilation). No sample sits at exactly -1 here.
+# other output on a pixel. (stride, padding, dilation). No sample of an output a, b > 0 (the
+# only ones the stride gradient sees) sits at exactly -1 here.
 PIXEL_STRIDES = [((2.0, 2.0), (1, 1), (1, 1)), ((1.0, 1.0), (1, 1), (1, 1)),
                  ((1.0, 2.0), (0, 1), (2, 1)), ((3.0, 2.0), (2, 0), (1, 2)),
                  ((1.5, 1.5), (0, 0), (1, 1)), ((2.5, 0.5), (1, 0), (1, 1))]

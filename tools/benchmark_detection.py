@@ -55,9 +55,18 @@ def config_path(setting: str) -> str:
     return os.path.join(CONFIG_DIR, SETTINGS[setting][0])
 
 
-def write_initial_weights(seed: int, path: str) -> str:
-    """Draws the fixed-stride detector's initial weights for ``seed`` and saves them as a
-    checkpoint every setting of that seed loads (mmengine's ``load_from``)."""
+def parse_cfg_options(options: Sequence[str]) -> dict:
+    """``key=value`` overrides parsed as mmdet's train tool parses ``--cfg-options``."""
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
+    return parser.parse_args(['--cfg-options', *options] if options else []).cfg_options
+
+
+def write_initial_weights(seed: int, path: str, cfg_options: Sequence[str] = ()) -> str:
+    """Draws the fixed-stride detector's initial weights for ``seed`` (with the runs'
+    overrides) and saves them as a checkpoint every setting of that seed loads (mmengine's
+    ``load_from``)."""
     import torch
     from mmengine.config import Config
     from mmengine.runner import set_random_seed
@@ -66,8 +75,10 @@ def write_initial_weights(seed: int, path: str) -> str:
 
     register_all_modules()
     import mmlstride  # noqa: F401  (registrations)
+    cfg = Config.fromfile(config_path(BASELINE))
+    cfg.merge_from_dict(parse_cfg_options(cfg_options))
     set_random_seed(seed)
-    model = MODELS.build(Config.fromfile(config_path(BASELINE)).model)
+    model = MODELS.build(cfg.model)
     logging.disable(logging.INFO)  # mmengine logs every parameter's initialiser
     try:
         model.init_weights()
@@ -108,11 +119,31 @@ def train(command: List[str], label: str, work_dir: str, threads: Optional[int])
         for line in process.stdout:
             log.write(line)
             if any(mark in line for mark in PROGRESS_MARKS):
-                print(f'   {label}:', line.rstrip()[line.find(' - mmengine - ') + 14:][:150],
+                print(f'   {label}:', line.rstrip().split(' - mmengine - ')[-1][:150],
                       flush=True)
     if process.returncode:
         raise RuntimeError(f'{label} failed with exit code {process.returncode}; see '
                            f'{work_dir}/train.log')
+
+
+def run_is_paired(run_dir: str, setting: str, seed: int, initial_weights: str,
+                  cfg_options: Sequence[str]) -> bool:
+    """Whether the run in ``run_dir`` was trained with this seed, these initial weights and
+    these overrides, as the config mmengine saved there says."""
+    from mmengine.config import Config
+    saved = os.path.join(run_dir, SETTINGS[setting][0])
+    if not os.path.exists(saved):
+        return False
+    cfg = Config.fromfile(saved)
+    expected = {'randomness.seed': seed, 'load_from': initial_weights,
+                **parse_cfg_options(cfg_options)}
+    for key, value in expected.items():
+        node = cfg
+        for part in key.split('.'):
+            node = node.get(part) if hasattr(node, 'get') else None
+        if node != value:
+            return False
+    return True
 
 
 def read_run(work_dir: str) -> Optional[dict]:
@@ -149,7 +180,8 @@ def t_quantile_975(dof: int) -> float:
 
 
 def mean_and_ci(values: Sequence[float]) -> Tuple[float, float]:
-    """Mean and the half-width of its 95% confidence interval (Student's t; 0 for one value)."""
+    """Mean and the half-width of its 95% confidence interval (Student's t; NaN for one
+    value)."""
     mean = statistics.mean(values)
     if len(values) < 2:
         return mean, float('nan')
@@ -199,9 +231,10 @@ def markdown(rows: List[dict], pairs: List[dict], runs: Dict[str, Dict[int, dict
               '|---|---|---|---|---|']
     for pair in pairs:
         low, high = pair['mean'] - pair['ci95'], pair['mean'] + pair['ci95']
+        interval = '-' if len(pair['seeds']) < 2 else f'[{low:+.2f}, {high:+.2f}]'
         per_seed = ', '.join(f'{d:+.1f}' for d in pair['differences'])
         lines.append(f"| `{pair['setting']}` | {len(pair['seeds'])} | {pair['mean']:+.2f} | "
-                     f"[{low:+.2f}, {high:+.2f}] | {per_seed} |")
+                     f"{interval} | {per_seed} |")
     seeds = sorted({s for by_seed in runs.values() for s in by_seed})
     lines += ['', 'bbox mAP per seed:', '',
               '| seed | ' + ' | '.join(f'`{s}`' for s in runs) + ' |',
@@ -286,9 +319,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                for seed in sorted({seed for _, seed in plan})}
     for seed, path in weights.items():
         if args.force or not os.path.exists(path):
-            write_initial_weights(seed, path)
+            write_initial_weights(seed, path, args.cfg_options)
     run_dir = {key: os.path.join(work_dir, key[0], f'seed{key[1]}') for key in plan}
-    todo = [key for key in plan if args.force or read_run(run_dir[key]) is None]
+    # A finished run is reused only if it was trained as this plan would train it.
+    todo = [key for key in plan
+            if args.force or read_run(run_dir[key]) is None or not run_is_paired(
+                run_dir[key], key[0], key[1], weights[key[1]], args.cfg_options)]
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
 
     def run(key):

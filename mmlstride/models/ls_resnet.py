@@ -65,8 +65,7 @@ class LSResNet(ResNet):
         for module in self.modules():
             if isinstance(module, LSConv2d) and module.stride_leader is None:
                 if initial_stride is not None and max(module.stride) > 1:
-                    module.initial_stride = (float(initial_stride),) * 2
-                    module.reset_stride()
+                    module.set_initial_stride(initial_stride)
                 module.learnable_stride.requires_grad_(learn_stride)
 
     def _convert_block(self, block: nn.Module, all_3x3: bool) -> None:

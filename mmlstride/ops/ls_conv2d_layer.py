@@ -45,13 +45,15 @@ class LSConv2d(nn.Conv2d):
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation,
         groups, bias, device, dtype: as in nn.Conv2d. ``stride`` is the nominal
-            stride: it sets the output size and the initial learned stride.
+            stride: it sets the output size, the stride bounds and, unless
+            ``initial_stride`` is given, the initial learned stride.
             Only zero padding given as ints is supported.
         stride_bounds: (low, high) multiples of the nominal stride between which
             the learned stride is clamped in the forward pass; default
             (0.25, 4.0), i.e. [0.5, 8] pixels for a nominal stride of 2.
         initial_stride: where the learned stride starts, a number or
-            (s_h, s_w) in input pixels; default the nominal stride.
+            (s_h, s_w) in input pixels, within the bounds; default the nominal
+            stride. See :meth:`set_initial_stride`.
 
     Attributes:
         learnable_stride: nn.Parameter tensor([s_h, s_w]) in input pixels,
@@ -86,23 +88,27 @@ class LSConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                          bias, padding_mode, device, dtype)
         self.stride_bounds = (float(low), float(high))
-        if initial_stride is None:
-            initial_stride = self.stride
-        elif not isinstance(initial_stride, (tuple, list)):
-            initial_stride = (initial_stride, initial_stride)
-        if len(initial_stride) != 2 or not all(0 < float(v) < float('inf')
-                                               for v in initial_stride):
-            raise ValueError(f'initial_stride={initial_stride!r} expected a number or a pair '
-                             'of finite numbers > 0')
-        self.initial_stride = (float(initial_stride[0]), float(initial_stride[1]))
         factory = dict(device=self.weight.device, dtype=self.weight.dtype)
         nominal = torch.tensor(self.stride, **factory)
-        self.learnable_stride = nn.Parameter(torch.tensor(self.initial_stride, **factory))
+        self.learnable_stride = nn.Parameter(nominal.clone())
         self.register_buffer('stride_min', nominal * low, persistent=False)
         self.register_buffer('stride_max', nominal * high, persistent=False)
         # (leader,) once this layer follows another's stride; a tuple keeps the
         # leader out of this module's children and parameters.
         self._stride_leader: Tuple['LSConv2d', ...] = ()
+        self.set_initial_stride(self.stride if initial_stride is None else initial_stride)
+
+    def set_initial_stride(self, value: FloatPair) -> None:
+        """Sets where the learned stride starts (a number or (s_h, s_w), finite, within
+        ``stride_bounds`` times the nominal stride) and moves the stride there."""
+        pair = torch.as_tensor(value, dtype=torch.float64).flatten().tolist()
+        pair = pair * 2 if len(pair) == 1 else pair
+        bounds = [(n * self.stride_bounds[0], n * self.stride_bounds[1]) for n in self.stride]
+        if len(pair) != 2 or not all(low <= v <= high for v, (low, high) in zip(pair, bounds)):
+            raise ValueError(f'initial_stride={value!r} expected a number or a pair within the '
+                             f'stride bounds {bounds}')
+        self.initial_stride = (pair[0], pair[1])
+        self.reset_stride()
 
     @property
     def stride_leader(self) -> Optional['LSConv2d']:
@@ -142,7 +148,8 @@ class LSConv2d(nn.Conv2d):
         """Sets the learned stride back to ``initial_stride`` (a no-op for a follower)."""
         if self.stride_leader is None:
             with torch.no_grad():
-                self.learnable_stride.copy_(torch.tensor(self.initial_stride))
+                self.learnable_stride.copy_(torch.tensor(self.initial_stride,
+                                                         dtype=self.learnable_stride.dtype))
 
     def sampling_stride(self) -> Tensor:
         """The stride the forward pass samples with: the learned one (this layer's or its

@@ -120,7 +120,7 @@ void launch_backward_variant(Launch& launch, const BackwardPlan& plan, int64_t b
     with_columns(Flag<true>(), Flag<true>());
   } else if (plan.scatter_input) {
     with_columns(Flag<true>(), Flag<false>());
-  } else {
+  } else {  // the caller runs this kernel only for a scatter or the stride
     with_columns(Flag<false>(), Flag<true>());
   }
 }

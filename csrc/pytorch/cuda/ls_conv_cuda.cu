@@ -106,10 +106,12 @@ void ls_conv_backward_sampling_cuda(const at::Tensor& grad_columns, const at::Te
                                     const at::Tensor& columns) {
   TORCH_CHECK(grad_input.defined() || stride_partials.defined(),
               "grad_input and stride_partials are undefined, expected at least one defined");
-  TORCH_CHECK(!stride_partials.defined() || (stride_partials.scalar_type() == at::kDouble &&
-                                             stride_partials.numel() == 2),
+  TORCH_CHECK(!stride_partials.defined() ||
+                  (stride_partials.scalar_type() == at::kDouble && stride_partials.numel() == 2 &&
+                   stride_partials.is_contiguous() && stride_partials.device() == input.device()),
               "stride_partials=", stride_partials.sizes(), " ", stride_partials.scalar_type(),
-              " expected 2 float64 values");
+              " on ", stride_partials.device(), " expected 2 contiguous float64 values on ",
+              input.device());
   if (cuda::tile_elements(g, row_begin, row_end) == 0) return;
   if (has_no_pixels(g)) {
     if (columns.defined()) columns.zero_();

@@ -75,7 +75,7 @@ int backward_variant(int flags, const void* grad_columns, const void* input,
     LSCONV_CASE(7, true, true, true)
   }
 #undef LSCONV_CASE
-  return 1;
+  return -1;
 }
 
 // The launch policy of ls_conv_cuda_launch.cuh on the emulation: runs each launch and
@@ -123,7 +123,7 @@ int dispatch(int dtype, int index64, Function&& function) {
     case 2: return with_index(__half());
     case 3: return with_index(__nv_bfloat16());
   }
-  return 1;
+  return -1;
 }
 
 }  // namespace
@@ -161,6 +161,22 @@ extern "C" int emulated_backward(int dtype, int index64, int flags, const void* 
         flags, grad_columns, input, g, row_begin, row_end, grad_input, block_partials, columns,
         blocks);
   });
+}
+
+// stride_sum[k] += the sum of partials[2 * block + k] over `blocks` (dtype 0 float, 1 double),
+// by ls_conv_sum_partials_kernel.
+extern "C" int emulated_sum_partials(int dtype, const void* partials, int64_t blocks,
+                                     double* stride_sum) {
+  if (dtype == 0) {
+    emulated_launch(1, cuda::kThreads, cuda::ls_conv_sum_partials_kernel<float>,
+                    static_cast<const float*>(partials), blocks, stride_sum);
+  } else if (dtype == 1) {
+    emulated_launch(1, cuda::kThreads, cuda::ls_conv_sum_partials_kernel<double>,
+                    static_cast<const double*>(partials), blocks, stride_sum);
+  } else {
+    return -1;
+  }
+  return 0;
 }
 
 extern "C" int emulated_fits_int32(int64_t input_numel, int64_t total, int64_t blocks,
