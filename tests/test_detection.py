@@ -432,7 +432,13 @@ def test_benchmark_summary_pairs_seeds_with_a_confidence_interval(tmp_path):
     # mean 2, std 1 over 3 seeds: half-width t(0.975, 2) / sqrt(3) = 4.3027 / 1.7321
     assert (pair['mean'], pair['ci95']) == pytest.approx((2.0, 2.4841), abs=1e-4)
     table = tool.markdown(rows, pairs, runs)
-    assert '| `lsconv` | 3 | +2.00 | [-0.48, +4.48] | +1.0, +2.0, +3.0 |' in table
+    assert '| `lsconv` | `fixed` | 3 | +2.00 | [-0.48, +4.48] | +1.0, +2.0, +3.0 |' in table
+    # Learned strides are also paired with their frozen control.
+    runs['frozen'] = {0: run(60.5), 1: run(61.0)}
+    _, pairs = tool.summarise(runs)
+    assert [(p['setting'], p['against'], p['differences']) for p in pairs] == [
+        ('lsconv', 'fixed', [1.0, 2.0, 3.0]), ('frozen', 'fixed', [0.5, -1.0]),
+        ('lsconv', 'frozen', [0.5, 3.0])]
     readme = tmp_path / 'README.md'
     readme.write_text(f'intro\n{tool.README_START}\nold\n{tool.README_END}\nrest\n')
     tool.rewrite_readme(str(readme), table)

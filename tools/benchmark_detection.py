@@ -45,6 +45,8 @@ SETTINGS = {
                        'LSConv, strides start at 1.5, frozen'),
 }
 BASELINE = 'fixed'
+# Learned strides against the same LSConv frozen at their start: only the learning differs.
+CONTROLS = {'lsconv': 'frozen', 'lsconv-badinit': 'frozen-badinit'}
 PAIRED = ('fixed', 'lsconv', 'frozen')  # the main comparison: --seeds; the others: --other-seeds
 README_START = '<!-- detection-benchmark:start (tools/benchmark_detection.py --readme) -->'
 README_END = '<!-- detection-benchmark:end -->'
@@ -188,8 +190,21 @@ def mean_and_ci(values: Sequence[float]) -> Tuple[float, float]:
     return mean, t_quantile_975(len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
 
 
+def paired_difference(runs: Dict[str, Dict[int, dict]], setting: str,
+                      against: str) -> Optional[dict]:
+    """bbox mAP of ``setting`` minus ``against`` on each seed both have, mean and 95% CI."""
+    shared = sorted(set(runs.get(setting, {})) & set(runs.get(against, {})))
+    if not shared:
+        return None
+    diffs = [runs[setting][s]['bbox_mAP'] - runs[against][s]['bbox_mAP'] for s in shared]
+    mean, half = mean_and_ci(diffs)
+    return {'setting': setting, 'against': against, 'seeds': shared, 'differences': diffs,
+            'mean': mean, 'ci95': half}
+
+
 def summarise(runs: Dict[str, Dict[int, dict]]) -> Tuple[List[dict], List[dict]]:
-    """Per-setting rows (mean ± std over seeds) and paired differences against the baseline."""
+    """Per-setting rows (mean ± std over seeds) and paired differences against the baseline,
+    then of each learned setting against its frozen control."""
     rows, pairs = [], []
     for setting, by_seed in runs.items():
         results = list(by_seed.values())
@@ -206,35 +221,31 @@ def summarise(runs: Dict[str, Dict[int, dict]]) -> Tuple[List[dict], List[dict]]
                                                            for r in results) for axis in (0, 1)]
                                    for layer in layers},
         })
-        shared = sorted(set(by_seed) & set(runs.get(BASELINE, {})))
-        if setting != BASELINE and shared:
-            diffs = [by_seed[s]['bbox_mAP'] - runs[BASELINE][s]['bbox_mAP'] for s in shared]
-            mean, half = mean_and_ci(diffs)
-            pairs.append({'setting': setting, 'seeds': shared, 'differences': diffs,
-                          'mean': mean, 'ci95': half})
+    for against, settings in ((BASELINE, [s for s in runs if s != BASELINE]),
+                              *((control, [learned]) for learned, control in CONTROLS.items())):
+        pairs += [p for p in (paired_difference(runs, s, against) for s in settings) if p]
     return rows, pairs
 
 
 def markdown(rows: List[dict], pairs: List[dict], runs: Dict[str, Dict[int, dict]]) -> str:
     """The tables of the README's benchmark section."""
-    lines = ['| setting | seeds | bbox mAP (mean ± std) | mAP@50 | s / iter | final strides '
-             '(s_h, s_w), stages 2-4 |', '|---|---|---|---|---|---|']
+    lines = ['| setting | seeds | bbox mAP (mean ± std) | mAP@50 | final strides (s_h, s_w), '
+             'stages 2-4 |', '|---|---|---|---|---|']
     for row in rows:
         strides = ' '.join(f'({h:.2f}, {w:.2f})' for h, w in row['final_strides_mean'].values())
-        per_iter = row['seconds_per_iter']
         lines.append(f"| {SETTINGS[row['setting']][1]} (`{row['setting']}`) | "
                      f"{len(row['seeds'])} | {row['bbox_mAP_mean']:.1f} ± "
                      f"{row['bbox_mAP_std']:.1f} | {row['bbox_mAP_50_mean']:.1f} | "
-                     f"{'-' if per_iter is None else f'{per_iter:.3f}'} | {strides or '-'} |")
-    lines += ['', f'Paired on seed (same initial weights, same data order), minus `{BASELINE}`:',
-              '', '| setting | seeds | mean difference (bbox mAP) | 95% CI | per seed |',
-              '|---|---|---|---|---|']
+                     f"{strides or '-'} |")
+    lines += ['', 'Paired on seed (same initial weights, same data order):', '',
+              '| setting | minus | seeds | mean difference (bbox mAP) | 95% CI | per seed |',
+              '|---|---|---|---|---|---|']
     for pair in pairs:
         low, high = pair['mean'] - pair['ci95'], pair['mean'] + pair['ci95']
         interval = '-' if len(pair['seeds']) < 2 else f'[{low:+.2f}, {high:+.2f}]'
         per_seed = ', '.join(f'{d:+.1f}' for d in pair['differences'])
-        lines.append(f"| `{pair['setting']}` | {len(pair['seeds'])} | {pair['mean']:+.2f} | "
-                     f"{interval} | {per_seed} |")
+        lines.append(f"| `{pair['setting']}` | `{pair['against']}` | {len(pair['seeds'])} | "
+                     f"{pair['mean']:+.2f} | {interval} | {per_seed} |")
     seeds = sorted({s for by_seed in runs.values() for s in by_seed})
     lines += ['', 'bbox mAP per seed:', '',
               '| seed | ' + ' | '.join(f'`{s}`' for s in runs) + ' |',
@@ -262,12 +273,13 @@ def plot(rows: List[dict], pairs: List[dict], runs: Dict[str, Dict[int, dict]],
     axes[0].set_ylabel('bbox mAP (%)')
     axes[0].set_title('mean ± std over seeds')
     axes[0].tick_params(axis='x', rotation=30)
-    for y, pair in enumerate(pairs):
+    shown = [p for p in pairs if abs(p['mean']) < 20]  # a collapse would squash the others
+    for y, pair in enumerate(shown):
         axes[1].errorbar(pair['mean'], y, xerr=pair['ci95'], fmt='o', capsize=4)
         axes[1].plot(pair['differences'], [y] * len(pair['differences']), 'k.', alpha=0.5)
     axes[1].axvline(0, color='grey', linewidth=1)
-    axes[1].set_yticks(range(len(pairs)), [p['setting'] for p in pairs])
-    axes[1].set_xlabel(f'bbox mAP minus {BASELINE}, same seed')
+    axes[1].set_yticks(range(len(shown)), [f"{p['setting']} - {p['against']}" for p in shown])
+    axes[1].set_xlabel('bbox mAP difference, same seed')
     axes[1].set_title('paired differences, mean and 95% CI')
     for ax, setting in zip(axes[2:], learned):
         trajectories = read_stride_trajectories(next(iter(runs[setting].values()))['scalars'])
