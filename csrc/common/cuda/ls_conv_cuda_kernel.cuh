@@ -113,6 +113,20 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Adds shared[0..kThreads) of two shared-memory arrays into their entry 0, in a fixed tree
+// order. Every thread of the block calls it once it has written its own entries.
+template <typename V>
+__device__ inline void block_tree_sum(V* shared_h, V* shared_w) {
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (int(threadIdx.x) < half) {
+      shared_h[threadIdx.x] += shared_h[threadIdx.x + half];
+      shared_w[threadIdx.x] += shared_w[threadIdx.x + half];
+    }
+    __syncthreads();
+  }
+}
+
 // From the tile's columns gradient, one pass over its elements:
 //   kInput:   adds each element's pull-back onto its four neighbours of grad_input
 //             (atomicAdd: overlapping samples of different taps and pixels meet, so
@@ -172,14 +186,7 @@ __global__ void __launch_bounds__(kThreads)
     __shared__ Acc shared_w[kThreads];
     shared_h[threadIdx.x] = sum_h;
     shared_w[threadIdx.x] = sum_w;
-    __syncthreads();
-    for (int half = kThreads / 2; half > 0; half /= 2) {
-      if (int(threadIdx.x) < half) {
-        shared_h[threadIdx.x] += shared_h[threadIdx.x + half];
-        shared_w[threadIdx.x] += shared_w[threadIdx.x + half];
-      }
-      __syncthreads();
-    }
+    block_tree_sum(shared_h, shared_w);
     if (threadIdx.x == 0) {
       block_partials[2 * blockIdx.x] = shared_h[0];
       block_partials[2 * blockIdx.x + 1] = shared_w[0];
@@ -204,14 +211,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   partial_h[threadIdx.x] = sum_h;
   partial_w[threadIdx.x] = sum_w;
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (int(threadIdx.x) < half) {
-      partial_h[threadIdx.x] += partial_h[threadIdx.x + half];
-      partial_w[threadIdx.x] += partial_w[threadIdx.x + half];
-    }
-    __syncthreads();
-  }
+  block_tree_sum(partial_h, partial_w);
   if (threadIdx.x == 0) {
     stride_sum[0] += partial_h[0];
     stride_sum[1] += partial_w[0];
