@@ -113,17 +113,9 @@ int dispatch_type(int dtype, Function&& function) {
 
 template <typename Function>
 int dispatch(int dtype, int index64, Function&& function) {
-  auto with_index = [&](auto type_tag) {
-    using T = decltype(type_tag);
-    return index64 ? function(T(), int64_t()) : function(T(), int32_t());
-  };
-  switch (dtype) {
-    case 0: return with_index(float());
-    case 1: return with_index(double());
-    case 2: return with_index(__half());
-    case 3: return with_index(__nv_bfloat16());
-  }
-  return -1;
+  return dispatch_type(dtype, [&](auto type_tag) {
+    return index64 ? function(type_tag, int64_t()) : function(type_tag, int32_t());
+  });
 }
 
 }  // namespace
