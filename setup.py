@@ -2,7 +2,9 @@
 import glob
 import os
 import shutil
+import subprocess
 import sys
+from typing import List, Sequence
 
 from setuptools import find_packages, setup
 
@@ -18,8 +20,30 @@ def read_version() -> str:
 
 
 # Architectures built when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible
-# (FORCE_CUDA=1 on a build machine): Turing to Hopper, with PTX for newer GPUs.
+# (FORCE_CUDA=1 on a build machine): those of DEFAULT_CUDA_ARCHS, Turing to Blackwell, that
+# nvcc supports, with PTX for the newest; DEFAULT_CUDA_ARCH_LIST when nvcc cannot say.
+DEFAULT_CUDA_ARCHS = ('7.5', '8.0', '8.6', '8.9', '9.0', '10.0', '12.0')
 DEFAULT_CUDA_ARCH_LIST = '7.5;8.0;8.6;8.9;9.0+PTX'
+
+
+def default_cuda_arch_list(nvcc_archs: Sequence[str]) -> str:
+    """TORCH_CUDA_ARCH_LIST for a build without a visible GPU, given the virtual architectures
+    nvcc supports (``nvcc --list-gpu-arch``: compute_75, compute_80, ...): the
+    DEFAULT_CUDA_ARCHS among them with +PTX on the newest, or DEFAULT_CUDA_ARCH_LIST when
+    there are none (nvcc could not be asked)."""
+    archs = [arch for arch in DEFAULT_CUDA_ARCHS
+             if 'compute_' + arch.replace('.', '') in nvcc_archs]
+    return ';'.join(archs) + '+PTX' if archs else DEFAULT_CUDA_ARCH_LIST
+
+
+def nvcc_gpu_archs(nvcc: str) -> List[str]:
+    """The virtual architectures that ``nvcc --list-gpu-arch`` prints, [] when it cannot run."""
+    try:
+        result = subprocess.run([nvcc, '--list-gpu-arch'], capture_output=True, text=True,
+                                check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return result.stdout.split()
 
 
 def build_cuda() -> bool:
@@ -45,7 +69,8 @@ def build_cuda() -> bool:
         raise RuntimeError(f'CUDA_HOME={CUDA_HOME} expected the CUDA toolkit (its lib64/libcudart.so '
                            'is missing): set CUDA_HOME to the toolkit directory')
     if not os.getenv('TORCH_CUDA_ARCH_LIST') and not torch.cuda.is_available():
-        os.environ['TORCH_CUDA_ARCH_LIST'] = DEFAULT_CUDA_ARCH_LIST
+        nvcc = os.path.join(CUDA_HOME, 'bin', 'nvcc')
+        os.environ['TORCH_CUDA_ARCH_LIST'] = default_cuda_arch_list(nvcc_gpu_archs(nvcc))
     return True
 
 
@@ -103,22 +128,28 @@ def add_mim_extension() -> None:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns('__pycache__'))
 
 
-add_mim_extension()
-ext_modules, cmdclass = make_extensions()
+def main() -> None:
+    """Builds or installs the package, as the setup.py command line asks."""
+    add_mim_extension()
+    ext_modules, cmdclass = make_extensions()
+    setup(
+        name='mmlstride',
+        version=read_version(),
+        description='Learnable-stride convolution (LSConv) for PyTorch, MMCV and MMDetection',
+        long_description=open(os.path.join(HERE, 'README.md')).read(),
+        long_description_content_type='text/markdown',
+        license='Apache-2.0',
+        packages=find_packages(include=['mmlstride', 'mmlstride.*']),
+        package_data={'mmlstride': ['.mim/configs/*/*.py', '.mim/configs/*.md', '.mim/tools/*']},
+        python_requires='>=3.8',
+        install_requires=read_requirements('runtime.txt'),
+        extras_require={'tests': read_requirements('tests.txt')},
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+        zip_safe=False,
+    )
 
-setup(
-    name='mmlstride',
-    version=read_version(),
-    description='Learnable-stride convolution (LSConv) for PyTorch, MMCV and MMDetection',
-    long_description=open(os.path.join(HERE, 'README.md')).read(),
-    long_description_content_type='text/markdown',
-    license='Apache-2.0',
-    packages=find_packages(include=['mmlstride', 'mmlstride.*']),
-    package_data={'mmlstride': ['.mim/configs/*/*.py', '.mim/configs/*.md', '.mim/tools/*']},
-    python_requires='>=3.8',
-    install_requires=read_requirements('runtime.txt'),
-    extras_require={'tests': read_requirements('tests.txt')},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    zip_safe=False,
-)
+
+# pip and python setup.py run this file as __main__; the tests import it for its functions.
+if __name__ == '__main__':
+    main()

@@ -1,16 +1,20 @@
 """CUDA-only behaviour: parity with the CPU kernels, float16/bfloat16 against a float64
-reference, determinism, 64-bit indexing, device checks. The shared oracle tests, gradcheck,
-opcheck and torch.compile run on CUDA through the ``device`` fixture (tests/conftest.py).
-Skipped without a GPU."""
+reference, determinism, 64-bit indexing, device checks, CUDA graphs (captured, and through
+torch.compile's reduce-overhead mode), no host syncs, the TF32 rule, a second GPU. The shared
+oracle tests, gradcheck, opcheck and torch.compile run on CUDA through the ``device`` fixture
+(tests/conftest.py). Skipped without a GPU."""
+import copy
 import re
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from conftest import CUDA_AVAILABLE, require_cuda_kernels
 from mmlstride.ops import LSConv2d, ls_conv2d
 from mmlstride.testing import (compiled_op, errors, evaluate, float64_reference_errors,
-                               output_gradient, random_case)
+                               output_gradient, random_case, relative_error)
 
 pytestmark = pytest.mark.skipif(not CUDA_AVAILABLE, reason='no CUDA device')
 
@@ -138,7 +142,7 @@ def test_device_mismatch_names_the_argument():
     w = torch.randn(3, 2, 3, 3)
     with pytest.raises(ValueError, match='weight.device=cpu expected cuda:0'):
         ls_conv2d(x, w, (1.5, 1.5))
-    with pytest.raises(RuntimeError, match='weight.device=cpu expected cuda:0'):
+    with pytest.raises(ValueError, match='weight.device=cpu expected cuda:0'):
         torch.ops.mmlstride.ls_conv2d(x, w, None, torch.tensor([1.5, 1.5], device='cuda'),
                                       (0, 0), (1, 1), 1, (4, 4))
 
@@ -170,3 +174,135 @@ def test_more_elements_than_int32_indexes():
         torch.ops.mmlstride.ls_conv2d(x, w, None, stride, (0, 0), (1, 1), 2, x.shape[2:]), x,
         grad_output)
     assert torch.equal(grad_input, grad_output)
+
+
+# A layer of stride 2 on a (2, 8, 20, 24) input: a (2, 16, 10, 12) output. Float32 results are
+# compared at 1e-5: tests/conftest.py's full_precision_float32 turns TF32 off for every test.
+LAYER_ARGS = dict(in_channels=8, out_channels=16, kernel_size=3, stride=2, padding=1)
+INPUT_SHAPE, OUTPUT_SHAPE = (2, 8, 20, 24), (2, 16, 10, 12)
+
+
+def forward_and_grads(model: nn.Module, input: torch.Tensor, grad_output: torch.Tensor):
+    """model(input), then the gradients of sum(output * grad_output) in input (which
+    requires grad) and in each of the model's parameters."""
+    output = model(input)
+    return (output, *torch.autograd.grad(output, (input, *model.parameters()), grad_output))
+
+
+def assert_all_close(actual, expected):
+    """Each tensor of ``actual`` equals its counterpart in ``expected`` to 1e-5."""
+    assert len(actual) == len(expected)
+    for a, b in zip(actual, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_graph_replays_forward_and_backward_with_new_input_and_stride():
+    """Guards CUDA graph capture of the layer's forward and backward (no host sync, the
+    stride read on the device): a replay after new input data and a new stride is copied in
+    place gives the eager output and gradients for that input and stride."""
+    torch.manual_seed(0)
+    layer = LSConv2d(**LAYER_ARGS).cuda()
+    static_input = torch.randn(INPUT_SHAPE, device='cuda', requires_grad=True)
+    grad_output = torch.randn(OUTPUT_SHAPE, device='cuda')
+    side = torch.cuda.Stream()  # warm-up on a side stream, as torch.cuda.graphs asks
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            forward_and_grads(layer, static_input, grad_output)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_results = forward_and_grads(layer, static_input, grad_output)
+    with torch.no_grad():
+        static_input.copy_(torch.randn(INPUT_SHAPE, device='cuda'))
+        layer.learnable_stride.copy_(torch.tensor([1.7, 2.3]))
+    graph.replay()
+    assert_all_close(static_results, forward_and_grads(layer, static_input, grad_output))
+
+
+def compiled_step(model: nn.Module, compiled: nn.Module, stride) -> None:
+    """Sets the model's stride, then checks one compiled forward and backward against eager
+    on a new input."""
+    with torch.no_grad():
+        model[0].learnable_stride.copy_(torch.tensor(stride))
+    input = torch.randn(INPUT_SHAPE, device='cuda', requires_grad=True)
+    grad_output = torch.randn(OUTPUT_SHAPE, device='cuda')
+    assert_all_close(forward_and_grads(compiled, input, grad_output),
+                     forward_and_grads(model, input, grad_output))
+
+
+def test_compile_reduce_overhead_matches_eager_and_follows_the_stride():
+    """Guards torch.compile(mode='reduce-overhead') (CUDA graphs) on a model holding LSConv2d:
+    each step's forward and backward match eager, and a stride changed in place between
+    calls is the one used (no value frozen at capture). The first calls warm up and record;
+    the later ones replay, each with another stride."""
+    torch.manual_seed(0)
+    model = nn.Sequential(LSConv2d(**LAYER_ARGS), nn.ReLU()).cuda()
+    compiled = torch.compile(model, mode='reduce-overhead')
+    for stride in [(2.0, 2.0), (1.7, 2.3), (2.4, 1.6), (1.9, 2.2), (2.0, 2.0)]:
+        compiled_step(model, compiled, stride)
+
+
+def test_no_host_sync_in_forward_and_backward():
+    """Guards against device-to-host reads (of the stride, say) in the forward and backward
+    of the layer and of the functional op given output_size: they run under
+    torch.cuda.set_sync_debug_mode('error'). A first run outside the mode does the one-time
+    initialisation."""
+    layer = LSConv2d(**LAYER_ARGS).cuda()
+    input = torch.randn(INPUT_SHAPE, device='cuda', requires_grad=True)
+    grad_output = torch.randn(OUTPUT_SHAPE, device='cuda')
+    stride = torch.tensor([1.7, 2.3], device='cuda', requires_grad=True)
+
+    def layer_and_functional():
+        forward_and_grads(layer, input, grad_output)
+        output = ls_conv2d(input, layer.weight, stride, layer.bias, padding=1,
+                           output_size=OUTPUT_SHAPE[2:])
+        torch.autograd.grad(output, (input, layer.weight, layer.bias, stride), grad_output)
+
+    layer_and_functional()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        layer_and_functional()
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+
+
+@pytest.mark.parametrize('cudnn_tf32,matmul_tf32', [(True, False), (False, True)])
+def test_float32_gemms_follow_cudnn_allow_tf32(cudnn_tf32, matmul_tf32):
+    """Guards the TF32 rule: LSConv's float32 GEMMs use TF32 when
+    torch.backends.cudnn.allow_tf32 says so, like F.conv2d, whatever
+    torch.backends.cuda.matmul.allow_tf32 says. At stride 1 with 256 * 3 * 3 products per
+    output, TF32 errs above 1e-5 relative to a float64 run (about as much as F.conv2d's),
+    float32 below. tests/conftest.py's full_precision_float32 restores both flags."""
+    torch.manual_seed(0)
+    layer = LSConv2d(256, 256, 3, stride=1, padding=1).cuda()
+    input = torch.randn(2, 256, 32, 32, device='cuda')
+    torch.backends.cudnn.allow_tf32 = cudnn_tf32
+    torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+    with torch.no_grad():
+        reference = copy.deepcopy(layer).double()(input.double())
+        lsconv_error = relative_error(layer(input), reference)
+        conv2d_error = relative_error(F.conv2d(input, layer.weight, layer.bias, padding=1),
+                                      reference)
+    if cudnn_tf32:
+        assert lsconv_error > 1e-5, (lsconv_error, conv2d_error)
+        assert conv2d_error / 10 < lsconv_error < conv2d_error * 10, (lsconv_error, conv2d_error)
+    else:
+        assert lsconv_error < 1e-5, (lsconv_error, conv2d_error)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs two GPUs')
+def test_layer_on_the_second_gpu_while_the_first_is_current():
+    """Guards the device guard: a layer and input on cuda:1, run while cuda:0 is the current
+    device, give their output and gradients on cuda:1, equal to the same run on cuda:0."""
+    torch.manual_seed(0)
+    layer = LSConv2d(**LAYER_ARGS)
+    input, grad_output = torch.randn(INPUT_SHAPE), torch.randn(OUTPUT_SHAPE)
+    with torch.cuda.device(0):
+        results = {device: forward_and_grads(copy.deepcopy(layer).to(device),
+                                             input.to(device).requires_grad_(),
+                                             grad_output.to(device))
+                   for device in ('cuda:0', 'cuda:1')}
+        assert torch.cuda.current_device() == 0
+    assert all(t.device == torch.device('cuda:1') for t in results['cuda:1'])
+    assert_all_close([t.cpu() for t in results['cuda:1']], [t.cpu() for t in results['cuda:0']])

@@ -4,9 +4,11 @@ torch's extension builder uses (its half-conversion macros included):
 - the torch-free kernel headers, with nvcc, for every dtype, index type and backward
   variant, for three GPU generations, warnings as errors;
 - the launchers (csrc/pytorch/cuda), with nvcc against this torch's headers;
-- the host code with its CUDA registrations (WITH_CUDA), with the C++ compiler.
+- the host code with its CUDA registrations (WITH_CUDA), with the C++ compiler;
+- and the kernels' PTX is read for float64 arithmetic and integer divisions.
 
 Nothing is linked or run: that needs a GPU machine (tests/test_cuda.py)."""
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,6 +21,7 @@ from conftest import require
 REPO = Path(__file__).resolve().parents[1]
 NVCC = shutil.which('nvcc')
 CXX = shutil.which('c++')
+CXXFILT = shutil.which('c++filt')
 # CUDA builds of torch generate one header that CPU wheels lack; a stand-in takes its place.
 TORCH_INCLUDES = [f'-I{REPO / "tests" / "cuda" / "torch_shim"}'] + [
     f'-I{path}' for path in cpp_extension.include_paths()]
@@ -35,7 +38,7 @@ def compile_ok(command, ours_only=False):
         assert not ours, '\n'.join(ours)
 
 
-@pytest.mark.parametrize('arch', ['sm_75', 'sm_80', 'sm_90'])
+@pytest.mark.parametrize('arch', ['sm_75', 'sm_80', 'sm_90', 'sm_100', 'sm_120'])
 def test_kernels_compile(arch, tmp_path):
     require(NVCC is not None, 'nvcc (the CUDA toolkit)')
     compile_ok([NVCC, '-std=c++17', *cpp_extension.COMMON_NVCC_FLAGS, f'-arch={arch}',
@@ -57,3 +60,55 @@ def test_host_code_with_cuda_registrations_compiles(tmp_path):
     compile_ok([CXX, '-std=c++20', '-DWITH_CUDA', *TORCH_INCLUDES, '-Wall', '-c',
                 str(REPO / 'csrc' / 'pytorch' / 'ls_conv.cpp'),
                 '-o', str(tmp_path / 'ls_conv.o')], ours_only=True)
+
+
+def ptx_kernels(tmp_path):
+    """The PTX of every kernel instantiation of tests/cuda/instantiate_kernels.cu (sm_80), by
+    demangled name without its parameter list."""
+    ptx = tmp_path / 'kernels.ptx'
+    compile_ok([NVCC, '-std=c++17', *cpp_extension.COMMON_NVCC_FLAGS, '-arch=sm_80', '-ptx',
+                '-I', str(REPO / 'csrc'), str(REPO / 'tests' / 'cuda' / 'instantiate_kernels.cu'),
+                '-o', str(ptx)])
+    bodies = re.split(r'\n(?=\.visible \.entry|\.entry)', ptx.read_text())[1:]
+    names = [re.search(r'\.entry\s+(\S+)\(', body).group(1) for body in bodies]
+    demangled = subprocess.run([CXXFILT], input='\n'.join(names), capture_output=True, text=True,
+                               check=True).stdout.splitlines()
+    return {name.split('(')[0].removeprefix('void '): body
+            for name, body in zip(demangled, bodies)}
+
+
+def instructions(body, pattern):
+    """The instructions of a PTX body whose opcode matches ``pattern``."""
+    opcodes = re.findall(r'^\s*(?:@!?%p\d+\s+)?([a-z][\w.]*)', body, re.MULTILINE)
+    return [opcode for opcode in opcodes if re.search(pattern, opcode)]
+
+
+# What float64 work a float, half or bfloat16 kernel may do: the stride gradient's final
+# reduction accumulates the per-block float32 partials in float64 (sum_block_partials).
+FLOAT64_MEMORY = re.compile(r'^(ld|st)\.')
+
+
+def test_low_precision_kernels_do_float32_sampling_math(tmp_path):
+    """The per-element kernels of float, half and bfloat16 do no float64 arithmetic (it runs
+    at 1/64 of the float32 rate on most GPUs): im2col and the deterministic gather have no
+    .f64 instruction at all; the backward kernels only the float64 accumulator of the stride
+    gradient's final sum (add, convert from float32, loads and stores). Sample positions
+    come from tables that ls_conv_tables_kernel computes once per call in float64. The
+    per-element index arithmetic has no integer division (the gather has one per thread,
+    and the compiler one per thread for the grid-stride loop's trip count)."""
+    require(NVCC is not None, 'nvcc (the CUDA toolkit)')
+    require(CXXFILT is not None, 'c++filt (binutils)')
+    kernels = ptx_kernels(tmp_path)
+    low_precision = [name for name in kernels if re.search(r'<(float|__half|__nv_bfloat16),', name)
+                     and 'tables_kernel' not in name]
+    assert len(low_precision) == 3 * 2 * 8, sorted(kernels)  # 3 dtypes x 2 index types x 8
+    for name in low_precision:
+        float64 = instructions(kernels[name], r'\.f64')
+        if 'backward_kernel' in name and re.search(r', (true|false), true, ', name):
+            arithmetic = [op for op in float64 if not FLOAT64_MEMORY.match(op)]
+            assert set(arithmetic) <= {'add.f64', 'cvt.f64.f32', 'mov.f64'}, (name, arithmetic)
+        else:
+            assert not float64, (name, float64)
+        divisions = instructions(kernels[name], r'^(div|rem)\.[su](32|64)$')
+        allowed = (2 if 'input_gradient' in name else 1) * (2 if ', long' in name else 1)
+        assert len(divisions) <= allowed, (name, divisions)

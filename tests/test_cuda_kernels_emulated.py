@@ -1,7 +1,9 @@
 """The CUDA kernels of csrc/common/cuda, run on the CPU through a stand-in for the CUDA execution
-model (tests/cuda/emulation): their indexing, grid-stride loops, block reduction, atomics and
-dtype conversions against an autograd reference, on machines without a GPU. Launchers, streams
-and real-GPU concurrency are left to tests/test_cuda.py on a GPU."""
+model (tests/cuda/emulation): the sampling tables made from the stride on the "device" and its
+check, the index arithmetic, grid-stride loops, block reductions (the last block's sum of the
+stride gradient), atomics and dtype conversions against an autograd reference, on machines
+without a GPU. Launchers, streams and real-GPU concurrency are left to tests/test_cuda.py on a
+GPU."""
 import ctypes
 import os
 import random
@@ -154,19 +156,22 @@ def check_backward_kernel(kernels, seed, dtype, index64, flags, pixel_stride=Non
     blocks = 1 + seed % 3
     want_input, want_stride, want_columns = bool(flags & 1), bool(flags & 2), bool(flags & 4)
     grad_input = torch.zeros(input.shape, dtype=accumulate) if want_input else None
-    partials = torch.full((blocks, 2), float('nan'), dtype=accumulate) if want_stride else None
+    stride_sum = torch.zeros(2, dtype=torch.float64)
     columns = torch.full(columns64.shape, float('nan'), dtype=dtype) if want_columns else None
     ints, stride = geometry_arguments(case)
+    # 0: the kernel ran, and its last block re-armed the block counter for the next tile.
     assert kernels.emulated_backward(
         DTYPE_CODES[dtype], int(index64), flags, pointer(grad_columns), pointer(input), ints,
         stride, ctypes.c_int64(row_begin), ctypes.c_int64(row_end), pointer(grad_input),
-        pointer(partials), pointer(columns), ctypes.c_uint(blocks)) == 0
+        pointer(stride_sum), pointer(columns), ctypes.c_uint(blocks)) == 0
     # The gradients are computed in float32 or float64 from the same rounded values.
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
     if want_input:
         assert_close(grad_input, expected_input, tolerance, 'grad_input')
     if want_stride:
-        assert_close(partials.sum(0), expected_stride, tolerance, 'stride partials')
+        assert_close(stride_sum, expected_stride, tolerance, 'stride gradient')
+    else:
+        assert not stride_sum.any()
     if want_columns:
         assert_close(columns, columns64.detach(), TOLERANCE[dtype], 'columns')
 
@@ -203,14 +208,14 @@ def test_input_gradient_kernel(kernels, seed, dtype, index64, stride):
 
 # The launch layer (csrc/common/cuda/ls_conv_cuda_launch.cuh): the decisions the CUDA
 # launchers make, run on the emulation, with a record of every launch.
-KINDS = {0: 'im2col', 1: 'backward', 2: 'input_gradient', 3: 'sum_partials'}
+KINDS = {0: 'im2col', 1: 'backward', 2: 'input_gradient', 3: 'tables'}
 INPUT, STRIDE, COLUMNS = 1, 2, 4
 INT32_MAX = 2 ** 31 - 1
 
 
 def launch_tile_case():
     """Two images; the tile [3, 13) of their 16 output rows ends one image and starts the
-    next (two partial input boxes), and has enough columns for 15 blocks of 256 threads."""
+    next (two partial images), and has enough columns for 15 blocks of 256 threads."""
     gen = torch.Generator().manual_seed(7)
     case = Case(input=torch.randn(2, 3, 11, 12, generator=gen, dtype=torch.float64),
                 weight=torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64),
@@ -238,6 +243,13 @@ def test_index_width_decision(kernels):
         [1, 1, 2, 4 * 32]
 
 
+def tiled_reference(input64, stride64, case, bounds):
+    """The columns of consecutive tiles [bounds[k], bounds[k + 1]), each tile's matrix after
+    the previous one's (as the host code's tile buffers hold them), flattened."""
+    return torch.cat([reference_columns(input64, stride64, case, begin, end).flatten()
+                      for begin, end in zip(bounds[:-1], bounds[1:])])
+
+
 @pytest.mark.parametrize('index64', [False, True], ids=['int32', 'int64'])
 @pytest.mark.parametrize('deterministic', [False, True], ids=['atomic', 'deterministic'])
 @pytest.mark.parametrize('want', [1, 2, 3, 5, 6, 7],
@@ -245,9 +257,9 @@ def test_index_width_decision(kernels):
                               'stride+columns', 'all'])
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32], ids=str)
 def test_backward_tile_launches(kernels, dtype, want, deterministic, index64):
-    """The kernels launched for the gradients asked for (the variant, scatter or gather of
-    the input gradient, the index width, the partials' sum) and what they compute: the
-    stride gradient summed over every block."""
+    """The kernels launched for the gradients asked for (the tables first, then the variant,
+    scatter or gather of the input gradient, the index width) and what they compute: the
+    stride gradient summed over every block by the last one, with no launch of its own."""
     case, row_begin, row_end = launch_tile_case()
     input = case.input.detach().to(dtype)
     input64 = input.double().requires_grad_()
@@ -260,18 +272,18 @@ def test_backward_tile_launches(kernels, dtype, want, deterministic, index64):
         (columns64 * grad_columns.double()).sum(), (input64, stride64))
     multiprocessors = 1  # at most 32 blocks
     grad_input = torch.zeros(input.shape, dtype=accumulate)
-    block_partials = torch.full((32, 2), float('nan'), dtype=accumulate)
-    stride_sum = torch.tensor([0.25, -0.5], dtype=torch.float64)  # earlier tiles' sum
+    stride_sum = torch.full((2, ), float('nan'), dtype=torch.float64)
     columns = torch.full(columns64.shape, float('nan'), dtype=dtype)
     record = (ctypes.c_int64 * 64)()
     ints, stride = geometry_arguments(case)
     count = kernels.emulated_backward_tile(
         DTYPE_CODES[dtype], want, int(deterministic), multiprocessors, pointer(grad_columns),
         pointer(input), ctypes.c_int64(INT32_MAX + 1 if index64 else input.numel()), ints, stride,
-        ctypes.c_int64(row_begin), ctypes.c_int64(row_end), pointer(grad_input),
-        pointer(block_partials), pointer(stride_sum), pointer(columns), record, 16)
+        ctypes.c_int64(row_begin), ctypes.c_int64(row_end), 1, pointer(grad_input),
+        pointer(stride_sum), pointer(columns), record, 16)
     launches = recorded_launches(record, count)
 
+    assert launches[0] == ('tables', 8, 0, 1)  # the stride read once, on the device
     scatter = bool(want & INPUT) and not deterministic
     expected_variant = (INPUT if scatter else 0) | (want & STRIDE) | (want & COLUMNS)
     passes = [launch for launch in launches if launch[0] in ('backward', 'im2col')]
@@ -283,12 +295,8 @@ def test_backward_tile_launches(kernels, dtype, want, deterministic, index64):
         assert [kind for kind, *_ in passes] == (['im2col'] if want & COLUMNS else [])
     gathers = [launch for launch in launches if launch[0] == 'input_gradient']
     assert len(gathers) == (2 if want & INPUT and deterministic else 0)
-    sums = [launch for launch in launches if launch[0] == 'sum_partials']
-    if want & STRIDE:
-        assert launches[-1] == ('sum_partials', 8, 0, 1) and len(sums) == 1
-    else:
-        assert not sums
-    widths = {width for kind, width, *_ in launches if kind != 'sum_partials'}
+    assert len(launches) == 1 + len(passes) + len(gathers)
+    widths = {width for kind, width, *_ in launches if kind != 'tables'}
     assert widths == {8 if index64 else 4}
 
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
@@ -297,14 +305,44 @@ def test_backward_tile_launches(kernels, dtype, want, deterministic, index64):
     else:
         assert not grad_input.any()
     if want & STRIDE:
-        assert_close(stride_sum - torch.tensor([0.25, -0.5], dtype=torch.float64),
-                     expected_stride, tolerance, 'stride gradient')
+        assert_close(stride_sum, expected_stride, tolerance, 'stride gradient')
     else:
-        assert stride_sum.tolist() == [0.25, -0.5]
+        assert stride_sum.tolist() == [0.0, 0.0]  # zeroed by the tables kernel
     if want & COLUMNS:
         assert_close(columns, columns64.detach(), TOLERANCE[dtype], 'columns')
     else:
         assert columns.isnan().all()
+
+
+@pytest.mark.parametrize('deterministic', [False, True], ids=['atomic', 'deterministic'])
+@pytest.mark.parametrize('tiles', [2, 3, 7])
+def test_tiles_accumulate_gradients(kernels, tiles, deterministic):
+    """Consecutive tiles of one call add their input and stride gradients: the last block of
+    each tile's backward re-arms the block counter for the next one."""
+    case, row_begin, row_end = launch_tile_case()
+    step = (row_end - row_begin) // tiles  # the last tile takes the rest
+    bounds = [row_begin + k * step for k in range(tiles)] + [row_end]
+    input64 = case.input.detach().clone().requires_grad_()
+    stride64 = case.stride.detach().clone().requires_grad_()
+    columns64 = tiled_reference(input64, stride64, case, bounds)
+    grad_columns = torch.randn(columns64.shape, generator=torch.Generator().manual_seed(2),
+                               dtype=torch.float64)
+    expected_input, expected_stride = torch.autograd.grad((columns64 * grad_columns).sum(),
+                                                          (input64, stride64))
+    grad_input = torch.zeros(input64.shape, dtype=torch.float64)
+    stride_sum = torch.zeros(2, dtype=torch.float64)
+    record = (ctypes.c_int64 * 64)()
+    ints, stride = geometry_arguments(case)
+    count = kernels.emulated_backward_tile(
+        DTYPE_CODES[torch.float64], INPUT | STRIDE, int(deterministic), 1, pointer(grad_columns),
+        pointer(input64.detach()), ctypes.c_int64(input64.numel()), ints, stride,
+        ctypes.c_int64(row_begin), ctypes.c_int64(row_end), tiles, pointer(grad_input),
+        pointer(stride_sum), None, record, 16)
+    passes = [launch for launch in recorded_launches(record, min(count, 16))
+              if launch[0] == 'backward']
+    assert len(passes) == tiles
+    assert_close(grad_input, expected_input, 1e-12, 'grad_input')
+    assert_close(stride_sum, expected_stride, 1e-12, 'stride gradient')
 
 
 @pytest.mark.parametrize('index64', [False, True], ids=['int32', 'int64'])
@@ -319,15 +357,16 @@ def test_im2col_tile_launch(kernels, index64):
         DTYPE_CODES[torch.float64], 1, pointer(input),
         ctypes.c_int64(INT32_MAX + 1 if index64 else input.numel()), ints, stride,
         ctypes.c_int64(row_begin), ctypes.c_int64(row_end), pointer(columns), record, 2)
-    assert recorded_launches(record, count) == [('im2col', 8 if index64 else 4, 0, 15)]
+    assert recorded_launches(record, count) == [('tables', 8, 0, 1),
+                                                ('im2col', 8 if index64 else 4, 0, 15)]
     assert_close(columns, expected, 1e-12, 'columns')
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize('blocks', [1, 255, 1000, 4224])  # 4224: 32 blocks x 132 SMs (H100)
-def test_sum_partials_kernel(kernels, dtype, blocks):
-    """Every block's partial is summed (the threads loop when blocks > 256), in float64,
-    and added to what earlier tiles left."""
+def test_sum_partials(kernels, dtype, blocks):
+    """The last block's sum of the per-block partials covers every block (the threads loop
+    when blocks > 256), in float64, and adds to what earlier tiles left."""
     partials = torch.randn(blocks, 2, generator=torch.Generator().manual_seed(blocks),
                            dtype=torch.float64).to(dtype)
     stride_sum = torch.tensor([0.25, -0.5], dtype=torch.float64)
@@ -335,3 +374,97 @@ def test_sum_partials_kernel(kernels, dtype, blocks):
                                          ctypes.c_int64(blocks), pointer(stride_sum)) == 0
     expected = partials.double().sum(0) + torch.tensor([0.25, -0.5], dtype=torch.float64)
     torch.testing.assert_close(stride_sum, expected, rtol=1e-13, atol=1e-13)
+
+
+def emulated_tables(kernels, case, stride, stride_dtype=torch.float64, acc=torch.float64):
+    """The tables kernel's output for `case` and stride values `stride`: h and w samples
+    (low, high, weight_low, weight_high per entry), the sources and reach ranges, and
+    whether the device-side assertion fired."""
+    _, _, height, width = case.input.shape
+    kh, kw = case.weight.shape[2:]
+    out_h, out_w = case.output_size
+    h = torch.empty(kh * out_h, 4, dtype=torch.float64)
+    w = torch.empty(kw * out_w, 4, dtype=torch.float64)
+    h_sources = torch.empty(kh * height, 2, dtype=torch.int64)
+    w_sources = torch.empty(kw * width, 2, dtype=torch.int64)
+    reach = torch.empty(out_h, 2, dtype=torch.int64)
+    ints, _ = geometry_arguments(case)
+    stride_values = torch.tensor(stride, dtype=stride_dtype)
+    fired = kernels.emulated_tables(int(acc == torch.float64), int(stride_dtype == torch.float64),
+                                    pointer(stride_values), ints, pointer(h), pointer(w),
+                                    pointer(h_sources), pointer(w_sources), pointer(reach))
+    return h, w, h_sources, w_sources, reach, fired
+
+
+@pytest.mark.parametrize('stride', [(1.37, 0.83), (2.0, 1.0), (0.25, 3.5)], ids=str)
+@pytest.mark.parametrize('stride_dtype', [torch.float32, torch.float64], ids=str)
+def test_tables_kernel(kernels, stride, stride_dtype):
+    """The tables hold each sample's neighbours and weights (MMCV's rule, float64 positions
+    from the stride in its dtype); the sources of each input pixel hold every output index
+    whose sample gives it weight, and the reach of each output row every input row its
+    samples give weight to."""
+    case, _, _ = launch_tile_case()
+    h, w, h_sources, w_sources, reach, fired = emulated_tables(kernels, case, stride,
+                                                               stride_dtype)
+    assert fired == 0
+    _, _, height, width = case.input.shape
+    kh, kw = case.weight.shape[2:]
+    out_h, out_w = case.output_size
+    s = torch.tensor(stride, dtype=stride_dtype).double()
+    for table, sources, taps, outs, size, k in ((h, h_sources, kh, out_h, height, 0),
+                                                (w, w_sources, kw, out_w, width, 1)):
+        out = torch.arange(outs, dtype=torch.float64)
+        tap = torch.arange(taps, dtype=torch.float64)[:, None]
+        position = out * s[k] - case.padding[k] + tap * case.dilation[k]  # (taps, outs)
+        weights = interpolation_matrix(position, size)  # (taps, outs, size)
+        table = table.view(taps, outs, 4)
+        low, high = table[..., 0].long(), table[..., 1].long()
+        rebuilt = torch.zeros_like(weights)
+        rebuilt.scatter_add_(2, low[..., None], table[..., 2:3])
+        rebuilt.scatter_add_(2, high[..., None], table[..., 3:4])
+        torch.testing.assert_close(rebuilt, weights, rtol=0, atol=1e-15)
+        sources = sources.view(taps, size, 2)
+        for t in range(taps):
+            for pixel in range(size):
+                givers = weights[t, :, pixel].nonzero().flatten().tolist()
+                begin, end = sources[t, pixel].tolist()
+                assert all(begin <= o < end for o in givers), (t, pixel, givers, begin, end)
+    weights_h = interpolation_matrix(
+        torch.arange(out_h, dtype=torch.float64)[:, None] * s[0] - case.padding[0] +
+        torch.arange(kh, dtype=torch.float64) * case.dilation[0], height)  # (out_h, kh, H)
+    for a in range(out_h):
+        rows = weights_h[a].abs().sum(0).nonzero().flatten().tolist()
+        begin, end = reach[a].tolist()
+        assert all(begin <= y < end for y in rows), (a, rows, begin, end)
+
+
+@pytest.mark.parametrize('stride', [(float('nan'), 1.0), (1.0, float('inf')), (0.0, 1.0),
+                                    (1.0, -2.0), (-float('inf'), 1.0)], ids=str)
+@pytest.mark.parametrize('stride_dtype', [torch.float32, torch.float64], ids=str)
+def test_tables_kernel_asserts_on_invalid_stride(kernels, stride, stride_dtype):
+    """A non-finite or non-positive stride stops the tables kernel with a device-side
+    assertion (recorded by the emulation): the CUDA path checks it without a sync."""
+    case, _, _ = launch_tile_case()
+    *_, fired = emulated_tables(kernels, case, stride, stride_dtype, acc=torch.float32)
+    assert fired == 1
+    *_, fired = emulated_tables(kernels, case, (1.5, 0.5), stride_dtype, acc=torch.float32)
+    assert fired == 0
+
+
+@pytest.mark.parametrize('index64', [False, True], ids=['int32', 'int64'])
+def test_fast_divider(kernels, index64):
+    """The kernels' division by multiplication gives n // d for every n in the index range,
+    including the edges of the range and of each quotient."""
+    divide = kernels.emulated_fast_divide
+    divide.argtypes, divide.restype = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64], \
+        ctypes.c_int64
+    largest = 2 ** 63 - 1 if index64 else INT32_MAX
+    rng = random.Random(5)
+    divisors = [1, 2, 3, 7, 9, 14, 25, 255, 256, 257, 3780, 65535, 65536, 10 ** 6 + 3,
+                largest // 2, largest - 1, largest] + [rng.randrange(1, largest) for _ in range(40)]
+    for d in divisors:
+        numerators = {0, 1, d - 1, d, d + 1, largest, largest - 1, largest - largest % d,
+                      largest - largest % d - 1} | {rng.randrange(0, largest) for _ in range(40)}
+        for n in numerators:
+            if 0 <= n <= largest:
+                assert divide(int(index64), n, d) == n // d, (n, d)

@@ -79,27 +79,36 @@ def test_stride_values_checked_by_the_pure_pytorch_fallback(values, monkeypatch)
 
 @pytest.mark.parametrize('values', BAD_STRIDE_VALUES, ids=str)
 def test_stride_values_checked_by_the_compiled_op(values):
-    with pytest.raises(RuntimeError, match='expected finite values > 0'):
+    """The CPU kernels read the stride and raise ValueError, as the Python layer does (CUDA
+    checks it on the device: tests/test_cuda_kernels_emulated.py)."""
+    with pytest.raises(ValueError, match='expected finite values > 0'):
         ls_conv2d(**good_args(stride=torch.tensor(values)), output_size=(4, 4))
 
 
-@pytest.mark.parametrize('changes,message', [
-    (dict(input=torch.randn(4, 8, 8)), 'input.dim()=3 expected 4'),
-    (dict(weight=torch.randn(6, 4, 3, 3)), 'weight.size(1)=4 expected'),
-    (dict(groups=3), 'expected a multiple of groups=3'),
-    (dict(stride=torch.tensor([0.0, 2.0])), 'stride=(0, 2) expected finite values > 0'),
-    (dict(stride=torch.tensor([1.0, 2.0, 3.0])), 'stride.shape=[3] expected [2]'),
-    (dict(input=torch.randn(2, 4, 8, 8).double()), 'weight.dtype=Float expected Double'),
-    (dict(input=torch.ones(2, 4, 8, 8, dtype=torch.int32)), 'input.dtype=Int expected float32'),
+@pytest.mark.parametrize('changes,error,message', [
+    (dict(input=torch.randn(4, 8, 8)), ValueError, 'input.dim()=3 expected 4'),
+    (dict(weight=torch.randn(6, 4, 3, 3)), ValueError, 'weight.size(1)=4 expected'),
+    (dict(groups=3), ValueError, 'expected a multiple of groups=3'),
+    (dict(stride=torch.tensor([0.0, 2.0])), ValueError,
+     'stride=(0, 2) expected finite values > 0'),
+    (dict(stride=torch.tensor([1.0, 2.0, 3.0])), ValueError, 'stride.shape=[3] expected [2]'),
+    (dict(input=torch.randn(2, 4, 8, 8).double()), TypeError,
+     'weight.dtype=Float expected Double'),
+    (dict(input=torch.ones(2, 4, 8, 8, dtype=torch.int32)), TypeError,
+     'input.dtype=Int expected float32'),
     (dict(input=torch.randn(2, 4, 8, 8).bfloat16(), weight=torch.randn(6, 2, 3, 3).bfloat16(),
-          bias=torch.randn(6).bfloat16()), 'input.dtype=BFloat16 expected float32 or float64 on cpu'),
-    (dict(stride=torch.tensor([1, 2])), 'stride.dtype=Long expected a floating-point dtype'),
-    (dict(weight=torch.randn(6, 2, 11, 3)), 'kernel extent=11 along h'),
-    (dict(bias=torch.randn(5)), 'bias.shape=[5] expected [6]'),
+          bias=torch.randn(6).bfloat16()), TypeError,
+     'input.dtype=BFloat16 expected float32 or float64 on cpu'),
+    (dict(stride=torch.tensor([1, 2])), TypeError,
+     'stride.dtype=Long expected a floating-point dtype'),
+    (dict(weight=torch.randn(6, 2, 11, 3)), ValueError, 'kernel extent=11 along h'),
+    (dict(bias=torch.randn(5)), ValueError, 'bias.shape=[5] expected [6]'),
 ])
-def test_compiled_op_names_the_argument(changes, message):
+def test_compiled_op_names_the_argument(changes, error, message):
+    """The C++ checks raise the Python layer's error types: ValueError for bad values and
+    shapes, TypeError for bad dtypes."""
     args = good_args(**changes)
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(error) as info:
         torch.ops.mmlstride.ls_conv2d(args['input'], args['weight'], args['bias'], args['stride'],
                                       (1, 1), (1, 1), args['groups'], (4, 4))
     assert message in str(info.value)
@@ -107,7 +116,7 @@ def test_compiled_op_names_the_argument(changes, message):
 
 def test_backward_op_checks_grad_output():
     args = good_args()
-    with pytest.raises(RuntimeError, match=r'grad_output.shape=\[2, 5, 4, 4\] expected \[2, 6'):
+    with pytest.raises(ValueError, match=r'grad_output.shape=\[2, 5, 4, 4\] expected \[2, 6'):
         torch.ops.mmlstride.ls_conv2d_backward(torch.randn(2, 5, 4, 4), args['input'],
                                                args['weight'], args['stride'], (1, 1), (1, 1), 2,
                                                [True] * 4)
@@ -118,6 +127,12 @@ def test_backward_op_checks_grad_output():
     (dict(padding_mode='reflect'), "padding_mode='reflect' expected 'zeros'"),
     (dict(stride_bounds=(0.0, 2.0)), 'stride_bounds=(0.0, 2.0) expected'),
     (dict(stride_bounds=(1.5, 2.0)), 'stride_bounds=(1.5, 2.0) expected'),
+    (dict(stride=0), 'stride=0 expected an int >= 1 or a pair of ints >= 1'),
+    (dict(stride=-1), 'stride=-1 expected an int >= 1'),
+    (dict(stride=(2, 0)), 'stride=(2, 0) expected an int >= 1'),
+    (dict(stride=1.5), 'stride=1.5 expected an int >= 1'),
+    (dict(stride=True), 'stride=True expected an int >= 1'),
+    (dict(stride=(1, 2, 3)), 'stride=(1, 2, 3) expected an int >= 1'),
 ])
 def test_layer_arguments(kwargs, message):
     with pytest.raises(ValueError) as info:

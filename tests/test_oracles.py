@@ -1,5 +1,8 @@
 """The compiled op against independent references: values and every gradient, on every device
 (``device`` fixture, tests/conftest.py)."""
+import os
+import subprocess
+import sys
 from functools import partial
 
 import pytest
@@ -269,3 +272,43 @@ def test_cpu_is_bitwise_deterministic_across_runs_and_threads():
     for result in results[1:]:
         for name, value in result.items():
             assert torch.equal(value, results[0][name]), name
+
+
+GEMM_AS_CONVOLUTION_CHECK = '''
+import torch
+from torch.profiler import profile
+from mmlstride.testing import Case, float64_reference_errors, random_case
+
+cases = [random_case(seed) for seed in range(12)]
+gen = torch.Generator().manual_seed(0)  # several tiles, bias, groups
+cases.append(Case(input=torch.randn(2, 64, 60, 200, generator=gen, dtype=torch.float64),
+                  weight=torch.randn(32, 32, 3, 3, generator=gen, dtype=torch.float64),
+                  stride=torch.tensor([1.9, 2.1], dtype=torch.float64),
+                  bias=torch.randn(32, generator=gen, dtype=torch.float64), padding=(1, 1),
+                  dilation=(1, 1), groups=2, output_size=(30, 100)))
+print(max(max(float64_reference_errors(case, torch.float32, 'cpu').values()) for case in cases))
+with profile() as prof:
+    case = cases[-1].to(torch.float32)
+    out = torch.ops.mmlstride.ls_conv2d(case.input, case.weight, case.bias, case.stride,
+                                        case.padding, case.dilation, case.groups, case.output_size)
+    out.sum().backward()
+print(sorted({event.name for event in prof.events() if event.name.startswith('aten::conv')}))
+'''
+
+
+@pytest.mark.parametrize('forced', [True, False], ids=['convolution', 'bmm'])
+def test_float32_gemms_as_1x1_convolutions(forced):
+    """The float32 GEMMs that CUDA runs as 1x1 convolutions (so that they follow cuDNN's TF32
+    rule, as F.conv2d does) compute the op, gradients included, when the CPU is made to take
+    that path too (MMLSTRIDE_GEMM_AS_CONVOLUTION=1); by default the CPU multiplies
+    matrices."""
+    environment = dict(os.environ, MMLSTRIDE_GEMM_AS_CONVOLUTION='1' if forced else '0')
+    result = subprocess.run([sys.executable, '-c', GEMM_AS_CONVOLUTION_CHECK], env=environment,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    worst, convolutions = result.stdout.strip().splitlines()
+    assert float(worst) < 1e-4
+    if forced:
+        assert 'aten::convolution' in convolutions and 'aten::convolution_backward' in convolutions
+    else:
+        assert convolutions == '[]'

@@ -1,13 +1,16 @@
 """The benchmark tool runs end to end on a tiny shape and writes what it promises; the build
-script's errors."""
+script's errors and default CUDA architectures."""
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import require
 
 TOOLS = Path(__file__).resolve().parents[1] / 'tools'
 
@@ -73,3 +76,64 @@ def test_setup_cuda_home_without_the_toolkit(tmp_path):
     assert result.returncode != 0
     assert f'CUDA_HOME={tmp_path} expected the CUDA toolkit (its lib64/libcudart.so is ' \
            'missing)' in result.stderr
+
+
+def load_setup():
+    """setup.py as a module, its functions without the build (main() runs only as __main__)."""
+    spec = importlib.util.spec_from_file_location('mmlstride_setup', REPO / 'setup.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PRE_BLACKWELL = '7.5;8.0;8.6;8.9;9.0+PTX'
+WITH_BLACKWELL = '7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX'
+NVCC_12_4_ARCHS = [f'compute_{v}' for v in (50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89,
+                                            90)]
+NVCC_12_8_ARCHS = NVCC_12_4_ARCHS + ['compute_100', 'compute_101', 'compute_120']
+NVCC_13_0_ARCHS = [f'compute_{v}' for v in (75, 80, 86, 87, 88, 89, 90, 100, 110, 103, 120,
+                                            121)]
+
+
+@pytest.mark.parametrize('nvcc_archs,expected', [
+    (NVCC_12_4_ARCHS, PRE_BLACKWELL),
+    (NVCC_12_8_ARCHS, WITH_BLACKWELL),
+    (NVCC_13_0_ARCHS, WITH_BLACKWELL),
+    ([], PRE_BLACKWELL),
+], ids=['cuda-12.4', 'cuda-12.8', 'cuda-13.0', 'nvcc-not-run'])
+def test_default_cuda_arch_list(nvcc_archs, expected):
+    """Without a GPU the build covers Turing to what nvcc supports, Blackwell from CUDA 12.8,
+    PTX on the newest; the Turing-to-Hopper list when nvcc could not be asked."""
+    assert load_setup().default_cuda_arch_list(nvcc_archs) == expected
+
+
+def test_nvcc_gpu_archs_when_nvcc_cannot_run(tmp_path):
+    """A missing nvcc gives no architectures (the default list), not an error."""
+    assert load_setup().nvcc_gpu_archs(str(tmp_path / 'nvcc')) == []
+
+
+def test_default_cuda_arch_list_from_the_real_nvcc():
+    """The nvcc on PATH answers --list-gpu-arch as parsed, and one that knows Blackwell
+    (CUDA >= 12.8) gets it."""
+    nvcc = shutil.which('nvcc')
+    require(nvcc is not None, 'nvcc (the CUDA toolkit)')
+    setup_module = load_setup()
+    archs = setup_module.nvcc_gpu_archs(nvcc)
+    assert 'compute_90' in archs
+    expected = WITH_BLACKWELL if 'compute_120' in archs else PRE_BLACKWELL
+    assert setup_module.default_cuda_arch_list(archs) == expected
+
+
+def test_count_launches_sees_gemms_in_place_with_the_bias(capsys):
+    """tools/count_launches.py counts the host code's memory-touching ATen calls: for a tile
+    that is one whole image the forward GEMM adds the bias and writes the output in place and
+    the backward reads grad_output in place (no copy, no separate bias add); for whole images
+    with groups=1 the forward still writes in place, the backward copies grad_output."""
+    tool = load_tool('count_launches')
+    one_image = tool.count('one image', 1, 4, 12, 'cpu')['calls']
+    assert one_image['aten::baddbmm'] == 1 and one_image['aten::bmm'] == 1
+    assert 'aten::copy_' not in one_image and 'aten::add_' not in one_image, one_image
+    two_images = tool.count('two images', 2, 4, 12, 'cpu')['calls']
+    assert two_images['aten::copy_'] == 1 and 'aten::add_' not in two_images, two_images
+    tool.main([])
+    assert 'r50-s2' in capsys.readouterr().out

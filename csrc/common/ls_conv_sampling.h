@@ -24,7 +24,8 @@
 
 namespace mmlstride {
 
-// Shapes, padding, dilation and the (real) stride of one LSConv call.
+// Shapes, padding and dilation of one LSConv call. The stride is a tensor, read where
+// each backend reads it (CPU: its values, RealStride; CUDA: tables made on the device).
 struct LSConvGeometry {
   int64_t channels;
   int64_t height, width;
@@ -32,7 +33,11 @@ struct LSConvGeometry {
   int64_t pad_h, pad_w;
   int64_t dilation_h, dilation_w;
   int64_t out_h, out_w;
-  double stride_h, stride_w;
+};
+
+// The values of the stride, on the host.
+struct RealStride {
+  double h, w;
 };
 
 // Interpolation along one axis at a real position: the two neighbours, their

@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <tuple>
 
 #include "ls_conv_kernels.h"
@@ -48,73 +50,79 @@ void bmm_float32_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) 
 }
 
 void check_like_input(const at::Tensor& t, const char* name, const at::Tensor& input) {
-  TORCH_CHECK(t.device() == input.device(), name, ".device=", t.device(), " expected ",
-              input.device(), " (the device of input)");
-  TORCH_CHECK(t.scalar_type() == input.scalar_type(), name, ".dtype=", t.scalar_type(),
-              " expected ", input.scalar_type(), " (the dtype of input)");
+  TORCH_CHECK_VALUE(t.device() == input.device(), name, ".device=", t.device(), " expected ",
+                    input.device(), " (the device of input)");
+  TORCH_CHECK_TYPE(t.scalar_type() == input.scalar_type(), name, ".dtype=", t.scalar_type(),
+                   " expected ", input.scalar_type(), " (the dtype of input)");
 }
 
 void check_pair(at::IntArrayRef values, const char* name, int64_t minimum) {
-  TORCH_CHECK(values.size() == 2, name, " has ", values.size(), " entries, expected 2");
+  TORCH_CHECK_VALUE(values.size() == 2, name, " has ", values.size(), " entries, expected 2");
   for (const int64_t v : values) {
-    TORCH_CHECK(v >= minimum, name, "=", values, " expected entries >= ", minimum);
+    TORCH_CHECK_VALUE(v >= minimum, name, "=", values, " expected entries >= ", minimum);
   }
 }
 
-// Checks the arguments shared by forward and backward; returns the geometry,
-// reading the stride values (which must be positive and finite).
+// Checks the arguments shared by forward and backward (bad values raise ValueError, bad
+// dtypes TypeError, as the Python layer does) and returns the geometry. The stride's
+// values are not read here: see PreparedStride.
 LSConvGeometry make_geometry(const at::Tensor& input, const at::Tensor& weight,
                              const at::Tensor& stride, at::IntArrayRef padding,
                              at::IntArrayRef dilation, int64_t groups, at::IntArrayRef output_size) {
-  TORCH_CHECK(input.dim() == 4, "input.dim()=", input.dim(), " expected 4 (N, C, H, W)");
-  TORCH_CHECK(weight.dim() == 4, "weight.dim()=", weight.dim(),
-              " expected 4 (out_channels, in_channels / groups, kernel_h, kernel_w)");
+  TORCH_CHECK_VALUE(input.dim() == 4, "input.dim()=", input.dim(), " expected 4 (N, C, H, W)");
+  TORCH_CHECK_VALUE(weight.dim() == 4, "weight.dim()=", weight.dim(),
+                    " expected 4 (out_channels, in_channels / groups, kernel_h, kernel_w)");
   const at::ScalarType dtype = input.scalar_type();
   if (input.is_cuda()) {
-    TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
-                    dtype == at::kBFloat16,
-                "input.dtype=", dtype, " expected float32, float64, float16 or bfloat16");
+    TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+                         dtype == at::kBFloat16,
+                     "input.dtype=", dtype, " expected float32, float64, float16 or bfloat16");
   } else {
-    TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "input.dtype=", dtype,
-                " expected float32 or float64 on ", input.device().type(),
-                " (float16 and bfloat16 run on CUDA)");
+    TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble, "input.dtype=", dtype,
+                     " expected float32 or float64 on ", input.device().type(),
+                     " (float16 and bfloat16 run on CUDA)");
   }
   check_like_input(weight, "weight", input);
-  // The stride keeps its own floating dtype (float32 under autocast, say): it
-  // is read in float64 and its gradient is returned in its dtype.
-  TORCH_CHECK(stride.device() == input.device(), "stride.device=", stride.device(), " expected ",
-              input.device(), " (the device of input)");
-  TORCH_CHECK(at::isFloatingType(stride.scalar_type()), "stride.dtype=", stride.scalar_type(),
-              " expected a floating-point dtype");
-  TORCH_CHECK(stride.dim() == 1 && stride.size(0) == 2, "stride.shape=", stride.sizes(),
-              " expected [2] (stride_h, stride_w)");
+  // The stride keeps its own floating dtype (float32 under autocast, say): it is read
+  // in float64 and its gradient is returned in its dtype.
+  TORCH_CHECK_VALUE(stride.device() == input.device(), "stride.device=", stride.device(),
+                    " expected ", input.device(), " (the device of input)");
+  TORCH_CHECK_TYPE(at::isFloatingType(stride.scalar_type()), "stride.dtype=",
+                   stride.scalar_type(), " expected a floating-point dtype");
+  TORCH_CHECK_VALUE(stride.dim() == 1 && stride.size(0) == 2, "stride.shape=", stride.sizes(),
+                    " expected [2] (stride_h, stride_w)");
   check_pair(padding, "padding", 0);
   check_pair(dilation, "dilation", 1);
   check_pair(output_size, "output_size", 1);
-  TORCH_CHECK(groups >= 1, "groups=", groups, " expected >= 1");
+  TORCH_CHECK_VALUE(groups >= 1, "groups=", groups, " expected >= 1");
   const int64_t channels = input.size(1);
   const int64_t out_channels = weight.size(0);
-  TORCH_CHECK(channels % groups == 0, "input channels=", channels, " expected a multiple of groups=",
-              groups);
-  TORCH_CHECK(out_channels % groups == 0, "weight.size(0)=", out_channels,
-              " expected a multiple of groups=", groups);
-  TORCH_CHECK(weight.size(1) * groups == channels, "weight.size(1)=", weight.size(1),
-              " expected input channels / groups = ", channels / groups);
+  TORCH_CHECK_VALUE(channels % groups == 0, "input channels=", channels,
+                    " expected a multiple of groups=", groups);
+  TORCH_CHECK_VALUE(out_channels % groups == 0, "weight.size(0)=", out_channels,
+                    " expected a multiple of groups=", groups);
+  TORCH_CHECK_VALUE(weight.size(1) * groups == channels, "weight.size(1)=", weight.size(1),
+                    " expected input channels / groups = ", channels / groups);
   for (int axis = 0; axis < 2; ++axis) {
     const int64_t extent = dilation[axis] * (weight.size(2 + axis) - 1) + 1;
     const int64_t padded = input.size(2 + axis) + 2 * padding[axis];
-    TORCH_CHECK(extent <= padded, "kernel extent=", extent, " along ", axis == 0 ? "h" : "w",
-                " expected <= padded input size=", padded);
+    TORCH_CHECK_VALUE(extent <= padded, "kernel extent=", extent, " along ",
+                      axis == 0 ? "h" : "w", " expected <= padded input size=", padded);
   }
-  const at::Tensor stride_values = stride.detach().to(at::kCPU, at::kDouble);
-  const double stride_h = stride_values.data_ptr<double>()[0];
-  const double stride_w = stride_values.data_ptr<double>()[1];
-  TORCH_CHECK(std::isfinite(stride_h) && std::isfinite(stride_w) && stride_h > 0 && stride_w > 0,
-              "stride=(", stride_h, ", ", stride_w, ") expected finite values > 0");
-  return LSConvGeometry{channels,        input.size(2),  input.size(3),  weight.size(2),
-                        weight.size(3),  padding[0],     padding[1],     dilation[0],
-                        dilation[1],     output_size[0], output_size[1], stride_h,
-                        stride_w};
+  return LSConvGeometry{channels,       input.size(2),  input.size(3), weight.size(2),
+                        weight.size(3), padding[0],     padding[1],    dilation[0],
+                        dilation[1],    output_size[0], output_size[1]};
+}
+
+// The stride as the backend reads it (CUDA: tables made on the device, no host sync; CPU:
+// its values), with the stride gradient's partial sums when `stride_gradient`.
+PreparedStride prepare_stride(const at::Tensor& stride, const at::Tensor& input,
+                              const LSConvGeometry& g, bool stride_gradient) {
+  RECORD_FUNCTION("mmlstride::prepare_stride", std::vector<c10::IValue>());
+#ifdef WITH_CUDA
+  if (input.is_cuda()) return ls_conv_prepare_cuda(stride, input, g, stride_gradient);
+#endif
+  return ls_conv_prepare_cpu(stride, g, input.size(0), stride_gradient);
 }
 
 // Output rows per tile so that its columns stay within kTileBytes.
@@ -124,28 +132,28 @@ int64_t tile_rows(const LSConvGeometry& g, const at::Tensor& input) {
   return std::max<int64_t>(1, tile_bytes(input.device()) / std::max<int64_t>(per_row, 1));
 }
 
-void im2col(const at::Tensor& input, const LSConvGeometry& g, int64_t row_begin, int64_t row_end,
-            const at::Tensor& columns) {
+void im2col(const at::Tensor& input, const LSConvGeometry& g, const PreparedStride& stride,
+            int64_t row_begin, int64_t row_end, const at::Tensor& columns) {
   RECORD_FUNCTION("mmlstride::im2col", std::vector<c10::IValue>());
 #ifdef WITH_CUDA
-  if (input.is_cuda()) return ls_conv_im2col_cuda(input, g, row_begin, row_end, columns);
+  if (input.is_cuda()) return ls_conv_im2col_cuda(input, g, stride, row_begin, row_end, columns);
 #endif
-  ls_conv_im2col_cpu(input, g, row_begin, row_end, columns);
+  ls_conv_im2col_cpu(input, g, stride, row_begin, row_end, columns);
 }
 
 void backward_sampling(const at::Tensor& grad_columns, const at::Tensor& input,
-                       const LSConvGeometry& g, int64_t row_begin, int64_t row_end,
-                       const at::Tensor& grad_input, const at::Tensor& stride_partials,
+                       const LSConvGeometry& g, const PreparedStride& stride, int64_t row_begin,
+                       int64_t row_end, const at::Tensor& grad_input, bool stride_gradient,
                        const at::Tensor& columns) {
   RECORD_FUNCTION("mmlstride::backward_sampling", std::vector<c10::IValue>());
 #ifdef WITH_CUDA
   if (input.is_cuda()) {
-    return ls_conv_backward_sampling_cuda(grad_columns, input, g, row_begin, row_end, grad_input,
-                                          stride_partials, columns);
+    return ls_conv_backward_sampling_cuda(grad_columns, input, g, stride, row_begin, row_end,
+                                          grad_input, stride_gradient, columns);
   }
 #endif
-  ls_conv_backward_sampling_cpu(grad_columns, input, g, row_begin, row_end, grad_input,
-                                stride_partials, columns);
+  ls_conv_backward_sampling_cpu(grad_columns, input, g, stride, row_begin, row_end, grad_input,
+                                stride_gradient, columns);
 }
 
 // First `rows * cols` elements of `buffer` as a contiguous rows x cols matrix.
@@ -185,8 +193,76 @@ void copy_tile(const at::Tensor& full, const at::Tensor& tile, const LSConvGeome
   }
 }
 
+// The end of the tile that starts at output row `begin`: whole images when `step` rows hold
+// at least one, else at most `step` rows of one image, so that the GEMMs can read and write
+// the (N, O, out_h, out_w) tensors in place (gemm_in_place).
+int64_t tile_end(int64_t begin, int64_t step, const LSConvGeometry& g, int64_t total_rows) {
+  if (step >= g.out_h) return std::min(begin + step / g.out_h * g.out_h, total_rows);
+  return std::min(begin + step, (begin / g.out_h + 1) * g.out_h);
+}
+
+// Rows [row_begin, row_end) of one image of an (N, O, out_h, out_w) tensor as a strided
+// (groups, O / groups, rows * out_w) view.
+at::Tensor rows_of_image(const at::Tensor& full, const LSConvGeometry& g, int64_t groups,
+                         int64_t row_begin, int64_t row_end) {
+  const int64_t image = row_begin / g.out_h;
+  return full.select(0, image)
+      .view({groups, full.size(1) / groups, g.out_h * g.out_w})
+      .narrow(2, (row_begin - image * g.out_h) * g.out_w, (row_end - row_begin) * g.out_w);
+}
+
+// The operands of out = weight @ columns (batched) where `out` is the rows
+// [row_begin, row_end) of an (N, O, out_h, out_w) tensor itself, a strided view:
+// (groups, O / groups, cols) for rows of one image; (images, O, out_h * out_w), with the
+// weight broadcast over images, for whole images and groups == 1. Undefined `out`
+// otherwise (tiles of whole images with groups > 1 are copied).
+struct InPlaceGemm {
+  at::Tensor out, weight, columns;
+};
+
+InPlaceGemm gemm_in_place(const at::Tensor& full, const at::Tensor& weight_g,
+                          const at::Tensor& columns, const LSConvGeometry& g, int64_t groups,
+                          int64_t row_begin, int64_t row_end) {
+  const int64_t image = row_begin / g.out_h;
+  const int64_t plane = g.out_h * g.out_w;
+  if ((row_end - 1) / g.out_h == image) {
+    return {rows_of_image(full, g, groups, row_begin, row_end), weight_g,
+            columns.view({groups, columns.size(0) / groups, columns.size(1)})};
+  }
+  if (groups > 1) return {};
+  const int64_t images = (row_end - row_begin) / g.out_h;
+  return {full.narrow(0, image, images).view({images, full.size(1), plane}),
+          weight_g.expand({images, weight_g.size(1), weight_g.size(2)}),
+          columns.view({columns.size(0), images, plane}).transpose(0, 1)};
+}
+
+// On CUDA, float32 GEMMs run as 1x1 convolutions (at::convolution on an (1, K, 1, ncols)
+// view), so they follow the float32 precision rule of the convolution LSConv replaces:
+// torch.backends.cudnn.allow_tf32 (on by default), as F.conv2d does, where batched matrix
+// products would follow torch.backends.cuda.matmul.allow_tf32 (off by default). Other
+// dtypes, and the CPU (whose batched products repeat bit for bit across thread counts),
+// use batched matrix products. MMLSTRIDE_GEMM_AS_CONVOLUTION=1 in the environment makes
+// the CPU take the convolution path too, for the tests (tests/test_oracles.py).
+bool gemm_as_convolution(const at::Tensor& input) {
+  static const bool forced = [] {
+    const char* value = std::getenv("MMLSTRIDE_GEMM_AS_CONVOLUTION");
+    return value != nullptr && std::string(value) == "1";
+  }();
+  return input.scalar_type() == at::kFloat && (input.is_cuda() || forced);
+}
+
+// 1x1 convolution of a (K, ncols) matrix with an (O, K / groups) weight: (O, ncols).
+at::Tensor convolve_1x1(const at::Tensor& matrix, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias, int64_t groups) {
+  const at::Tensor out = at::convolution(
+      matrix.view({1, matrix.size(0), 1, matrix.size(1)}),
+      weight.view({weight.size(0), weight.numel() / weight.size(0), 1, 1}), bias, {1, 1},
+      {0, 0}, {1, 1}, false, {0, 0}, groups);
+  return out.reshape({out.size(1), out.size(3)});  // a view unless cuDNN chose another layout
+}
+
 at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_,
-                             const std::optional<at::Tensor>& bias, const at::Tensor& stride,
+                             const std::optional<at::Tensor>& bias_, const at::Tensor& stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                              at::IntArrayRef output_size) {
   const LSConvGeometry g =
@@ -197,30 +273,51 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
   const int64_t batch = input.size(0);
   const int64_t out_channels = weight.size(0);
   const int64_t col_rows = g.channels * g.kernel_h * g.kernel_w;
-  if (bias.has_value() && bias->defined()) {
-    check_like_input(*bias, "bias", input);
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_channels, "bias.shape=", bias->sizes(),
-                " expected [", out_channels, "]");
+  std::optional<at::Tensor> bias;
+  if (bias_.has_value() && bias_->defined()) {
+    check_like_input(*bias_, "bias", input);
+    TORCH_CHECK_VALUE(bias_->dim() == 1 && bias_->size(0) == out_channels, "bias.shape=",
+                      bias_->sizes(), " expected [", out_channels, "]");
+    bias = bias_->contiguous();
   }
+  const PreparedStride prepared = prepare_stride(stride, input, g, /*stride_gradient=*/false);
   at::Tensor output = at::empty({batch, out_channels, g.out_h, g.out_w}, input.options());
   const int64_t total_rows = batch * g.out_h;
-  if (total_rows > 0) {
-    const at::Tensor weight_g = weight.view({groups, out_channels / groups, col_rows / groups});
-    const int64_t step = std::min(tile_rows(g, input), total_rows);
-    const at::Tensor columns_buffer = at::empty({col_rows * step * g.out_w}, input.options());
-    const at::Tensor output_buffer = at::empty({out_channels * step * g.out_w}, input.options());
-    for (int64_t begin = 0; begin < total_rows; begin += step) {
-      const int64_t end = std::min(begin + step, total_rows);
-      const int64_t cols = (end - begin) * g.out_w;
-      const at::Tensor columns = matrix_view(columns_buffer, col_rows, cols);
-      const at::Tensor output_tile = matrix_view(output_buffer, out_channels, cols);
-      im2col(input, g, begin, end, columns);
-      at::Tensor output_tile_g = output_tile.view({groups, out_channels / groups, cols});
-      at::bmm_out(output_tile_g, weight_g, columns.view({groups, col_rows / groups, cols}));
-      copy_tile(output, output_tile, g, begin, end, /*to_tile=*/false);
+  if (total_rows == 0) return output;
+  const at::Tensor weight_g = weight.view({groups, out_channels / groups, col_rows / groups});
+  const int64_t step = std::min(tile_rows(g, input), total_rows);
+  const at::Tensor columns_buffer = at::empty({col_rows * step * g.out_w}, input.options());
+  at::Tensor output_buffer;  // for tiles whose output cannot be written in place
+  for (int64_t begin = 0, end = 0; begin < total_rows; begin = end) {
+    end = tile_end(begin, step, g, total_rows);
+    const int64_t cols = (end - begin) * g.out_w;
+    const at::Tensor columns = matrix_view(columns_buffer, col_rows, cols);
+    im2col(input, g, prepared, begin, end, columns);
+    if (gemm_as_convolution(input)) {  // the bias is added by the convolution
+      copy_tile(output, convolve_1x1(columns, weight, bias, groups), g, begin, end,
+                /*to_tile=*/false);
+      continue;
+    }
+    InPlaceGemm gemm = gemm_in_place(output, weight_g, columns, g, groups, begin, end);
+    const bool in_place = gemm.out.defined();
+    if (!in_place) {
+      if (!output_buffer.defined()) {
+        output_buffer = at::empty({out_channels * step * g.out_w}, input.options());
+      }
+      gemm = {matrix_view(output_buffer, out_channels, cols)
+                  .view({groups, out_channels / groups, cols}),
+              weight_g, columns.view({groups, col_rows / groups, cols})};
+    }
+    if (bias) {  // out <- bias + weight @ columns
+      at::baddbmm_out(gemm.out, bias->view({-1, gemm.out.size(1), 1}).expand_as(gemm.out),
+                      gemm.weight, gemm.columns);
+    } else {
+      at::bmm_out(gemm.out, gemm.weight, gemm.columns);
+    }
+    if (!in_place) {
+      copy_tile(output, gemm.out.view({out_channels, cols}), g, begin, end, /*to_tile=*/false);
     }
   }
-  if (bias.has_value() && bias->defined()) output.add_(bias->view({1, out_channels, 1, 1}));
   return output;
 }
 
@@ -228,7 +325,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
     const at::Tensor& grad_output_, const at::Tensor& input_, const at::Tensor& weight_,
     const at::Tensor& stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     std::array<bool, 4> output_mask) {
-  TORCH_CHECK(grad_output_.dim() == 4, "grad_output.dim()=", grad_output_.dim(), " expected 4");
+  TORCH_CHECK_VALUE(grad_output_.dim() == 4, "grad_output.dim()=", grad_output_.dim(),
+                    " expected 4");
   const LSConvGeometry g = make_geometry(input_, weight_, stride, padding, dilation, groups,
                                          {grad_output_.size(2), grad_output_.size(3)});
   check_like_input(grad_output_, "grad_output", input_);
@@ -238,9 +336,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
   const at::Tensor grad_output = grad_output_.contiguous();
   const int64_t batch = input.size(0);
   const int64_t out_channels = weight.size(0);
-  TORCH_CHECK(grad_output.size(0) == batch && grad_output.size(1) == out_channels,
-              "grad_output.shape=", grad_output.sizes(), " expected [", batch, ", ", out_channels,
-              ", out_h, out_w]");
+  TORCH_CHECK_VALUE(grad_output.size(0) == batch && grad_output.size(1) == out_channels,
+                    "grad_output.shape=", grad_output.sizes(), " expected [", batch, ", ",
+                    out_channels, ", out_h, out_w]");
   const int64_t col_rows = g.channels * g.kernel_h * g.kernel_w;
   const bool need_input = output_mask[0];
   const bool need_weight = output_mask[1];
@@ -248,55 +346,87 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
 
   // Accumulated in float32 for float16 and bfloat16 inputs.
   const bool low_precision = accumulate_type(input.scalar_type()) != input.scalar_type();
+  const bool by_convolution = gemm_as_convolution(input);
   const at::TensorOptions accumulate = input.options().dtype(accumulate_type(input.scalar_type()));
   at::Tensor grad_input = need_input ? at::zeros(input.sizes(), accumulate) : at::Tensor();
-  at::Tensor grad_weight = need_weight ? at::zeros(weight.sizes(), accumulate) : at::Tensor();
+  // The 1x1-convolution path takes the first tile's weight gradient as it comes.
+  at::Tensor grad_weight =
+      need_weight && !by_convolution ? at::zeros(weight.sizes(), accumulate) : at::Tensor();
   at::Tensor grad_bias = output_mask[2]
       ? grad_output.sum(at::IntArrayRef{0, 2, 3}, false, accumulate_type(input.scalar_type()))
       : at::Tensor();
-  // One pair per image plane on CPU, one pair on CUDA (ls_conv_kernels.h).
-  at::Tensor stride_partials = need_stride
-      ? at::zeros(input.is_cuda() ? at::IntArrayRef{1, 2} : at::IntArrayRef{batch, g.channels, 2},
-                  input.options().dtype(at::kDouble))
-      : at::Tensor();
+  const PreparedStride prepared = prepare_stride(stride, input, g, need_stride);
 
   const int64_t total_rows = batch * g.out_h;
   if (total_rows > 0 && (need_input || need_weight || need_stride)) {
     const at::Tensor weight_g = weight.view({groups, out_channels / groups, col_rows / groups});
     at::Tensor grad_weight_g =
-        need_weight ? grad_weight.view({groups, out_channels / groups, col_rows / groups})
+        grad_weight.defined() ? grad_weight.view({groups, out_channels / groups, col_rows / groups})
                     : at::Tensor();
     const int64_t step = std::min(tile_rows(g, input), total_rows);
     const at::Tensor columns_buffer =
         need_weight ? at::empty({col_rows * step * g.out_w}, input.options()) : at::Tensor();
-    const at::Tensor grad_columns_buffer = need_input || need_stride
+    const bool need_grad_columns = need_input || need_stride;
+    const at::Tensor grad_columns_buffer = need_grad_columns && !by_convolution
         ? at::empty({col_rows * step * g.out_w}, accumulate)
         : at::Tensor();
-    const at::Tensor grad_output_buffer =
-        at::empty({out_channels * step * g.out_w}, input.options());
-    for (int64_t begin = 0; begin < total_rows; begin += step) {
-      const int64_t end = std::min(begin + step, total_rows);
+    // (C * kh * kw, O / groups): per group, the transposed weight (1x1 convolution path).
+    const at::Tensor weight_t = need_grad_columns && by_convolution
+        ? weight_g.transpose(1, 2).contiguous().view({col_rows, out_channels / groups})
+        : at::Tensor();
+    at::Tensor grad_output_buffer;  // for tiles whose grad_output cannot be read in place
+    for (int64_t begin = 0, end = 0; begin < total_rows; begin = end) {
+      end = tile_end(begin, step, g, total_rows);
       const int64_t cols = (end - begin) * g.out_w;
-      const at::Tensor grad_output_tile = matrix_view(grad_output_buffer, out_channels, cols);
-      copy_tile(grad_output, grad_output_tile, g, begin, end, /*to_tile=*/true);
-      const at::Tensor grad_output_g = grad_output_tile.view({groups, out_channels / groups, cols});
+      // grad_output's rows of the tile as (groups, O / groups, cols): read in place when
+      // they lie in one image, else copied (the weight gradient sums over the images).
+      at::Tensor grad_output_g;
+      if (!by_convolution && (end - 1) / g.out_h == begin / g.out_h) {
+        grad_output_g = rows_of_image(grad_output, g, groups, begin, end);
+      }
+      if (!grad_output_g.defined()) {
+        if (!grad_output_buffer.defined()) {
+          grad_output_buffer = at::empty({out_channels * step * g.out_w}, input.options());
+        }
+        const at::Tensor tile = matrix_view(grad_output_buffer, out_channels, cols);
+        copy_tile(grad_output, tile, g, begin, end, /*to_tile=*/true);
+        grad_output_g = tile.view({groups, out_channels / groups, cols});
+      }
       const at::Tensor columns =
           need_weight ? matrix_view(columns_buffer, col_rows, cols) : at::Tensor();
-      if (need_input || need_stride) {
+      if (need_grad_columns) {
         // One pass computes the input and stride gradients and the columns for dw.
-        const at::Tensor grad_columns = matrix_view(grad_columns_buffer, col_rows, cols);
-        at::Tensor grad_columns_g = grad_columns.view({groups, col_rows / groups, cols});
-        if (low_precision) {
-          bmm_float32_out(grad_columns_g, weight_g.transpose(1, 2), grad_output_g);
+        at::Tensor grad_columns;
+        if (by_convolution) {  // weight^T @ grad_output, a 1x1 convolution with weight^T
+          grad_columns =
+              convolve_1x1(grad_output_g.view({out_channels, cols}), weight_t, {}, groups);
         } else {
-          at::bmm_out(grad_columns_g, weight_g.transpose(1, 2), grad_output_g);
+          grad_columns = matrix_view(grad_columns_buffer, col_rows, cols);
+          at::Tensor grad_columns_g = grad_columns.view({groups, col_rows / groups, cols});
+          if (low_precision) {
+            bmm_float32_out(grad_columns_g, weight_g.transpose(1, 2), grad_output_g);
+          } else {
+            at::bmm_out(grad_columns_g, weight_g.transpose(1, 2), grad_output_g);
+          }
         }
-        backward_sampling(grad_columns, input, g, begin, end, grad_input, stride_partials,
+        backward_sampling(grad_columns, input, g, prepared, begin, end, grad_input, need_stride,
                           columns);
       } else {
-        im2col(input, g, begin, end, columns);
+        im2col(input, g, prepared, begin, end, columns);
       }
       if (need_weight) {
+        if (by_convolution) {  // grad_output @ columns^T, as a 1x1 convolution's weight gradient
+          const at::Tensor weight_1x1 = weight.view({out_channels, col_rows / groups, 1, 1});
+          const at::Tensor tile_gradient =
+              std::get<1>(at::convolution_backward(
+                              grad_output_g.view({1, out_channels, 1, cols}),
+                              columns.view({1, col_rows, 1, cols}), weight_1x1, std::nullopt,
+                              {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, groups,
+                              {false, true, false}))
+                  .reshape(weight.sizes());
+          grad_weight = grad_weight.defined() ? grad_weight.add_(tile_gradient) : tile_gradient;
+          continue;
+        }
         const at::Tensor columns_t = columns.view({groups, col_rows / groups, cols}).transpose(1, 2);
         if (low_precision) {  // each tile's product in float32, summed in float32
           at::Tensor tile_product =
@@ -309,9 +439,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
       }
     }
   }
-  at::Tensor grad_stride = need_stride
-      ? stride_partials.view({-1, 2}).sum(0).to(stride.scalar_type())
-      : at::Tensor();
+  at::Tensor grad_stride;
+  if (need_stride) {
+    const at::Tensor& partials = prepared.partials;
+    grad_stride = (partials.size(0) == 1 ? partials[0] : partials.sum(0)).to(stride.scalar_type());
+  }
   const at::ScalarType dtype = input.scalar_type();
   return {need_input ? grad_input.to(dtype) : grad_input,
           need_weight ? grad_weight.to(dtype) : grad_weight,

@@ -10,10 +10,6 @@
 //     columns in the dtype of input, grad_columns in the accumulation dtype (that of
 //     input, float32 for float16 and bfloat16 input).
 //   grad_input: N x C x H x W in the accumulation dtype; the kernels add to it.
-//   stride_partials: float64 partial sums of (dL/ds_h, dL/ds_w), accumulated over
-//     tiles; the caller sums them. N x C x 2 on CPU (one pair per image plane,
-//     reduced in parallel without atomics), 1 x 2 on CUDA (each tile's per-block
-//     partials are summed into it in a fixed order).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,28 +18,56 @@
 
 namespace mmlstride {
 
+// The stride as the sampling kernels of one call read it, prepared once per call.
+struct PreparedStride {
+  // CPU: the values, read from the tensor on the host.
+  RealStride values{0.0, 0.0};
+  // CUDA: the sampling tables made from the stride on the device, with the stride
+  // gradient's scratch (csrc/common/cuda/ls_conv_cuda_launch.cuh): nothing is copied to
+  // the host, and an invalid stride stops the tables kernel with a device-side assertion.
+  at::Tensor tables;
+  // When the stride gradient is wanted: float64 (parts, 2) partial sums of
+  // (dL/ds_h, dL/ds_w), zero at first and accumulated over tiles; the caller sums the
+  // parts. CPU: one pair per image plane (N * C, reduced in parallel without atomics);
+  // CUDA: one pair inside `tables` (each tile's blocks are summed into it in a fixed order).
+  at::Tensor partials;
+};
+
+// Checks and reads the stride (finite values > 0, else a ValueError); partials for a
+// batch of `batch` images when `stride_gradient`.
+PreparedStride ls_conv_prepare_cpu(const at::Tensor& stride, const LSConvGeometry& geometry,
+                                   int64_t batch, bool stride_gradient);
+
 // columns <- bilinear samples of `input` at every (tap, output pixel) of the tile.
 void ls_conv_im2col_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
-                        int64_t row_begin, int64_t row_end, const at::Tensor& columns);
+                        const PreparedStride& stride, int64_t row_begin, int64_t row_end,
+                        const at::Tensor& columns);
 
 // From the gradient of the tile's columns: adds their scatter onto the input to
-// grad_input and their stride-gradient contributions to stride_partials, and
-// writes the tile's columns (as ls_conv_im2col_cpu) to `columns`, each only when
-// defined; grad_input or stride_partials must be.
+// grad_input and, when `stride_gradient`, their stride-gradient contributions to
+// stride.partials, and writes the tile's columns (as ls_conv_im2col_cpu) to `columns`,
+// each only when defined; grad_input must be, or stride_gradient true.
 void ls_conv_backward_sampling_cpu(const at::Tensor& grad_columns, const at::Tensor& input,
-                                   const LSConvGeometry& geometry, int64_t row_begin,
-                                   int64_t row_end, const at::Tensor& grad_input,
-                                   const at::Tensor& stride_partials, const at::Tensor& columns);
+                                   const LSConvGeometry& geometry, const PreparedStride& stride,
+                                   int64_t row_begin, int64_t row_end,
+                                   const at::Tensor& grad_input, bool stride_gradient,
+                                   const at::Tensor& columns);
 
 #ifdef WITH_CUDA
-// The CUDA counterparts of the two kernels above, on the current stream.
+// The CUDA counterparts of the three functions above, on the current stream, with no
+// host synchronisation (the stride is read on the device).
+PreparedStride ls_conv_prepare_cuda(const at::Tensor& stride, const at::Tensor& input,
+                                    const LSConvGeometry& geometry, bool stride_gradient);
+
 void ls_conv_im2col_cuda(const at::Tensor& input, const LSConvGeometry& geometry,
-                         int64_t row_begin, int64_t row_end, const at::Tensor& columns);
+                         const PreparedStride& stride, int64_t row_begin, int64_t row_end,
+                         const at::Tensor& columns);
 
 void ls_conv_backward_sampling_cuda(const at::Tensor& grad_columns, const at::Tensor& input,
-                                    const LSConvGeometry& geometry, int64_t row_begin,
-                                    int64_t row_end, const at::Tensor& grad_input,
-                                    const at::Tensor& stride_partials, const at::Tensor& columns);
+                                    const LSConvGeometry& geometry, const PreparedStride& stride,
+                                    int64_t row_begin, int64_t row_end,
+                                    const at::Tensor& grad_input, bool stride_gradient,
+                                    const at::Tensor& columns);
 #endif
 
 }  // namespace mmlstride

@@ -1,4 +1,5 @@
 """``LSConv2d``: a drop-in nn.Conv2d whose stride is learned, registered as ``'LSConv'``."""
+import numbers
 from typing import Optional, Tuple, Union
 
 import torch
@@ -29,6 +30,15 @@ class _BoundedStride(torch.autograd.Function):
         stride, low, high = ctx.saved_tensors
         outward = ((stride >= high) & (grad < 0)) | ((stride <= low) & (grad > 0))
         return grad.masked_fill(outward, 0), None, None
+
+
+def _check_nominal_stride(stride, normalised: tuple) -> None:
+    """Raises ValueError unless ``normalised`` (nn.Conv2d's form of ``stride``) is a pair of
+    ints >= 1; bools and floats are refused."""
+    valid = len(normalised) == 2 and all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in normalised)
+    if not valid:
+        raise ValueError(f'stride={stride!r} expected an int >= 1 or a pair of ints >= 1')
 
 
 @MODELS.register_module('LSConv')
@@ -87,6 +97,7 @@ class LSConv2d(nn.Conv2d):
                              'with 0 < low <= 1 <= high')
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                          bias, padding_mode, device, dtype)
+        _check_nominal_stride(stride, self.stride)
         self.stride_bounds = (float(low), float(high))
         factory = dict(device=self.weight.device, dtype=self.weight.dtype)
         nominal = torch.tensor(self.stride, **factory)

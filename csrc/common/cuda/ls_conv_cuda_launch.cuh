@@ -1,7 +1,7 @@
-// The launch decisions of the CUDA sampling kernels, for one tile of output rows: grid
-// sizes, the index width, the backward kernel variant for the gradients asked for, the
-// atomic scatter or the deterministic gather of the input gradient, and the fixed-order
-// sum of the stride gradient's per-block partials.
+// The launch decisions of the CUDA kernels: the sampling tables of a call (their layout
+// in one device buffer, with the stride gradient's scratch) and, for one tile of output
+// rows, grid sizes, the index width, the backward kernel variant for the gradients asked
+// for, and the atomic scatter or the deterministic gather of the input gradient.
 // Plain CUDA C++ with no torch header, written against a launch policy, so the same code
 // makes the real launches (csrc/pytorch/cuda/ls_conv_cuda.cu) and runs on the CPU
 // emulation (tests/cuda/emulation), where the tests see what was launched.
@@ -21,7 +21,7 @@
 namespace mmlstride {
 namespace cuda {
 
-enum class KernelKind : int { kIm2col = 0, kBackward = 1, kInputGradient = 2, kSumPartials = 3 };
+enum class KernelKind : int { kIm2col = 0, kBackward = 1, kInputGradient = 2, kTables = 3 };
 
 // Bits of the backward kernel's variant (its template flags).
 enum LaunchVariant : int { kVariantInput = 1, kVariantStride = 2, kVariantColumns = 4 };
@@ -33,6 +33,63 @@ constexpr int64_t kBlocksPerMultiprocessor = 32;
 // The most blocks any launch of a tile uses (the size of the block-partials scratch).
 inline int64_t max_grid_blocks(int multiprocessors) {
   return std::max<int64_t>(1, int64_t(multiprocessors) * kBlocksPerMultiprocessor);
+}
+
+// Where SamplingTables<Acc> lie in one device buffer of `bytes` bytes (offsets in bytes,
+// each aligned for its type), for a call's geometry and at most `max_blocks` blocks.
+struct TableLayout {
+  int64_t h, w, h_sources, w_sources, row_reach, stride_sum, block_partials, blocks_done;
+  int64_t bytes;
+};
+
+template <typename Acc>
+TableLayout table_layout(const LSConvGeometry& g, int64_t max_blocks) {
+  int64_t end = 0;
+  auto place = [&end](int64_t count, int64_t size) {
+    const int64_t offset = (end + 15) / 16 * 16;
+    end = offset + count * size;
+    return offset;
+  };
+  TableLayout layout;
+  layout.stride_sum = place(2, sizeof(double));
+  layout.h = place(g.kernel_h * g.out_h, sizeof(AxisSample<Acc>));
+  layout.w = place(g.kernel_w * g.out_w, sizeof(AxisSample<Acc>));
+  layout.block_partials = place(2 * max_blocks, sizeof(Acc));
+  layout.h_sources = place(g.kernel_h * g.height, sizeof(IndexRange));
+  layout.w_sources = place(g.kernel_w * g.width, sizeof(IndexRange));
+  layout.row_reach = place(g.out_h, sizeof(IndexRange));
+  layout.blocks_done = place(1, sizeof(unsigned int));
+  layout.bytes = end;
+  return layout;
+}
+
+// The tables in a buffer laid out by table_layout<Acc>.
+template <typename Acc>
+SamplingTables<Acc> tables_at(unsigned char* buffer, const TableLayout& layout) {
+  return SamplingTables<Acc>{reinterpret_cast<AxisSample<Acc>*>(buffer + layout.h),
+                             reinterpret_cast<AxisSample<Acc>*>(buffer + layout.w),
+                             reinterpret_cast<IndexRange*>(buffer + layout.h_sources),
+                             reinterpret_cast<IndexRange*>(buffer + layout.w_sources),
+                             reinterpret_cast<IndexRange*>(buffer + layout.row_reach),
+                             reinterpret_cast<double*>(buffer + layout.stride_sum),
+                             reinterpret_cast<Acc*>(buffer + layout.block_partials),
+                             reinterpret_cast<unsigned int*>(buffer + layout.blocks_done)};
+}
+
+// One thread per entry of the largest table (this kernel has no grid-stride loop).
+inline int64_t table_blocks(const LSConvGeometry& g) {
+  const int64_t entries = std::max({g.kernel_h * g.out_h, g.kernel_w * g.out_w,
+                                    g.kernel_h * g.height, g.kernel_w * g.width, g.out_h,
+                                    int64_t(1)});
+  return (entries + kThreads - 1) / kThreads;
+}
+
+// The call's tables from stride[0..1] (float or double, on the device).
+template <typename S, typename Acc, typename Launch>
+void launch_tables(Launch& launch, const S* stride, const LSConvGeometry& g,
+                   const SamplingTables<Acc>& tables) {
+  launch(KernelKind::kTables, 8, 0, table_blocks(g), ls_conv_tables_kernel<S, Acc>, stride, g,
+         tables);
 }
 
 // Blocks of a grid-stride launch over `total` elements, one element per thread.
@@ -52,8 +109,10 @@ inline int64_t tile_elements(const LSConvGeometry& g, int64_t row_begin, int64_t
   return g.channels * g.kernel_h * g.kernel_w * (row_end - row_begin) * g.out_w;
 }
 
-inline int64_t box_pixels(const LSConvGeometry& g, const PixelBox& box) {
-  return (box.image_end - box.image_begin) * g.channels * (box.y_end - box.y_begin) * g.width;
+// Every pixel of the images of `part` (the gather's launch size: which rows the tile
+// reaches is known on the device only).
+inline int64_t part_pixels(const LSConvGeometry& g, const ImageRows& part) {
+  return (part.image_end - part.image_begin) * g.channels * g.height * g.width;
 }
 
 // What the backward of one tile computes, and how.
@@ -73,17 +132,18 @@ inline BackwardPlan plan_backward(bool input, bool stride, bool columns, bool de
 // im2col of one tile: columns <- samples of input.
 template <typename T, typename Launch>
 void launch_im2col_tile(Launch& launch, int multiprocessors, const T* input,
-                        int64_t input_numel, const LSConvGeometry& g, int64_t row_begin,
-                        int64_t row_end, T* columns) {
+                        int64_t input_numel, const LSConvGeometry& g,
+                        const SamplingTables<typename Accumulate<T>::type>& tables,
+                        int64_t row_begin, int64_t row_end, T* columns) {
   const int64_t total = tile_elements(g, row_begin, row_end);
   if (total == 0) return;
   const int64_t blocks = grid_blocks(total, multiprocessors);
   if (fits_int32(input_numel, total, blocks, row_end)) {
-    launch(KernelKind::kIm2col, 4, 0, blocks, ls_conv_im2col_kernel<T, int32_t>, input, g,
-           int32_t(row_begin), int32_t(row_end), columns);
+    launch(KernelKind::kIm2col, 4, 0, blocks, ls_conv_im2col_kernel<T, int32_t>, input, tables,
+           make_tile_index<int32_t>(g, row_begin, row_end), columns);
   } else {
-    launch(KernelKind::kIm2col, 8, 0, blocks, ls_conv_im2col_kernel<T, int64_t>, input, g,
-           int64_t(row_begin), int64_t(row_end), columns);
+    launch(KernelKind::kIm2col, 8, 0, blocks, ls_conv_im2col_kernel<T, int64_t>, input, tables,
+           make_tile_index<int64_t>(g, row_begin, row_end), columns);
   }
 }
 
@@ -95,9 +155,9 @@ using Flag = std::integral_constant<bool, kValue>;
 // ls_conv_backward_kernel with the template flags of `plan` (scatter, stride, columns).
 template <typename T, typename Index, typename Launch, typename Acc>
 void launch_backward_variant(Launch& launch, const BackwardPlan& plan, int64_t blocks,
-                             const Acc* grad_columns, const T* input, const LSConvGeometry& g,
-                             int64_t row_begin, int64_t row_end, Acc* grad_input,
-                             Acc* block_partials, T* columns) {
+                             const Acc* grad_columns, const T* input,
+                             const SamplingTables<Acc>& tables, const TileIndex<Index>& tile,
+                             Acc* grad_input, T* columns) {
   auto run = [&](auto input_flag, auto stride_flag, auto columns_flag) {
     constexpr bool kInput = decltype(input_flag)::value;
     constexpr bool kStride = decltype(stride_flag)::value;
@@ -105,9 +165,8 @@ void launch_backward_variant(Launch& launch, const BackwardPlan& plan, int64_t b
     const int variant = (kInput ? kVariantInput : 0) | (kStride ? kVariantStride : 0) |
                         (kColumns ? kVariantColumns : 0);
     launch(KernelKind::kBackward, int(sizeof(Index)), variant, blocks,
-           ls_conv_backward_kernel<T, Index, kInput, kStride, kColumns>, grad_columns, input, g,
-           Index(row_begin), Index(row_end), kInput ? grad_input : nullptr,
-           kStride ? block_partials : nullptr, kColumns ? columns : nullptr);
+           ls_conv_backward_kernel<T, Index, kInput, kStride, kColumns>, grad_columns, input,
+           tables, tile, kInput ? grad_input : nullptr, kColumns ? columns : nullptr);
   };
   auto with_columns = [&](auto input_flag, auto stride_flag) {
     if (plan.columns) {
@@ -128,55 +187,51 @@ void launch_backward_variant(Launch& launch, const BackwardPlan& plan, int64_t b
 }  // namespace detail
 
 // The backward sampling of one tile, as planned: the scatter/stride/columns pass (or im2col
-// when only the columns are wanted), the gather of the input gradient over the input
-// boxes the tile reaches, and the sum of the stride partials into stride_sum[0..1].
-// block_partials: scratch for 2 * max_grid_blocks(multiprocessors) values.
+// when only the columns are wanted; its last block adds the stride gradient to
+// tables.stride_sum), then the gather of the input gradient over the images the tile
+// covers.
 template <typename T, typename Launch>
 void launch_backward_tile(Launch& launch, int multiprocessors, const BackwardPlan& plan,
                           const typename Accumulate<T>::type* grad_columns, const T* input,
-                          int64_t input_numel, const LSConvGeometry& g, int64_t row_begin,
-                          int64_t row_end, typename Accumulate<T>::type* grad_input,
-                          typename Accumulate<T>::type* block_partials, double* stride_sum,
-                          T* columns) {
-  using Acc = typename Accumulate<T>::type;
+                          int64_t input_numel, const LSConvGeometry& g,
+                          const SamplingTables<typename Accumulate<T>::type>& tables,
+                          int64_t row_begin, int64_t row_end,
+                          typename Accumulate<T>::type* grad_input, T* columns) {
   const int64_t total = tile_elements(g, row_begin, row_end);
   if (total == 0) return;
   const int64_t blocks = grid_blocks(total, multiprocessors);
   const bool small = fits_int32(input_numel, total, blocks, row_end);
   if (plan.scatter_input || plan.stride) {
     if (small) {
-      detail::launch_backward_variant<T, int32_t>(launch, plan, blocks, grad_columns, input, g,
-                                                  row_begin, row_end, grad_input,
-                                                  block_partials, columns);
+      detail::launch_backward_variant<T>(launch, plan, blocks, grad_columns, input, tables,
+                                         make_tile_index<int32_t>(g, row_begin, row_end),
+                                         grad_input, columns);
     } else {
-      detail::launch_backward_variant<T, int64_t>(launch, plan, blocks, grad_columns, input, g,
-                                                  row_begin, row_end, grad_input,
-                                                  block_partials, columns);
+      detail::launch_backward_variant<T>(launch, plan, blocks, grad_columns, input, tables,
+                                         make_tile_index<int64_t>(g, row_begin, row_end),
+                                         grad_input, columns);
     }
   } else if (plan.columns) {
-    launch_im2col_tile(launch, multiprocessors, input, input_numel, g, row_begin, row_end,
-                       columns);
+    launch_im2col_tile(launch, multiprocessors, input, input_numel, g, tables, row_begin,
+                       row_end, columns);
   }
   if (plan.gather_input) {
-    PixelBox boxes[3];
-    const int count = reachable_pixel_boxes(g, row_begin, row_end, boxes);
+    ImageRows parts[3];
+    const int count = tile_image_rows(g, row_begin, row_end, parts);
     for (int k = 0; k < count; ++k) {
-      const int64_t pixels = box_pixels(g, boxes[k]);
+      const int64_t pixels = part_pixels(g, parts[k]);
+      if (pixels == 0) continue;
       const int64_t pixel_blocks = grid_blocks(pixels, multiprocessors);
       if (small && fits_int32(input_numel, pixels, pixel_blocks, row_end)) {
         launch(KernelKind::kInputGradient, 4, 0, pixel_blocks,
-               ls_conv_input_gradient_kernel<T, int32_t>, grad_columns, g, int32_t(row_begin),
-               int32_t(row_end), boxes[k], grad_input);
+               ls_conv_input_gradient_kernel<T, int32_t>, grad_columns, tables,
+               make_tile_index<int32_t>(g, row_begin, row_end), parts[k], grad_input);
       } else {
         launch(KernelKind::kInputGradient, 8, 0, pixel_blocks,
-               ls_conv_input_gradient_kernel<T, int64_t>, grad_columns, g, int64_t(row_begin),
-               int64_t(row_end), boxes[k], grad_input);
+               ls_conv_input_gradient_kernel<T, int64_t>, grad_columns, tables,
+               make_tile_index<int64_t>(g, row_begin, row_end), parts[k], grad_input);
       }
     }
-  }
-  if (plan.stride) {
-    launch(KernelKind::kSumPartials, 8, 0, int64_t(1), ls_conv_sum_partials_kernel<Acc>,
-           static_cast<const Acc*>(block_partials), blocks, stride_sum);
   }
 }
 

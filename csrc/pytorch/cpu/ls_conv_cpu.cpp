@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -144,10 +145,10 @@ void im2col_plane(const T* im, const LSConvGeometry& g, const AxisTable<T>& h,
 }
 
 template <typename T>
-void im2col_kernel(const T* input, const LSConvGeometry& g, int64_t row_begin, int64_t row_end,
-                   T* columns) {
-  const AxisTable<T> h(g.kernel_h, g.out_h, g.stride_h, g.pad_h, g.dilation_h, g.height);
-  const AxisTable<T> w(g.kernel_w, g.out_w, g.stride_w, g.pad_w, g.dilation_w, g.width);
+void im2col_kernel(const T* input, const LSConvGeometry& g, const RealStride& stride,
+                   int64_t row_begin, int64_t row_end, T* columns) {
+  const AxisTable<T> h(g.kernel_h, g.out_h, stride.h, g.pad_h, g.dilation_h, g.height);
+  const AxisTable<T> w(g.kernel_w, g.out_w, stride.w, g.pad_w, g.dilation_w, g.width);
   const std::vector<ImageRows> parts = split_by_image(g, row_begin, row_end);
   const int64_t plane = g.height * g.width;
   const int64_t ncols = (row_end - row_begin) * g.out_w;
@@ -262,10 +263,10 @@ void backward_plane(const T* grad_columns, const T* im, const LSConvGeometry& g,
 
 template <typename T>
 void backward_kernel(const T* grad_columns, const T* input, const LSConvGeometry& g,
-                     int64_t row_begin, int64_t row_end, T* grad_input, double* stride_partials,
-                     T* columns) {
-  const AxisTable<T> h(g.kernel_h, g.out_h, g.stride_h, g.pad_h, g.dilation_h, g.height);
-  const AxisTable<T> w(g.kernel_w, g.out_w, g.stride_w, g.pad_w, g.dilation_w, g.width);
+                     const RealStride& stride, int64_t row_begin, int64_t row_end, T* grad_input,
+                     double* stride_partials, T* columns) {
+  const AxisTable<T> h(g.kernel_h, g.out_h, stride.h, g.pad_h, g.dilation_h, g.height);
+  const AxisTable<T> w(g.kernel_w, g.out_w, stride.w, g.pad_w, g.dilation_w, g.width);
   const std::vector<ImageRows> parts = split_by_image(g, row_begin, row_end);
   const int64_t plane = g.height * g.width;
   const int64_t ncols = (row_end - row_begin) * g.out_w;
@@ -312,24 +313,42 @@ void backward_kernel(const T* grad_columns, const T* input, const LSConvGeometry
 
 }  // namespace
 
+PreparedStride ls_conv_prepare_cpu(const at::Tensor& stride, const LSConvGeometry& geometry,
+                                   int64_t batch, bool stride_gradient) {
+  const at::Tensor values = stride.detach().to(at::kCPU, at::kDouble).contiguous();
+  const double stride_h = values.const_data_ptr<double>()[0];
+  const double stride_w = values.const_data_ptr<double>()[1];
+  TORCH_CHECK_VALUE(
+      std::isfinite(stride_h) && std::isfinite(stride_w) && stride_h > 0 && stride_w > 0,
+      "stride=(", stride_h, ", ", stride_w, ") expected finite values > 0");
+  PreparedStride prepared;
+  prepared.values = RealStride{stride_h, stride_w};
+  if (stride_gradient) {
+    prepared.partials = at::zeros({batch * geometry.channels, 2}, stride.options().dtype(at::kDouble));
+  }
+  return prepared;
+}
+
 void ls_conv_im2col_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
-                        int64_t row_begin, int64_t row_end, const at::Tensor& columns) {
+                        const PreparedStride& stride, int64_t row_begin, int64_t row_end,
+                        const at::Tensor& columns) {
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ls_conv_im2col_cpu", [&] {
-    im2col_kernel<scalar_t>(input.const_data_ptr<scalar_t>(), geometry, row_begin, row_end,
-                            columns.mutable_data_ptr<scalar_t>());
+    im2col_kernel<scalar_t>(input.const_data_ptr<scalar_t>(), geometry, stride.values, row_begin,
+                            row_end, columns.mutable_data_ptr<scalar_t>());
   });
 }
 
 void ls_conv_backward_sampling_cpu(const at::Tensor& grad_columns, const at::Tensor& input,
-                                   const LSConvGeometry& geometry, int64_t row_begin,
-                                   int64_t row_end, const at::Tensor& grad_input,
-                                   const at::Tensor& stride_partials, const at::Tensor& columns) {
+                                   const LSConvGeometry& geometry, const PreparedStride& stride,
+                                   int64_t row_begin, int64_t row_end,
+                                   const at::Tensor& grad_input, bool stride_gradient,
+                                   const at::Tensor& columns) {
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ls_conv_backward_sampling_cpu", [&] {
     backward_kernel<scalar_t>(
         grad_columns.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), geometry,
-        row_begin, row_end,
+        stride.values, row_begin, row_end,
         grad_input.defined() ? grad_input.mutable_data_ptr<scalar_t>() : nullptr,
-        stride_partials.defined() ? stride_partials.mutable_data_ptr<double>() : nullptr,
+        stride_gradient ? stride.partials.mutable_data_ptr<double>() : nullptr,
         columns.defined() ? columns.mutable_data_ptr<scalar_t>() : nullptr);
   });
 }

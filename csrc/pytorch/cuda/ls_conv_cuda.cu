@@ -1,7 +1,8 @@
 // CUDA launchers of the learnable-stride convolution's sampling kernels: dtype
-// dispatch, tensors to pointers, scratch memory, the current stream and launch checks.
-// The launch decisions (grid size, index width, kernel variant, scatter or gather of
-// the input gradient, the sum of the stride partials) are in the torch-free
+// dispatch, tensors to pointers, the tables buffer, the current stream and launch checks.
+// The stride is never copied to the host: the tables kernel reads it on the device.
+// The launch decisions (table layout, grid size, index width, kernel variant, scatter or
+// gather of the input gradient) are in the torch-free
 // csrc/common/cuda/ls_conv_cuda_launch.cuh, which the CPU emulation also runs.
 // Called by the host code of ls_conv.cpp.
 #include <ATen/ATen.h>
@@ -81,10 +82,59 @@ T* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
 }
 
+at::ScalarType accumulate_type(const at::Tensor& input) {
+  return input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+template <typename Acc>
+cuda::TableLayout layout_for(const LSConvGeometry& g, int device) {
+  return cuda::table_layout<Acc>(g, cuda::max_grid_blocks(multiprocessor_count(device)));
+}
+
+// The sampling tables of `prepared` (a buffer laid out by layout_for<Acc>).
+template <typename Acc>
+cuda::SamplingTables<Acc> tables_of(const PreparedStride& prepared, const LSConvGeometry& g) {
+  return cuda::tables_at<Acc>(prepared.tables.mutable_data_ptr<uint8_t>(),
+                              layout_for<Acc>(g, prepared.tables.device().index()));
+}
+
 }  // namespace
 
-void ls_conv_im2col_cuda(const at::Tensor& input, const LSConvGeometry& g, int64_t row_begin,
-                         int64_t row_end, const at::Tensor& columns) {
+PreparedStride ls_conv_prepare_cuda(const at::Tensor& stride, const at::Tensor& input,
+                                    const LSConvGeometry& g, bool stride_gradient) {
+  const int device = input.device().index();
+  // The tables kernel reads float or double; other floating dtypes convert exactly to float.
+  const at::Tensor values =
+      (stride.scalar_type() == at::kDouble ? stride : stride.to(at::kFloat)).contiguous();
+  StreamLaunch launch{c10::cuda::getCurrentCUDAStream(device)};
+  PreparedStride prepared;
+  auto make = [&](auto acc_tag) {
+    using Acc = decltype(acc_tag);
+    const cuda::TableLayout layout = layout_for<Acc>(g, device);
+    prepared.tables = at::empty({layout.bytes}, input.options().dtype(at::kByte));
+    const cuda::SamplingTables<Acc> tables = tables_of<Acc>(prepared, g);
+    if (values.scalar_type() == at::kDouble) {
+      cuda::launch_tables(launch, values.const_data_ptr<double>(), g, tables);
+    } else {
+      cuda::launch_tables(launch, values.const_data_ptr<float>(), g, tables);
+    }
+    if (stride_gradient) {
+      prepared.partials = prepared.tables.narrow(0, layout.stride_sum, 2 * sizeof(double))
+                              .view(at::kDouble)
+                              .view({1, 2});
+    }
+  };
+  if (accumulate_type(input) == at::kDouble) {
+    make(double());
+  } else {
+    make(float());
+  }
+  return prepared;
+}
+
+void ls_conv_im2col_cuda(const at::Tensor& input, const LSConvGeometry& g,
+                         const PreparedStride& stride, int64_t row_begin, int64_t row_end,
+                         const at::Tensor& columns) {
   if (cuda::tile_elements(g, row_begin, row_end) == 0) return;
   if (has_no_pixels(g)) {
     columns.zero_();
@@ -94,24 +144,23 @@ void ls_conv_im2col_cuda(const at::Tensor& input, const LSConvGeometry& g, int64
   StreamLaunch launch{c10::cuda::getCurrentCUDAStream(device)};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "ls_conv_im2col_cuda", [&] {
+        using T = typename CudaType<scalar_t>::type;
+        using Acc = typename cuda::Accumulate<T>::type;
         cuda::launch_im2col_tile(launch, multiprocessor_count(device), cuda_data<scalar_t>(input),
-                                 input.numel(), g, row_begin, row_end,
+                                 input.numel(), g, tables_of<Acc>(stride, g), row_begin, row_end,
                                  cuda_mutable_data<scalar_t>(columns));
       });
 }
 
 void ls_conv_backward_sampling_cuda(const at::Tensor& grad_columns, const at::Tensor& input,
-                                    const LSConvGeometry& g, int64_t row_begin, int64_t row_end,
-                                    const at::Tensor& grad_input, const at::Tensor& stride_partials,
+                                    const LSConvGeometry& g, const PreparedStride& stride,
+                                    int64_t row_begin, int64_t row_end,
+                                    const at::Tensor& grad_input, bool stride_gradient,
                                     const at::Tensor& columns) {
-  TORCH_CHECK(grad_input.defined() || stride_partials.defined(),
-              "grad_input and stride_partials are undefined, expected at least one defined");
-  TORCH_CHECK(!stride_partials.defined() ||
-                  (stride_partials.scalar_type() == at::kDouble && stride_partials.numel() == 2 &&
-                   stride_partials.is_contiguous() && stride_partials.device() == input.device()),
-              "stride_partials=", stride_partials.sizes(), " ", stride_partials.scalar_type(),
-              " on ", stride_partials.device(), " expected 2 contiguous float64 values on ",
-              input.device());
+  TORCH_CHECK(grad_input.defined() || stride_gradient,
+              "grad_input is undefined and stride_gradient=false, expected either");
+  TORCH_CHECK(!stride_gradient || stride.partials.defined(),
+              "stride_gradient=true expected a stride prepared with its gradient's scratch");
   if (cuda::tile_elements(g, row_begin, row_end) == 0) return;
   if (has_no_pixels(g)) {
     if (columns.defined()) columns.zero_();
@@ -122,22 +171,18 @@ void ls_conv_backward_sampling_cuda(const at::Tensor& grad_columns, const at::Te
   StreamLaunch launch{c10::cuda::getCurrentCUDAStream(device)};
   // Under torch.use_deterministic_algorithms(True) the input gradient is gathered per
   // pixel instead of scattered with atomicAdd.
-  const cuda::BackwardPlan plan = cuda::plan_backward(
-      grad_input.defined(), stride_partials.defined(), columns.defined(),
-      at::globalContext().deterministicAlgorithms());
-  const at::ScalarType accumulate =
-      input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor block_partials = plan.stride
-      ? at::empty({cuda::max_grid_blocks(multiprocessors), 2}, input.options().dtype(accumulate))
-      : at::Tensor();
+  const cuda::BackwardPlan plan =
+      cuda::plan_backward(grad_input.defined(), stride_gradient, columns.defined(),
+                          at::globalContext().deterministicAlgorithms());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "ls_conv_backward_sampling_cuda", [&] {
-        using Acc = typename cuda::Accumulate<typename CudaType<scalar_t>::type>::type;
-        cuda::launch_backward_tile(
-            launch, multiprocessors, plan, grad_columns.const_data_ptr<Acc>(),
-            cuda_data<scalar_t>(input), input.numel(), g, row_begin, row_end,
-            data_or_null<Acc>(grad_input), data_or_null<Acc>(block_partials),
-            data_or_null<double>(stride_partials), cuda_mutable_data<scalar_t>(columns));
+        using T = typename CudaType<scalar_t>::type;
+        using Acc = typename cuda::Accumulate<T>::type;
+        cuda::launch_backward_tile(launch, multiprocessors, plan,
+                                   grad_columns.const_data_ptr<Acc>(), cuda_data<scalar_t>(input),
+                                   input.numel(), g, tables_of<Acc>(stride, g), row_begin,
+                                   row_end, data_or_null<Acc>(grad_input),
+                                   cuda_mutable_data<scalar_t>(columns));
       });
 }
 

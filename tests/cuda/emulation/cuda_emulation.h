@@ -1,7 +1,8 @@
 // A CPU stand-in for the parts of the CUDA execution model that the kernels of
 // csrc/common/cuda use, so that their logic (indexing, grid-stride loops, the
 // block reduction, atomics, dtype conversions) runs in the test suite on
-// machines without a GPU: tests/test_cuda_kernels_emulated.py.
+// machines without a GPU: tests/test_cuda_kernels_emulated.py. Device-side
+// assertions (LSCONV_ASSERT_FAIL) are recorded in emulation::assertion.
 //
 // Blocks run one after another; the threads of a block run as std::threads
 // that meet at __syncthreads() on a barrier, so __shared__ arrays (static
@@ -53,6 +54,19 @@ inline float atomicAdd(float* address, float value) {
 inline double atomicAdd(double* address, double value) {
   return std::atomic_ref<double>(*address).fetch_add(value);
 }
+
+inline unsigned int atomicAdd(unsigned int* address, unsigned int value) {
+  return std::atomic_ref<unsigned int>(*address).fetch_add(value);
+}
+
+// Blocks run one after another here, so their writes are already ordered.
+inline void __threadfence() {}
+
+// A device-side assertion is recorded rather than fatal, for the tests to read.
+namespace emulation {
+inline std::atomic<const char*> assertion{nullptr};
+}  // namespace emulation
+#define LSCONV_ASSERT_FAIL(message) (emulation::assertion = (message))
 
 // kernel<<<grid, block>>>(args...) on one-dimensional grids and blocks.
 template <typename Kernel, typename... Args>

@@ -1,11 +1,11 @@
 // C entry points that run the CUDA kernels of csrc/common/cuda on the CPU
 // through cuda_emulation.h, for tests/test_cuda_kernels_emulated.py (ctypes):
-// each kernel alone, and the launch layer (ls_conv_cuda_launch.cuh) for a tile,
-// recording what it launched.
+// each kernel alone (after the sampling tables, made by their kernel from the stride),
+// and the launch layer (ls_conv_cuda_launch.cuh) for a call, recording what it launched.
 //
 // dtype: 0 float, 1 double, 2 half, 3 bfloat16; index64: 0 int32_t, 1 int64_t.
 // geometry: channels, height, width, kernel_h, kernel_w, pad_h, pad_w,
-// dilation_h, dilation_w, out_h, out_w; stride: stride_h, stride_w.
+// dilation_h, dilation_w, out_h, out_w; stride: stride_h, stride_w (on the "device").
 #include "cuda_emulation.h"
 // clang-format off (the stand-in must come first)
 #include "common/cuda/ls_conv_cuda_kernel.cuh"
@@ -13,76 +13,22 @@
 // clang-format on
 
 #include <cstdint>
+#include <vector>
 
 namespace {
 
 using mmlstride::LSConvGeometry;
 namespace cuda = mmlstride::cuda;
 
-LSConvGeometry make_geometry(const int64_t* v, const double* stride) {
-  return LSConvGeometry{v[0], v[1], v[2], v[3], v[4],      v[5],     v[6],
-                        v[7], v[8], v[9], v[10], stride[0], stride[1]};
-}
-
-template <typename T, typename Index>
-void im2col(const void* input, const LSConvGeometry& g, int64_t row_begin, int64_t row_end,
-            void* columns, unsigned blocks) {
-  emulated_launch(blocks, cuda::kThreads, cuda::ls_conv_im2col_kernel<T, Index>,
-                  static_cast<const T*>(input), g, Index(row_begin), Index(row_end),
-                  static_cast<T*>(columns));
-}
-
-template <typename T, typename Index, bool kInput, bool kStride, bool kColumns>
-void backward(const void* grad_columns, const void* input, const LSConvGeometry& g,
-              int64_t row_begin, int64_t row_end, void* grad_input, void* block_partials,
-              void* columns, unsigned blocks) {
-  using Acc = typename cuda::Accumulate<T>::type;
-  emulated_launch(blocks, cuda::kThreads,
-                  cuda::ls_conv_backward_kernel<T, Index, kInput, kStride, kColumns>,
-                  static_cast<const Acc*>(grad_columns), static_cast<const T*>(input), g,
-                  Index(row_begin), Index(row_end), static_cast<Acc*>(grad_input),
-                  static_cast<Acc*>(block_partials), static_cast<T*>(columns));
-}
-
-template <typename T, typename Index>
-void input_gradient(const void* grad_columns, const LSConvGeometry& g, int64_t row_begin,
-                    int64_t row_end, void* grad_input, unsigned blocks) {
-  using Acc = typename cuda::Accumulate<T>::type;
-  cuda::PixelBox boxes[3];
-  const int count = cuda::reachable_pixel_boxes(g, row_begin, row_end, boxes);
-  for (int k = 0; k < count; ++k) {
-    emulated_launch(blocks, cuda::kThreads, cuda::ls_conv_input_gradient_kernel<T, Index>,
-                    static_cast<const Acc*>(grad_columns), g, Index(row_begin), Index(row_end),
-                    boxes[k], static_cast<Acc*>(grad_input));
-  }
-}
-
-template <typename T, typename Index>
-int backward_variant(int flags, const void* grad_columns, const void* input,
-                     const LSConvGeometry& g, int64_t row_begin, int64_t row_end,
-                     void* grad_input, void* block_partials, void* columns, unsigned blocks) {
-#define LSCONV_CASE(flags_value, kInput, kStride, kColumns)                                      \
-  case flags_value:                                                                              \
-    backward<T, Index, kInput, kStride, kColumns>(grad_columns, input, g, row_begin, row_end,   \
-                                                  grad_input, block_partials, columns, blocks); \
-    return 0;
-  switch (flags) {  // bit 0: input gradient, bit 1: stride partials, bit 2: columns
-    LSCONV_CASE(1, true, false, false)
-    LSCONV_CASE(2, false, true, false)
-    LSCONV_CASE(3, true, true, false)
-    LSCONV_CASE(5, true, false, true)
-    LSCONV_CASE(6, false, true, true)
-    LSCONV_CASE(7, true, true, true)
-  }
-#undef LSCONV_CASE
-  return -1;
+LSConvGeometry make_geometry(const int64_t* v) {
+  return LSConvGeometry{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10]};
 }
 
 // The launch policy of ls_conv_cuda_launch.cuh on the emulation: runs each launch and
 // records it as (kind, index bytes, variant, blocks).
 struct RecordingLaunch {
-  int64_t* record;
-  int capacity;
+  int64_t* record = nullptr;
+  int capacity = 0;
   int count = 0;
 
   template <typename Kernel, typename... Args>
@@ -97,6 +43,24 @@ struct RecordingLaunch {
     }
     ++count;
     emulated_launch(unsigned(blocks), cuda::kThreads, kernel, args...);
+  }
+};
+
+// A call's sampling tables, made on the emulation from `stride` (S: float or double) by
+// ls_conv_tables_kernel, with scratch for `max_blocks` backward blocks.
+template <typename Acc>
+struct Tables {
+  std::vector<double> storage;  // 8-byte aligned (table_layout aligns within it to 16)
+  cuda::SamplingTables<Acc> tables;
+
+  template <typename S>
+  Tables(const S* stride, const LSConvGeometry& g, int64_t max_blocks, RecordingLaunch& launch) {
+    const cuda::TableLayout layout = cuda::table_layout<Acc>(g, max_blocks);
+    storage.assign(layout.bytes / 8 + 2, 0.0);
+    auto* base = reinterpret_cast<unsigned char*>(storage.data());
+    base += (16 - reinterpret_cast<uintptr_t>(base) % 16) % 16;
+    tables = cuda::tables_at<Acc>(base, layout);
+    cuda::launch_tables(launch, stride, g, tables);
   }
 };
 
@@ -118,57 +82,166 @@ int dispatch(int dtype, int index64, Function&& function) {
   });
 }
 
+template <bool kValue>
+using Flag = std::integral_constant<bool, kValue>;
+
+// ls_conv_backward_kernel with the flags given as bits (input, stride, columns).
+template <typename T, typename Index, typename Acc>
+int backward_variant(int flags, const Acc* grad_columns, const T* input,
+                     const cuda::SamplingTables<Acc>& tables, const cuda::TileIndex<Index>& tile,
+                     Acc* grad_input, T* columns, unsigned blocks) {
+  auto run = [&](auto input_flag, auto stride_flag, auto columns_flag) {
+    emulated_launch(blocks, cuda::kThreads,
+                    cuda::ls_conv_backward_kernel<T, Index, decltype(input_flag)::value,
+                                                  decltype(stride_flag)::value,
+                                                  decltype(columns_flag)::value>,
+                    grad_columns, input, tables, tile, grad_input, columns);
+    return 0;
+  };
+  switch (flags) {
+    case 1: return run(Flag<true>(), Flag<false>(), Flag<false>());
+    case 2: return run(Flag<false>(), Flag<true>(), Flag<false>());
+    case 3: return run(Flag<true>(), Flag<true>(), Flag<false>());
+    case 5: return run(Flag<true>(), Flag<false>(), Flag<true>());
+    case 6: return run(Flag<false>(), Flag<true>(), Flag<true>());
+    case 7: return run(Flag<true>(), Flag<true>(), Flag<true>());
+  }
+  return -1;
+}
+
+// Test-only: sum_block_partials run by one block.
+template <typename Acc>
+__global__ void sum_partials_kernel(const Acc* partials, int64_t blocks, double* stride_sum) {
+  cuda::sum_block_partials(partials, blocks, stride_sum);
+}
+
 }  // namespace
 
 extern "C" int emulated_im2col(int dtype, int index64, const void* input,
                                const int64_t* geometry, const double* stride, int64_t row_begin,
                                int64_t row_end, void* columns, unsigned blocks) {
-  const LSConvGeometry g = make_geometry(geometry, stride);
+  const LSConvGeometry g = make_geometry(geometry);
   return dispatch(dtype, index64, [&](auto type_tag, auto index_tag) {
-    im2col<decltype(type_tag), decltype(index_tag)>(input, g, row_begin, row_end, columns,
-                                                    blocks);
+    using T = decltype(type_tag);
+    using Index = decltype(index_tag);
+    RecordingLaunch launch;
+    const Tables<typename cuda::Accumulate<T>::type> t(stride, g, blocks, launch);
+    emulated_launch(blocks, cuda::kThreads, cuda::ls_conv_im2col_kernel<T, Index>,
+                    static_cast<const T*>(input), t.tables,
+                    cuda::make_tile_index<Index>(g, row_begin, row_end), static_cast<T*>(columns));
     return 0;
   });
 }
 
+// Runs the gather of the input gradient over the tile's image parts.
 extern "C" int emulated_input_gradient(int dtype, int index64, const void* grad_columns,
                                        const int64_t* geometry, const double* stride,
                                        int64_t row_begin, int64_t row_end, void* grad_input,
                                        unsigned blocks) {
-  const LSConvGeometry g = make_geometry(geometry, stride);
+  const LSConvGeometry g = make_geometry(geometry);
   return dispatch(dtype, index64, [&](auto type_tag, auto index_tag) {
-    input_gradient<decltype(type_tag), decltype(index_tag)>(grad_columns, g, row_begin, row_end,
-                                                            grad_input, blocks);
+    using T = decltype(type_tag);
+    using Index = decltype(index_tag);
+    using Acc = typename cuda::Accumulate<T>::type;
+    RecordingLaunch launch;
+    const Tables<Acc> t(stride, g, blocks, launch);
+    cuda::ImageRows parts[3];
+    const int count = cuda::tile_image_rows(g, row_begin, row_end, parts);
+    for (int k = 0; k < count; ++k) {
+      emulated_launch(blocks, cuda::kThreads, cuda::ls_conv_input_gradient_kernel<T, Index>,
+                      static_cast<const Acc*>(grad_columns), t.tables,
+                      cuda::make_tile_index<Index>(g, row_begin, row_end), parts[k],
+                      static_cast<Acc*>(grad_input));
+    }
     return 0;
   });
 }
 
+// The backward kernel with flags (bit 0 input gradient, bit 1 stride, bit 2 columns); the
+// stride gradient its last block sums goes to stride_sum[0..1].
 extern "C" int emulated_backward(int dtype, int index64, int flags, const void* grad_columns,
                                  const void* input, const int64_t* geometry, const double* stride,
                                  int64_t row_begin, int64_t row_end, void* grad_input,
-                                 void* block_partials, void* columns, unsigned blocks) {
-  const LSConvGeometry g = make_geometry(geometry, stride);
+                                 double* stride_sum, void* columns, unsigned blocks) {
+  const LSConvGeometry g = make_geometry(geometry);
   return dispatch(dtype, index64, [&](auto type_tag, auto index_tag) {
-    return backward_variant<decltype(type_tag), decltype(index_tag)>(
-        flags, grad_columns, input, g, row_begin, row_end, grad_input, block_partials, columns,
-        blocks);
+    using T = decltype(type_tag);
+    using Index = decltype(index_tag);
+    using Acc = typename cuda::Accumulate<T>::type;
+    RecordingLaunch launch;
+    const Tables<Acc> t(stride, g, blocks, launch);
+    const int status = backward_variant<T, Index, Acc>(
+        flags, static_cast<const Acc*>(grad_columns), static_cast<const T*>(input), t.tables,
+        cuda::make_tile_index<Index>(g, row_begin, row_end), static_cast<Acc*>(grad_input),
+        static_cast<T*>(columns), blocks);
+    stride_sum[0] = t.tables.stride_sum[0];
+    stride_sum[1] = t.tables.stride_sum[1];
+    return status ? status : int(*t.tables.blocks_done);  // 0: re-armed for the next tile
   });
 }
 
 // stride_sum[k] += the sum of partials[2 * block + k] over `blocks` (dtype 0 float, 1 double),
-// by ls_conv_sum_partials_kernel.
+// by sum_block_partials.
 extern "C" int emulated_sum_partials(int dtype, const void* partials, int64_t blocks,
                                      double* stride_sum) {
   if (dtype == 0) {
-    emulated_launch(1, cuda::kThreads, cuda::ls_conv_sum_partials_kernel<float>,
+    emulated_launch(1, cuda::kThreads, sum_partials_kernel<float>,
                     static_cast<const float*>(partials), blocks, stride_sum);
   } else if (dtype == 1) {
-    emulated_launch(1, cuda::kThreads, cuda::ls_conv_sum_partials_kernel<double>,
+    emulated_launch(1, cuda::kThreads, sum_partials_kernel<double>,
                     static_cast<const double*>(partials), blocks, stride_sum);
   } else {
     return -1;
   }
   return 0;
+}
+
+// The tables kernel for a stride of dtype stride_dtype (0 float, 1 double) and tables in
+// float (acc_dtype 0) or double (1). Writes the h and w samples' neighbours and weights
+// (low, high, weight_low, weight_high per entry) and the sources and reach ranges (begin,
+// end per entry) to the arrays given, and returns 1 when the kernel's device-side
+// assertion fired, 0 otherwise.
+extern "C" int emulated_tables(int acc_dtype, int stride_dtype, const void* stride,
+                               const int64_t* geometry, double* h, double* w,
+                               int64_t* h_sources, int64_t* w_sources, int64_t* row_reach) {
+  const LSConvGeometry g = make_geometry(geometry);
+  emulation::assertion = nullptr;
+  auto copy_samples = [](const auto* samples, int64_t count, double* out) {
+    for (int64_t k = 0; k < count; ++k) {
+      out[4 * k] = samples[k].low;
+      out[4 * k + 1] = samples[k].high;
+      out[4 * k + 2] = double(samples[k].weight_low);
+      out[4 * k + 3] = double(samples[k].weight_high);
+    }
+  };
+  auto copy_ranges = [](const cuda::IndexRange* ranges, int64_t count, int64_t* out) {
+    for (int64_t k = 0; k < count; ++k) {
+      out[2 * k] = ranges[k].begin;
+      out[2 * k + 1] = ranges[k].end;
+    }
+  };
+  auto run = [&](auto acc_tag, const auto* typed_stride) {
+    using Acc = decltype(acc_tag);
+    RecordingLaunch launch;
+    const Tables<Acc> t(typed_stride, g, 1, launch);
+    copy_samples(t.tables.h, g.kernel_h * g.out_h, h);
+    copy_samples(t.tables.w, g.kernel_w * g.out_w, w);
+    copy_ranges(t.tables.h_sources, g.kernel_h * g.height, h_sources);
+    copy_ranges(t.tables.w_sources, g.kernel_w * g.width, w_sources);
+    copy_ranges(t.tables.row_reach, g.out_h, row_reach);
+    return emulation::assertion.load() != nullptr ? 1 : 0;
+  };
+  auto with_stride = [&](auto acc_tag) {
+    return stride_dtype == 0 ? run(acc_tag, static_cast<const float*>(stride))
+                             : run(acc_tag, static_cast<const double*>(stride));
+  };
+  return acc_dtype == 0 ? with_stride(float()) : with_stride(double());
+}
+
+// n / d by FastDivider (index64: 64-bit), for n >= 0 and d >= 1.
+extern "C" int64_t emulated_fast_divide(int index64, int64_t n, int64_t d) {
+  if (index64) return cuda::FastDivider<int64_t>(d).divide(n);
+  return cuda::FastDivider<int32_t>(int32_t(d)).divide(int32_t(n));
 }
 
 extern "C" int emulated_fits_int32(int64_t input_numel, int64_t total, int64_t blocks,
@@ -180,44 +253,59 @@ extern "C" int64_t emulated_grid_blocks(int64_t total, int multiprocessors) {
   return cuda::grid_blocks(total, multiprocessors);
 }
 
-// The launch layer's backward of one tile. want: bit 0 input gradient, bit 1 stride,
-// bit 2 columns. input_numel is what the index-width choice is told (a tensor larger
-// than the one given makes it pick 64-bit indices). Returns the number of launches,
+// The launch layer for one call: the tables from `stride`, then the backward of the rows
+// [row_begin, row_end) as `tiles` consecutive tiles of (row_end - row_begin) / tiles rows,
+// the last one taking the rest (want: bit 0 input gradient, bit 1 stride, bit 2 columns). input_numel is what
+// the index-width choice is told (a tensor larger than the one given makes it pick 64-bit
+// indices). stride_sum[0..1] gets the stride gradient. Returns the number of launches,
 // recorded in record[4 * k ...] for k < capacity.
 extern "C" int emulated_backward_tile(int dtype, int want, int deterministic, int multiprocessors,
                                       const void* grad_columns, const void* input,
                                       int64_t input_numel, const int64_t* geometry,
                                       const double* stride, int64_t row_begin, int64_t row_end,
-                                      void* grad_input, void* block_partials, double* stride_sum,
+                                      int tiles, void* grad_input, double* stride_sum,
                                       void* columns, int64_t* record, int capacity) {
-  const LSConvGeometry g = make_geometry(geometry, stride);
+  const LSConvGeometry g = make_geometry(geometry);
   const cuda::BackwardPlan plan =
       cuda::plan_backward(want & 1, want & 2, want & 4, deterministic != 0);
   RecordingLaunch launch{record, capacity};
   const int status = dispatch_type(dtype, [&](auto type_tag) {
     using T = decltype(type_tag);
     using Acc = typename cuda::Accumulate<T>::type;
-    cuda::launch_backward_tile(launch, multiprocessors, plan,
-                               static_cast<const Acc*>(grad_columns),
-                               static_cast<const T*>(input), input_numel, g, row_begin, row_end,
-                               static_cast<Acc*>(grad_input), static_cast<Acc*>(block_partials),
-                               stride_sum, static_cast<T*>(columns));
+    const Tables<Acc> t(stride, g, cuda::max_grid_blocks(multiprocessors), launch);
+    // Each tile's columns and their gradient start at element 0 of their buffers, as
+    // the host code's tile buffers do.
+    const int64_t step = (row_end - row_begin) / tiles;
+    for (int k = 0; k < tiles; ++k) {
+      const int64_t begin = row_begin + k * step;
+      const int64_t end = k == tiles - 1 ? row_end : begin + step;
+      const int64_t offset = cuda::tile_elements(g, row_begin, begin);
+      cuda::launch_backward_tile(
+          launch, multiprocessors, plan, static_cast<const Acc*>(grad_columns) + offset,
+          static_cast<const T*>(input), input_numel, g, t.tables, begin, end,
+          static_cast<Acc*>(grad_input), columns ? static_cast<T*>(columns) + offset : nullptr);
+    }
+    stride_sum[0] = t.tables.stride_sum[0];
+    stride_sum[1] = t.tables.stride_sum[1];
     return 0;
   });
   return status ? status : launch.count;
 }
 
-// The launch layer's im2col of one tile; returns the launches as emulated_backward_tile.
+// The launch layer's tables and im2col of one tile; returns the launches as
+// emulated_backward_tile.
 extern "C" int emulated_im2col_tile(int dtype, int multiprocessors, const void* input,
                                     int64_t input_numel, const int64_t* geometry,
                                     const double* stride, int64_t row_begin, int64_t row_end,
                                     void* columns, int64_t* record, int capacity) {
-  const LSConvGeometry g = make_geometry(geometry, stride);
+  const LSConvGeometry g = make_geometry(geometry);
   RecordingLaunch launch{record, capacity};
   const int status = dispatch_type(dtype, [&](auto type_tag) {
     using T = decltype(type_tag);
+    const Tables<typename cuda::Accumulate<T>::type> t(
+        stride, g, cuda::max_grid_blocks(multiprocessors), launch);
     cuda::launch_im2col_tile(launch, multiprocessors, static_cast<const T*>(input), input_numel,
-                             g, row_begin, row_end, static_cast<T*>(columns));
+                             g, t.tables, row_begin, row_end, static_cast<T*>(columns));
     return 0;
   });
   return status ? status : launch.count;
