@@ -120,12 +120,13 @@ def test_deterministic_mode_repeats_bit_for_bit(deterministic, seed, dtype):
 
 
 def test_deterministic_mode_on_large_tiles(deterministic):
-    """The gather on a batch of several tiles that split images, against the scatter."""
+    """The gather on tiles that split images (the rows each reaches found on the device),
+    against the scatter."""
     gen = torch.Generator().manual_seed(0)
-    # 32 channels, 3x3 taps, 82 columns in float32: 94 KB of columns per output row, so
-    # tiles of 355 rows of CUDA's 32 MiB target, over 4 images of 142 rows.
-    x = torch.randn(4, 32, 141, 141, generator=gen).cuda().requires_grad_()
-    w = torch.randn(8, 32, 3, 3, generator=gen).cuda().requires_grad_()
+    # 64 channels, 3x3 taps, 233 columns in float32: 537 KB of columns per output row, so
+    # tiles of 62 rows of CUDA's 32 MiB target, 7 per image of 405 rows.
+    x = torch.randn(2, 64, 400, 400, generator=gen).cuda().requires_grad_()
+    w = torch.randn(8, 64, 3, 3, generator=gen).cuda().requires_grad_()
     stride = torch.tensor([0.9871, 1.7137], device='cuda', requires_grad=True)
     out = ls_conv2d(x, w, stride, padding=1)
     grad_output = torch.randn_like(out)

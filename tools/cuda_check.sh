@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA checks, on a machine with a GPU, a CUDA build of torch and nvcc: builds
 # mmlstride with its CUDA kernels in place, runs the device-parametrised tests
-# (CUDA cases included), the accuracy sweep on the GPU, and the op benchmark in
+# (CUDA cases included), the accuracy sweep on the GPU, the kernel launches per
+# forward+backward, and the op benchmark in
 # float32 and bfloat16 against cuDNN, torchvision's deform conv and pure PyTorch.
 # Logs go to $OUT (default work_dirs/cuda_check). Uses the python3 it finds;
 # mmengine must be importable. On the lent GPU machines (torch, pytest, numpy,
@@ -25,6 +26,7 @@ set +e
 status=${PIPESTATUS[0]}
 set -e
 "$python" tools/check_accuracy.py --device cuda --cases 100 2>&1 | tee "$out/accuracy.txt"
+"$python" tools/count_launches.py --device cuda 2>&1 | tee "$out/launches.txt"
 "$python" tools/benchmark_op.py --device cuda --dtype float32 bfloat16 --warmup 10 --repeats 50 \
   --json "$out/benchmark_op.json" --png "$out/benchmark_op.png" 2>&1 | tee "$out/benchmark.txt"
 exit "$status"
