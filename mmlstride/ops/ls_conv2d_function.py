@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .extension import EXTENSION_ERROR, has_kernel
+from .ls_conv2d_export import ls_conv2d_by_sampling
 from .ls_conv2d_reference import ls_conv2d_reference
 
 IntPair = Union[int, Sequence[int]]
@@ -23,11 +24,28 @@ _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _int_pair(value: IntPair, name: str, minimum: int) -> Tuple[int, int]:
-    """``value`` as a pair of ints >= ``minimum``, or a ValueError naming ``name``."""
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= minimum for v in pair):
+    """``value`` as a pair of ints >= ``minimum``, or a ValueError naming ``name``. Symbolic
+    sizes (torch.SymInt, under torch.export with dynamic shapes) pass as they are."""
+    pair = (value, value) if isinstance(value, (int, torch.SymInt)) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, torch.SymInt) or
+                                 (isinstance(v, int) and not isinstance(v, bool) and v >= minimum)
+                                 for v in pair):
         raise ValueError(f'{name}={value!r} expected an int or a pair of ints >= {minimum}')
     return pair
+
+
+# ONNX has GridSample with the 'bilinear' mode TensorRT reads in opsets 16 to 19.
+ONNX_OPSETS = range(16, 20)
+
+
+def _check_onnx_opset() -> None:
+    """Raises a ValueError when the running TorchScript-based ONNX export targets an opset
+    without the bilinear GridSample LSConv exports to."""
+    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    opset = GLOBALS.export_onnx_opset_version
+    if not torch.compiler.is_exporting() and opset not in ONNX_OPSETS:
+        raise ValueError(f'opset_version={opset} expected 16 to 19: LSConv exports to ONNX '
+                         "GridSample (opset 16) with mode 'bilinear' (opsets 16-19)")
 
 
 def _autocast_enabled(device: torch.device) -> bool:
@@ -152,6 +170,10 @@ def ls_conv2d(input: Tensor,
                                           _stride_values(stride), padding, dilation)
     else:
         output_size = _int_pair(output_size, 'output_size', 1)
+    if torch.onnx.is_in_onnx_export():  # standard operators only
+        _check_onnx_opset()
+        return ls_conv2d_by_sampling(input, weight, stride, bias, padding, dilation, groups,
+                                     output_size)
     if has_kernel(input.device):  # the compiled op checks the stride values itself
         return torch.ops.mmlstride.ls_conv2d(input, weight, bias, stride, padding, dilation, groups,
                                              output_size)

@@ -6,7 +6,7 @@ import torch
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-from .ls_conv2d_function import default_output_size, ls_conv2d
+from .ls_conv2d_function import ls_conv2d
 
 IntPair = Union[int, Tuple[int, int]]
 FloatPair = Union[float, Tuple[float, float]]
@@ -173,8 +173,14 @@ class LSConv2d(nn.Conv2d):
         if input.dim() != 4:
             raise ValueError(f'input.dim()={input.dim()} expected 4 (N, C, H, W)')
         stride = self.sampling_stride()
-        output_size = default_output_size(input.shape[2:], self.kernel_size, self.stride,
-                                          self.padding, self.dilation)
+        # nn.Conv2d's size at the nominal (integer) stride, in integer arithmetic, so that
+        # symbolic sizes (torch.export with dynamic shapes) stay simple expressions; the
+        # TorchScript tracer's size tensors become ints (a fixed-size trace).
+        output_size = tuple(
+            size if isinstance(size, torch.SymInt) else int(size)
+            for size in ((input.shape[2 + k] + 2 * self.padding[k] - self.dilation[k] *
+                          (self.kernel_size[k] - 1) - 1) // self.stride[k] + 1
+                         for k in range(2)))
         return ls_conv2d(input, self.weight, stride, self.bias, self.padding, self.dilation,
                          self.groups, output_size)
 

@@ -1,0 +1,150 @@
+"""Export of models holding LSConv: torch.export with dynamic batch, height and width, and ONNX
+of standard operators (bilinear GridSample and Conv) run in ONNX Runtime against PyTorch, at
+sizes other than the traced one."""
+import warnings
+
+import pytest
+import torch
+from torch.export import Dim
+
+from conftest import require_module
+from mmlstride.ops import LSConv2d, ls_conv2d
+from mmlstride.ops.ls_conv2d_export import ls_conv2d_by_sampling
+from mmlstride.testing import random_case, relative_error
+
+# (kernel, stride, padding, dilation, groups, learned stride): fractional asymmetric strides,
+# groups, dilation, rectangular kernels, asymmetric padding.
+LAYERS = [
+    dict(kernel_size=3, stride=2, padding=1, dilation=1, groups=1, learned=(1.7, 2.3)),
+    dict(kernel_size=(3, 2), stride=2, padding=(1, 0), dilation=(1, 2), groups=2,
+         learned=(2.6, 1.45)),
+    dict(kernel_size=(1, 3), stride=(1, 2), padding=(0, 2), dilation=(1, 1), groups=4,
+         learned=(0.8, 3.1)),
+]
+TRACED, OTHER_SIZES = (2, 8, 20, 24), [(3, 8, 33, 17), (1, 8, 48, 64)]
+
+
+def make_layer(spec) -> LSConv2d:
+    spec = dict(spec)
+    learned = spec.pop('learned')
+    torch.manual_seed(0)
+    layer = LSConv2d(8, 12, **spec).eval()
+    with torch.no_grad():
+        layer.learnable_stride.copy_(torch.tensor(learned))
+    return layer
+
+
+def dynamic_shapes(minimum=8):
+    return ({0: Dim('batch'), 2: Dim('height', min=minimum), 3: Dim('width', min=minimum)}, )
+
+
+@pytest.mark.parametrize('seed', range(12))
+def test_sampling_decomposition_is_the_op(seed):
+    """The export decomposition (one GridSample, one conv of stride (kh, kw)) computes the op
+    (float64 random cases: groups, dilation, padding, asymmetric strides)."""
+    args = random_case(seed).args()  # the argument order of both
+    expected = ls_conv2d(*args)
+    found = ls_conv2d_by_sampling(*args)
+    assert relative_error(found, expected) < 1e-12
+
+
+@pytest.mark.parametrize('spec', LAYERS, ids=['3x3', 'rect-groups-dilation', 'asym-pad'])
+def test_torch_export_with_dynamic_batch_height_width(spec):
+    """torch.export.export of an LSConv2d with dynamic batch, height and width; the exported
+    program runs the compiled op at other sizes and gives the eager result."""
+    layer = make_layer(spec)
+    program = torch.export.export(layer, (torch.randn(TRACED), ), dynamic_shapes=dynamic_shapes())
+    for shape in OTHER_SIZES:
+        x = torch.randn(shape)
+        assert torch.equal(program.module()(x), layer(x))
+
+
+def onnx_session(model, example, path, opset, dynamo=True, minimum=8):
+    """Exports ``model`` to ONNX (dynamic batch, height and width with the default exporter)
+    and returns an ONNX Runtime CPU session and the ONNX model."""
+    require_module('onnx')
+    require_module('onnxscript')
+    ort = require_module('onnxruntime')
+    import onnx
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        if dynamo:
+            torch.onnx.export(model, (example, ), path, opset_version=opset, dynamo=True,
+                              dynamic_shapes=dynamic_shapes(minimum), verbose=False)
+        else:
+            torch.onnx.export(model, (example, ), path, opset_version=opset, dynamo=False)
+    return ort.InferenceSession(str(path), providers=['CPUExecutionProvider']), onnx.load(path)
+
+
+def run_onnx(session, x):
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+def assert_standard_operators(model, opset):
+    """Only ai.onnx operators, GridSample as 'bilinear', at the requested opset."""
+    assert [entry.version for entry in model.opset_import if entry.domain in ('', 'ai.onnx')] \
+        == [opset]
+    assert {node.domain for node in model.graph.node} <= {''}
+    modes = [attribute.s for node in model.graph.node if node.op_type == 'GridSample'
+             for attribute in node.attribute if attribute.name == 'mode']
+    assert modes and set(modes) == {b'bilinear'}
+
+
+@pytest.mark.parametrize('opset', [18, 19])
+@pytest.mark.parametrize('spec', LAYERS, ids=['3x3', 'rect-groups-dilation', 'asym-pad'])
+def test_onnx_export_runs_in_onnxruntime(spec, opset, tmp_path):
+    """torch.onnx.export (the default exporter, dynamic batch, height and width) of an
+    LSConv2d gives standard operators whose ONNX Runtime output matches PyTorch to 1e-4 at
+    sizes other than the traced one."""
+    layer = make_layer(spec)
+    session, model = onnx_session(layer, torch.randn(TRACED), tmp_path / 'layer.onnx', opset)
+    assert_standard_operators(model, opset)
+    with torch.no_grad():
+        for shape in OTHER_SIZES:
+            x = torch.randn(shape)
+            assert relative_error(run_onnx(session, x), layer(x)) < 1e-4
+
+
+@pytest.mark.parametrize('opset', [16, 17])
+def test_onnx_export_torchscript_exporter(opset, tmp_path):
+    """The TorchScript-based exporter (dynamo=False) at the traced size, opsets 16 and 17."""
+    layer = make_layer(LAYERS[1])
+    x = torch.randn(TRACED)
+    session, model = onnx_session(layer, x, tmp_path / 'layer.onnx', opset, dynamo=False)
+    assert_standard_operators(model, opset)
+    with torch.no_grad():
+        assert relative_error(run_onnx(session, x), layer(x)) < 1e-4
+
+
+def test_onnx_opset_below_16_is_refused(tmp_path):
+    require_module('onnx')
+    with pytest.raises(ValueError, match=r'opset_version=15 expected 16 to 19'):
+        torch.onnx.export(make_layer(LAYERS[0]), (torch.randn(TRACED), ), tmp_path / 'x.onnx',
+                          opset_version=15, dynamo=False)
+
+
+def test_lsresnet_backbone_exports_to_onnx(tmp_path):
+    """An LSResNet-18 backbone with strides moved away from nominal exports (dynamic sizes
+    from 64 pixels, as mmdet's ResNet does) and its ONNX Runtime features match PyTorch at
+    two sizes other than the traced one; torch.export of it too."""
+    require_module('mmdet')
+    from mmlstride.models import LSResNet
+    torch.manual_seed(0)
+    backbone = LSResNet(depth=18, out_indices=(1, 2, 3))
+    backbone.eval()  # mmdet's ResNet.train returns None
+    with torch.no_grad():
+        for k, layer in enumerate(m for m in backbone.modules()
+                                  if isinstance(m, LSConv2d) and m.stride_leader is None):
+            layer.learnable_stride.copy_(torch.tensor([1.8 + 0.1 * k, 2.25 - 0.05 * k]))
+    session, _ = onnx_session(backbone, torch.randn(2, 3, 96, 128), tmp_path / 'backbone.onnx',
+                              18, minimum=64)  # as mmdet's ResNet exports
+    program = torch.export.export(backbone, (torch.randn(2, 3, 96, 128), ),
+                                  dynamic_shapes=dynamic_shapes(64))
+    with torch.no_grad():
+        for shape in [(2, 3, 64, 80), (1, 3, 128, 96)]:
+            x = torch.randn(shape)
+            features = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+            expected = backbone(x)
+            for found, exported, wanted in zip(features, program.module()(x), expected):
+                assert relative_error(torch.from_numpy(found), wanted) < 1e-4
+                assert torch.equal(exported, wanted)
