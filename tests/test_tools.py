@@ -1,8 +1,9 @@
-"""The benchmark tool runs end to end on a tiny shape and writes what it promises; the build
-script's errors and default CUDA architectures."""
+"""The benchmark, launch-count and deploy tools run end to end and print and write what they
+promise; the build script's errors and default CUDA architectures."""
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require
+from conftest import require, require_module
 
 TOOLS = Path(__file__).resolve().parents[1] / 'tools'
 
@@ -137,3 +138,37 @@ def test_count_launches_sees_gemms_in_place_with_the_bias(capsys):
     assert two_images['aten::copy_'] == 1 and 'aten::add_' not in two_images, two_images
     tool.main([])
     assert 'r50-s2' in capsys.readouterr().out
+
+
+def test_deploy_exports_a_detector_that_onnxruntime_runs(tmp_path, capsys):
+    """tools/deploy.py on a digits RetinaNet checkpoint (LSConv, strides moved off nominal):
+    the ONNX model runs in ONNX Runtime with PyTorch's outputs, finds the same detections, and
+    the tool writes its files and figures."""
+    for name in ('onnx', 'onnxruntime', 'onnxscript', 'mmdet'):
+        require_module(name)
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS
+
+    import mmlstride  # noqa: F401
+    from mmlstride.ops import LSConv2d
+    config = str(TOOLS.parent / 'configs' / 'digits' / 'retinanet_r18n-ls_digits_quick.py')
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
+    detector = MODELS.build(Config.fromfile(config).model)
+    with torch.no_grad():
+        for k, layer in enumerate(m for m in detector.modules()
+                                  if isinstance(m, LSConv2d) and m.stride_leader is None):
+            layer.learnable_stride.copy_(torch.tensor([1.8 + 0.05 * k, 2.2 - 0.05 * k]))
+    checkpoint = tmp_path / 'detector.pth'
+    torch.save({'state_dict': detector.state_dict()}, checkpoint)
+    load_tool('deploy').main([config, str(checkpoint), '--out', str(tmp_path / 'out'),
+                              '--images', '2', '--repeats', '1'])
+    printed = capsys.readouterr().out
+    difference = float(re.search(r"largest value: ([-+.e0-9]+)", printed).group(1))
+    assert difference < 1e-4, printed
+    pairs = re.search(r'ONNX Runtime\): (.*)', printed).group(1).split(', ')
+    assert all(a == b for a, b in (pair.split('/') for pair in pairs)), printed
+    for name in ('detector.onnx', 'detector_fixed_strides.onnx', 'detections.jpg'):
+        assert (tmp_path / 'out' / name).stat().st_size > 0
