@@ -107,13 +107,11 @@ def read_requirements(name: str) -> list:
         return [line.strip() for line in f if line.strip() and not line.startswith('#')]
 
 
-def add_mim_extension() -> None:
+def add_mim_extension(copy: bool) -> None:
     """Puts the configs and tools into mmlstride/.mim, where OpenMMLab's mim and mmengine's
-    ``mmlstride::`` config paths look for them: copies when building a distribution, links
-    otherwise (editable installs, in-place builds), so edits show."""
+    ``mmlstride::`` config paths look for them: as copies (for a distribution) or as links
+    (editable installs, in-place builds, so edits show)."""
     mim_dir = os.path.join(HERE, 'mmlstride', '.mim')
-    distribution = ('bdist_wheel', 'sdist', 'install', 'build', 'bdist_egg')
-    editable = not any(command in sys.argv for command in distribution)
     os.makedirs(mim_dir, exist_ok=True)
     for name in ('configs', 'tools'):
         source = os.path.join(HERE, name)
@@ -122,15 +120,33 @@ def add_mim_extension() -> None:
             os.remove(target)
         elif os.path.isdir(target):
             shutil.rmtree(target)
-        if editable:
-            os.symlink(os.path.relpath(source, mim_dir), target)
-        else:
+        if copy:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns('__pycache__'))
+        else:
+            os.symlink(os.path.relpath(source, mim_dir), target)
+
+
+def builds_distribution(argv: Sequence[str]) -> bool:
+    """Whether the setup.py command line builds a distribution (the configs are copied in)."""
+    return any(command in argv for command in
+               ('bdist_wheel', 'sdist', 'install', 'build', 'bdist_egg'))
 
 
 def main() -> None:
-    """Builds or installs the package, as the setup.py command line asks."""
-    add_mim_extension()
+    """Builds or installs the package, as the setup.py command line asks. A distribution
+    built in a checkout gets copies of the configs and tools, and the checkout its links
+    back afterwards, so that an editable install there keeps following edits."""
+    distribution = builds_distribution(sys.argv)
+    add_mim_extension(copy=distribution)
+    try:
+        run_setup()
+    finally:
+        if distribution:
+            add_mim_extension(copy=False)
+
+
+def run_setup() -> None:
+    """setuptools' setup() of this package."""
     ext_modules, cmdclass = make_extensions()
     setup(
         name='mmlstride',
