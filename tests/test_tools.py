@@ -33,16 +33,17 @@ def test_benchmark_op_writes_table_json_and_chart(tmp_path, capsys):
     records = {(r['shape']['name'], r['method']): r for r in report['records']}
     assert set(records) == {(s, m) for s in ('1x4x12', 'r50-s4')
                             for m in ('lsconv', 'conv2d', 'pytorch')}
-    assert all(records[s, 'conv2d']['ratio_to_conv2d'] == 1.0 for s in ('1x4x12', 'r50-s4'))
+    assert all(records[s, 'conv2d'][ratio] == 1.0 for s in ('1x4x12', 'r50-s4')
+               for ratio in ('ratio_to_conv2d', 'inference_ratio_to_conv2d'))
     for record in records.values():
         assert record['total_ms']['min'] <= record['total_ms']['median'] <= record['total_ms']['max']
-        assert record['peak_mib'] >= 0
+        assert record['peak_mib'] >= 0 and record['inference_ms']['median'] > 0
     assert report['floors_ms']['r50-s4 float32']['gemm'] > 0
     profiled = dict(report['lsconv_profile_ms']['r50-s4 float32'])
     assert {'aten::bmm', 'mmlstride::im2col', 'mmlstride::backward_sampling'} <= set(profiled)
     assert png_path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     table = capsys.readouterr().out
-    assert 'r50-s4' in table and 'x conv2d' in table
+    assert 'r50-s4' in table and 'x conv2d' in table and 'no_grad fwd ms' in table
 
 
 @pytest.mark.parametrize('bad', ['3x4', 'r50-s9', '2xAx9'])

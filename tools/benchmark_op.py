@@ -154,8 +154,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_once(forward: Callable, p: Problem, out: int, device: torch.device) -> Tuple[float, float]:
-    """(forward seconds, backward seconds) of one call, gradients of every leaf included."""
+def run_once(forward: Callable, p: Problem, out: int, device: torch.device,
+             inference: bool = True) -> Tuple[float, ...]:
+    """(forward seconds, backward seconds, inference seconds) of one call: forward and
+    backward with the gradients of every leaf, then (if ``inference``) a forward alone under
+    torch.no_grad()."""
     for leaf in p.leaves():
         leaf.grad = None
     synchronize(device)
@@ -165,7 +168,13 @@ def run_once(forward: Callable, p: Problem, out: int, device: torch.device) -> T
     middle = time.perf_counter()
     y.backward(p.grad_output)
     synchronize(device)
-    return middle - start, time.perf_counter() - middle
+    end = time.perf_counter()
+    if not inference:
+        return middle - start, end - middle
+    with torch.no_grad():
+        forward(p, out)
+    synchronize(device)
+    return middle - start, end - middle, time.perf_counter() - end
 
 
 @contextlib.contextmanager
@@ -272,7 +281,7 @@ def benchmark_shape(shape: Shape, dtype: torch.dtype, device: torch.device,
     methods = supported(methods, p, out, device)
     if 'conv2d' not in methods:
         return []
-    times = {name: ([], []) for name in methods}
+    times = {name: ([], [], []) for name in methods}
     for name, forward in methods.items():
         for _ in range(warmup):
             run_once(forward, p, out, device)
@@ -280,14 +289,13 @@ def benchmark_shape(shape: Shape, dtype: torch.dtype, device: torch.device,
     try:
         for _ in range(repeats):
             for name, forward in methods.items():
-                fwd, bwd = run_once(forward, p, out, device)
-                times[name][0].append(fwd)
-                times[name][1].append(bwd)
+                for kept, seconds in zip(times[name], run_once(forward, p, out, device)):
+                    kept.append(seconds)
     finally:
         gc.enable()
     records = []
     for name, forward in methods.items():
-        fwd, bwd = times[name]
+        fwd, bwd, inference = times[name]
         records.append({
             'shape': asdict(shape),
             'dtype': str(dtype).replace('torch.', ''),
@@ -296,14 +304,18 @@ def benchmark_shape(shape: Shape, dtype: torch.dtype, device: torch.device,
             'forward_ms': summary(fwd),
             'backward_ms': summary(bwd),
             'total_ms': summary([f + b for f, b in zip(fwd, bwd)]),
+            'inference_ms': summary(inference),
             'peak_mib': peak_memory(forward, p, out, device) / 2**20,
         })
-    floor = [f + b for f, b in zip(*times['conv2d'])]
+    conv_fwd, conv_bwd, conv_inference = times['conv2d']
+    floor = [f + b for f, b in zip(conv_fwd, conv_bwd)]
     for record in records:
         # Median over repeats of the ratio within a repeat: robust to the machine's drift.
-        fwd, bwd = times[record['method']]
+        fwd, bwd, inference = times[record['method']]
         record['ratio_to_conv2d'] = statistics.median(
             (f + b) / c for f, b, c in zip(fwd, bwd, floor))
+        record['inference_ratio_to_conv2d'] = statistics.median(
+            i / c for i, c in zip(inference, conv_inference))
     return records
 
 
@@ -319,7 +331,7 @@ def profile_lsconv(shape: Shape, dtype: torch.dtype, device: torch.device,
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
     with native_stderr_silenced(), profile(activities=activities) as prof:
         for _ in range(repeats):
-            run_once(forward, p, shape.out_size, device)
+            run_once(forward, p, shape.out_size, device, inference=False)
     attribute = 'self_device_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
     rows = [(e.key, getattr(e, attribute) / 1e3 / repeats) for e in prof.key_averages()]
     return sorted((r for r in rows if r[1] > 0), key=lambda r: -r[1])
@@ -333,9 +345,11 @@ def print_profile(name: str, rows: List[Tuple[str, float]], limit: int = 8) -> N
 
 def print_table(records: List[dict], floors: Dict[str, Dict[str, float]]) -> None:
     header = (f"{'shape':<8} {'dtype':<8} {'method':<16} {'fwd ms':>8} {'bwd ms':>8} "
-              f"{'fwd+bwd ms (min-max)':>22} {'x conv2d':>8} {'x dcn':>6} {'peak MiB':>9}")
+              f"{'fwd+bwd ms (min-max)':>22} {'x conv2d':>8} {'x dcn':>6} {'peak MiB':>9} "
+              f"{'no_grad fwd ms':>14} {'x conv2d':>8}")
     print('x conv2d: median over repeats of the fwd+bwd time ratio within a repeat; '
-          'x dcn: ratio of medians to mmcv_dcn (torchvision_dcn where mmcv has none)')
+          'x dcn: ratio of medians to mmcv_dcn (torchvision_dcn where mmcv has none); '
+          'no_grad fwd: the forward alone under torch.no_grad() (inference), its ratio as above')
     print(header)
     print('-' * len(header))
     for record in records:
@@ -349,7 +363,8 @@ def print_table(records: List[dict], floors: Dict[str, Dict[str, float]]) -> Non
         print(f"{record['shape']['name']:<8} {record['dtype']:<8} {record['method']:<16} "
               f"{record['forward_ms']['median']:>8.3g} {record['backward_ms']['median']:>8.3g} "
               f"{spread:>22} {record['ratio_to_conv2d']:>8.2f} {versus_dcn:>6} "
-              f"{record['peak_mib']:>9.1f}")
+              f"{record['peak_mib']:>9.1f} {record['inference_ms']['median']:>14.3g} "
+              f"{record['inference_ratio_to_conv2d']:>8.2f}")
     print()
     print('floor of one forward+backward (ms): GEMM = 3 x multiply-adds / GEMM rate; bytes = '
           'minimal traffic (conv) or with the columns (im2col) / copy bandwidth')
