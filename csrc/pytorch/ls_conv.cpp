@@ -194,8 +194,10 @@ void copy_tile(const at::Tensor& full, const at::Tensor& tile, const LSConvGeome
 }
 
 // The end of the tile that starts at output row `begin`: whole images when `step` rows hold
-// at least one, else at most `step` rows of one image, so that the GEMMs can read and write
-// the (N, O, out_h, out_w) tensors in place (gemm_in_place).
+// at least one, else at most `step` rows of one image, so that the GEMMs of a tile within one
+// image read and write the (N, O, out_h, out_w) tensors in place (rows_of_image). A tile of
+// several images goes through a buffer and a copy: batching its GEMM per image would be
+// slower where images are small (8 x 512 ch @ 7x7: 14 ms against 10 ms for one GEMM).
 int64_t tile_end(int64_t begin, int64_t step, const LSConvGeometry& g, int64_t total_rows) {
   if (step >= g.out_h) return std::min(begin + step / g.out_h * g.out_h, total_rows);
   return std::min(begin + step, (begin / g.out_h + 1) * g.out_h);
@@ -209,31 +211,6 @@ at::Tensor rows_of_image(const at::Tensor& full, const LSConvGeometry& g, int64_
   return full.select(0, image)
       .view({groups, full.size(1) / groups, g.out_h * g.out_w})
       .narrow(2, (row_begin - image * g.out_h) * g.out_w, (row_end - row_begin) * g.out_w);
-}
-
-// The operands of out = weight @ columns (batched) where `out` is the rows
-// [row_begin, row_end) of an (N, O, out_h, out_w) tensor itself, a strided view:
-// (groups, O / groups, cols) for rows of one image; (images, O, out_h * out_w), with the
-// weight broadcast over images, for whole images and groups == 1. Undefined `out`
-// otherwise (tiles of whole images with groups > 1 are copied).
-struct InPlaceGemm {
-  at::Tensor out, weight, columns;
-};
-
-InPlaceGemm gemm_in_place(const at::Tensor& full, const at::Tensor& weight_g,
-                          const at::Tensor& columns, const LSConvGeometry& g, int64_t groups,
-                          int64_t row_begin, int64_t row_end) {
-  const int64_t image = row_begin / g.out_h;
-  const int64_t plane = g.out_h * g.out_w;
-  if ((row_end - 1) / g.out_h == image) {
-    return {rows_of_image(full, g, groups, row_begin, row_end), weight_g,
-            columns.view({groups, columns.size(0) / groups, columns.size(1)})};
-  }
-  if (groups > 1) return {};
-  const int64_t images = (row_end - row_begin) / g.out_h;
-  return {full.narrow(0, image, images).view({images, full.size(1), plane}),
-          weight_g.expand({images, weight_g.size(1), weight_g.size(2)}),
-          columns.view({columns.size(0), images, plane}).transpose(0, 1)};
 }
 
 // On CUDA, float32 GEMMs run as 1x1 convolutions (at::convolution on an (1, K, 1, ncols)
@@ -298,24 +275,26 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
                 /*to_tile=*/false);
       continue;
     }
-    InPlaceGemm gemm = gemm_in_place(output, weight_g, columns, g, groups, begin, end);
-    const bool in_place = gemm.out.defined();
-    if (!in_place) {
+    const bool in_place = (end - 1) / g.out_h == begin / g.out_h;
+    at::Tensor target;
+    if (in_place) {
+      target = rows_of_image(output, g, groups, begin, end);
+    } else {
       if (!output_buffer.defined()) {
         output_buffer = at::empty({out_channels * step * g.out_w}, input.options());
       }
-      gemm = {matrix_view(output_buffer, out_channels, cols)
-                  .view({groups, out_channels / groups, cols}),
-              weight_g, columns.view({groups, col_rows / groups, cols})};
+      target = matrix_view(output_buffer, out_channels, cols)
+                   .view({groups, out_channels / groups, cols});
     }
-    if (bias) {  // out <- bias + weight @ columns
-      at::baddbmm_out(gemm.out, bias->view({-1, gemm.out.size(1), 1}).expand_as(gemm.out),
-                      gemm.weight, gemm.columns);
+    const at::Tensor columns_g = columns.view({groups, col_rows / groups, cols});
+    if (bias) {  // target <- bias + weight @ columns
+      at::baddbmm_out(target, bias->view({groups, out_channels / groups, 1}).expand_as(target),
+                      weight_g, columns_g);
     } else {
-      at::bmm_out(gemm.out, gemm.weight, gemm.columns);
+      at::bmm_out(target, weight_g, columns_g);
     }
     if (!in_place) {
-      copy_tile(output, gemm.out.view({out_channels, cols}), g, begin, end, /*to_tile=*/false);
+      copy_tile(output, target.view({out_channels, cols}), g, begin, end, /*to_tile=*/false);
     }
   }
   return output;
