@@ -12,6 +12,7 @@ their nominal stride, same weights; median ratio over interleaved repeats, one p
 draws the detections of PyTorch and of ONNX Runtime side by side in DIR/detections.jpg.
 """
 import argparse
+import copy
 import statistics
 import time
 import warnings
@@ -43,7 +44,6 @@ class TensorHead(nn.Module):
 
 def fixed_stride_copy(detector: nn.Module) -> nn.Module:
     """A copy of ``detector`` whose LSConv layers are nn.Conv2d at their nominal stride."""
-    import copy
     fixed = copy.deepcopy(detector)
     for parent in list(fixed.modules()):
         for name, child in list(parent.named_children()):

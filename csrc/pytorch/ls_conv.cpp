@@ -203,6 +203,11 @@ int64_t tile_end(int64_t begin, int64_t step, const LSConvGeometry& g, int64_t t
   return std::min(begin + step, (begin / g.out_h + 1) * g.out_h);
 }
 
+// Whether the output rows [row_begin, row_end) lie in one image.
+bool within_one_image(const LSConvGeometry& g, int64_t row_begin, int64_t row_end) {
+  return (row_end - 1) / g.out_h == row_begin / g.out_h;
+}
+
 // Rows [row_begin, row_end) of one image of an (N, O, out_h, out_w) tensor as a strided
 // (groups, O / groups, rows * out_w) view.
 at::Tensor rows_of_image(const at::Tensor& full, const LSConvGeometry& g, int64_t groups,
@@ -275,7 +280,7 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
                 /*to_tile=*/false);
       continue;
     }
-    const bool in_place = (end - 1) / g.out_h == begin / g.out_h;
+    const bool in_place = within_one_image(g, begin, end);
     at::Tensor target;
     if (in_place) {
       target = rows_of_image(output, g, groups, begin, end);
@@ -340,8 +345,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
   if (total_rows > 0 && (need_input || need_weight || need_stride)) {
     const at::Tensor weight_g = weight.view({groups, out_channels / groups, col_rows / groups});
     at::Tensor grad_weight_g =
-        grad_weight.defined() ? grad_weight.view({groups, out_channels / groups, col_rows / groups})
-                    : at::Tensor();
+        grad_weight.defined()
+            ? grad_weight.view({groups, out_channels / groups, col_rows / groups})
+            : at::Tensor();
     const int64_t step = std::min(tile_rows(g, input), total_rows);
     const at::Tensor columns_buffer =
         need_weight ? at::empty({col_rows * step * g.out_w}, input.options()) : at::Tensor();
@@ -360,7 +366,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
       // grad_output's rows of the tile as (groups, O / groups, cols): read in place when
       // they lie in one image, else copied (the weight gradient sums over the images).
       at::Tensor grad_output_g;
-      if (!by_convolution && (end - 1) / g.out_h == begin / g.out_h) {
+      if (!by_convolution && within_one_image(g, begin, end)) {
         grad_output_g = rows_of_image(grad_output, g, groups, begin, end);
       }
       if (!grad_output_g.defined()) {

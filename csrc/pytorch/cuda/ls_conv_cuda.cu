@@ -112,7 +112,8 @@ PreparedStride ls_conv_prepare_cuda(const at::Tensor& stride, const at::Tensor& 
     using Acc = decltype(acc_tag);
     const cuda::TableLayout layout = layout_for<Acc>(g, device);
     prepared.tables = at::empty({layout.bytes}, input.options().dtype(at::kByte));
-    const cuda::SamplingTables<Acc> tables = tables_of<Acc>(prepared, g);
+    const cuda::SamplingTables<Acc> tables =
+        cuda::tables_at<Acc>(prepared.tables.mutable_data_ptr<uint8_t>(), layout);
     if (values.scalar_type() == at::kDouble) {
       cuda::launch_tables(launch, values.const_data_ptr<double>(), g, tables);
     } else {
