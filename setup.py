@@ -108,8 +108,8 @@ def read_requirements(name: str) -> list:
 
 
 def add_mim_extension(copy: bool) -> None:
-    """Puts the configs and tools into mmlstride/.mim, where OpenMMLab's mim and mmengine's
-    ``mmlstride::`` config paths look for them: as copies (for a distribution) or as links
+    """Puts the configs and tools into mmlstride/.mim, where OpenMMLab's mim and
+    ``python -m mmlstride.copy_configs`` look for them: as copies (for a distribution) or as links
     (editable installs, in-place builds, so edits show)."""
     mim_dir = os.path.join(HERE, 'mmlstride', '.mim')
     os.makedirs(mim_dir, exist_ok=True)

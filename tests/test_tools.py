@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -174,26 +173,3 @@ def test_deploy_exports_a_detector_that_onnxruntime_runs(tmp_path, capsys):
     assert all(a == b for a, b in (pair.split('/') for pair in pairs)), printed
     for name in ('detector.onnx', 'detector_fixed_strides.onnx', 'detections.jpg'):
         assert (tmp_path / 'out' / name).stat().st_size > 0
-
-
-def test_building_a_distribution_keeps_the_checkouts_config_links(tmp_path):
-    """A distribution built in a checkout (here an sdist: no compiler needed) carries copies
-    of configs/ and tools/ in mmlstride/.mim, and the checkout gets its links back, so an
-    editable install there still follows edits to configs/ and tools/."""
-    repository = TOOLS.parent
-    checkout = tmp_path / 'checkout'
-    checkout.mkdir()
-    for name in ('setup.py', 'README.md'):
-        shutil.copy(repository / name, checkout / name)
-    skip = shutil.ignore_patterns('__pycache__', '*.so', '.mim')
-    for name in ('mmlstride', 'configs', 'tools', 'csrc', 'requirements'):
-        shutil.copytree(repository / name, checkout / name, ignore=skip)
-    result = subprocess.run([sys.executable, 'setup.py', 'sdist', '-d', str(tmp_path / 'dist')],
-                            cwd=checkout, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    for name in ('configs', 'tools'):
-        assert (checkout / 'mmlstride' / '.mim' / name).is_symlink(), name
-    with tarfile.open(next((tmp_path / 'dist').glob('*.tar.gz'))) as archive:
-        members = [m for m in archive.getmembers() if '/.mim/' in m.name]
-    assert any(m.name.endswith('.mim/configs/digits/retinanet_r18n-ls_digits.py') for m in members)
-    assert not any(m.issym() for m in members)

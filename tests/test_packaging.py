@@ -1,0 +1,124 @@
+"""Packaging: distributions built in a checkout carry the configs and leave the checkout's
+links; an installed wheel's bundled configs serve as bases of a user's own configs."""
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import mmlstride.copy_configs
+from conftest import require_module
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def copy_checkout(checkout: Path) -> Path:
+    """The files a build reads, copied from this checkout (no build products, no .mim)."""
+    checkout.mkdir()
+    for name in ('setup.py', 'README.md'):
+        shutil.copy(REPO / name, checkout / name)
+    skip = shutil.ignore_patterns('__pycache__', '*.so', '.mim')
+    for name in ('mmlstride', 'configs', 'tools', 'csrc', 'requirements'):
+        shutil.copytree(REPO / name, checkout / name, ignore=skip)
+    return checkout
+
+
+def test_building_a_distribution_keeps_the_checkouts_config_links(tmp_path):
+    """A distribution built in a checkout (here an sdist: no compiler needed) carries copies
+    of configs/ and tools/ in mmlstride/.mim, and the checkout gets its links back, so an
+    editable install there still follows edits to configs/ and tools/."""
+    checkout = copy_checkout(tmp_path / 'checkout')
+    result = subprocess.run([sys.executable, 'setup.py', 'sdist', '-d', str(tmp_path / 'dist')],
+                            cwd=checkout, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ('configs', 'tools'):
+        assert (checkout / 'mmlstride' / '.mim' / name).is_symlink(), name
+    with tarfile.open(next((tmp_path / 'dist').glob('*.tar.gz'))) as archive:
+        members = [m for m in archive.getmembers() if '/.mim/' in m.name]
+    assert any(m.name.endswith('.mim/configs/digits/retinanet_r18n-ls_digits.py') for m in members)
+    assert not any(m.issym() for m in members)
+
+
+# A user's config in their own directory, on a copied bundled config.
+USER_CONFIG = """
+_base_ = './bundled/digits/retinanet_r18n-ls_digits_quick.py'
+train_cfg = dict(max_iters=10)
+"""
+
+# Run in the user's directory: loads the user's config (custom_imports imports mmlstride) and
+# builds its detector with mmdet; prints where mmlstride came from and the learned strides.
+LOAD_AND_BUILD = """
+import mmlstride, mmlstride.ops.extension as extension
+from mmengine.config import Config
+from mmdet.registry import MODELS
+from mmdet.utils import register_all_modules
+register_all_modules()
+cfg = Config.fromfile('my_config.py')
+model = MODELS.build(cfg.model)
+strides = [n for n, _ in model.named_parameters() if n.endswith('learnable_stride')]
+print('package', mmlstride.__file__)
+print('extension', extension.EXTENSION_ERROR)
+print('iters', cfg.train_cfg.max_iters, 'strides', len(strides))
+"""
+
+
+def load_user_config(user_dir: Path, env: dict) -> str:
+    """Copies the bundled configs into user_dir/bundled with the command the README gives,
+    and loads and builds a config there, in fresh processes; returns what they printed."""
+    require_module('mmdet')
+    user_dir.mkdir()
+    copy = subprocess.run([sys.executable, '-m', 'mmlstride.copy_configs', 'bundled'],
+                          cwd=user_dir, env=env, capture_output=True, text=True, timeout=300)
+    assert copy.returncode == 0, copy.stderr[-3000:]
+    (user_dir / 'my_config.py').write_text(USER_CONFIG)
+    load = subprocess.run([sys.executable, '-c', LOAD_AND_BUILD], cwd=user_dir, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert load.returncode == 0, load.stderr[-3000:]
+    return load.stdout
+
+
+def test_an_installed_wheels_configs_serve_as_bases_of_a_users_config(tmp_path):
+    """A wheel built from this checkout, installed into a directory of its own, copies its
+    configs into a user's directory, where a config builds on one of them by file path."""
+    checkout = copy_checkout(tmp_path / 'checkout')
+    build = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps',
+                            '--no-build-isolation', '-w', str(tmp_path / 'wheels'), str(checkout)],
+                           capture_output=True, text=True, timeout=1200,
+                           env={**os.environ, 'MAX_JOBS': '2'})
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    wheel = next((tmp_path / 'wheels').glob('mmlstride-*.whl'))
+    site = tmp_path / 'site'
+    install = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '--target',
+                              str(site), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr[-3000:]
+    env = {**os.environ, 'PYTHONPATH': str(site)}
+    printed = load_user_config(tmp_path / 'user', env)
+    assert f'package {site / "mmlstride" / "__init__.py"}' in printed, printed
+    assert 'extension None' in printed and 'iters 10 strides 3' in printed, printed
+
+
+def test_an_editable_installs_configs_serve_as_bases_of_a_users_config(tmp_path):
+    """The same with this environment's install (editable in the README's set-up)."""
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    printed = load_user_config(tmp_path / 'user', env)
+    assert 'iters 10 strides 3' in printed, printed
+    copied = sorted(p.relative_to(tmp_path / 'user' / 'bundled').as_posix()
+                    for p in (tmp_path / 'user' / 'bundled').rglob('*.py'))
+    assert copied == sorted(p.relative_to(REPO / 'configs').as_posix()
+                            for p in (REPO / 'configs').rglob('*.py'))
+
+
+def test_copying_configs_refuses_to_overwrite(tmp_path, capsys):
+    """Existing files are kept unless --overwrite, with an error that names one."""
+    mmlstride.copy_configs.main([str(tmp_path)])
+    target = tmp_path / 'digits' / 'retinanet_r18n-ls_digits.py'
+    target.write_text('# edited\n')
+    with pytest.raises(SystemExit):
+        mmlstride.copy_configs.main([str(tmp_path)])
+    assert 'exists' in capsys.readouterr().err and target.read_text() == '# edited\n'
+    mmlstride.copy_configs.main([str(tmp_path), '--overwrite'])
+    assert target.read_text() != '# edited\n'
