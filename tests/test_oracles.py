@@ -1,5 +1,6 @@
 """The compiled op against independent references: values and every gradient, on every device
 (``device`` fixture, tests/conftest.py)."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -249,6 +250,37 @@ def test_batch_split_into_tiles(shape, stride, device):
                 dilation=(1, 1), groups=1, output_size=shape[2:]).to(torch.float64, device)
     errors = compiled_errors(case, ls_conv2d_reference)
     assert max(errors.values()) < 1e-10, errors
+
+
+def forward_sampling_kernels(case: Case) -> set:
+    """The CPU sampling kernels that the compiled forward of ``case`` calls."""
+    from torch.profiler import profile
+    with torch.no_grad(), profile() as prof:
+        compiled_op(*case.args())
+    return {e.name for e in prof.events()} & {'mmlstride::pixel_columns', 'mmlstride::im2col'}
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('seed', range(12))
+def test_both_cpu_forward_layouts_match_the_reference(seed, dtype):
+    """The CPU forward samples pixel-major columns from channels-last input rows where the
+    weight is no larger than the input, and channel-major columns (the CUDA layout) where it
+    is larger: both give the reference's output and gradients, on the same random cases made
+    to take one or the other (the batch repeated, or each group's filters)."""
+    case = random_case(seed, torch.float64)
+    repeats = -(-case.weight.numel() // case.input.numel())
+    pixel_major = dataclasses.replace(case, input=case.input.detach().repeat(repeats, 1, 1, 1))
+    group_filters = case.weight.detach().unflatten(0, (case.groups, -1))
+    repeats = case.input.numel() // case.weight.numel() + 1
+    channel_major = dataclasses.replace(case, 
+        weight=group_filters.repeat(1, repeats, 1, 1, 1).flatten(0, 1),
+        bias=None if case.bias is None else case.bias.detach().unflatten(
+            0, (case.groups, -1)).repeat(1, repeats).flatten())
+    for forced, kernel in ((pixel_major, 'mmlstride::pixel_columns'),
+                           (channel_major, 'mmlstride::im2col')):
+        forced = forced.to(dtype)
+        assert forward_sampling_kernels(forced) == {kernel}
+        assert_same_function(forced, ls_conv2d_reference, TOLERANCE[dtype])
 
 
 def test_cpu_is_bitwise_deterministic_across_runs_and_threads():

@@ -30,7 +30,8 @@ NO_MEMORY_TRAFFIC = {
 }
 
 # The host code's calls of the backend sampling kernels (one or more launches each on CUDA).
-SAMPLING = {'mmlstride::prepare_stride', 'mmlstride::im2col', 'mmlstride::backward_sampling'}
+SAMPLING = {'mmlstride::prepare_stride', 'mmlstride::im2col', 'mmlstride::pixel_columns',
+            'mmlstride::backward_sampling'}
 
 # (name, batch, channels in = out, input size): stride-2 3x3 layers as in benchmark_op.py.
 SHAPES = [('r50-s2', 8, 128, 56), ('r50-s4', 8, 512, 14), ('det-200', 2, 64, 200)]

@@ -243,6 +243,71 @@ at::Tensor convolve_1x1(const at::Tensor& matrix, const at::Tensor& weight,
   return out.reshape({out.size(1), out.size(3)});  // a view unless cuDNN chose another layout
 }
 
+// Whether the forward takes forward_by_pixel_columns: on the CPU (unless the GEMMs are forced
+// to the CUDA path's convolutions), where the weight is no larger than the input. Its passes
+// over the input (a channels-last copy) and the weight (its taps reordered) then cost less
+// than the gathers along w that the (C * taps) x pixels columns need (8 x 128 ch @ 56, 2 x 64
+// ch @ 200: forward 0.1 x conv2d faster); with a larger weight (8 x 512 ch @ 14) they do not.
+bool takes_pixel_columns(const at::Tensor& input, const at::Tensor& weight) {
+  return !input.is_cuda() && !gemm_as_convolution(input) && weight.numel() <= input.numel();
+}
+
+// The CPU forward (see ls_conv2d_forward): per tile, pixel-major columns (their taps
+// sampled as runs over channels, ls_conv_pixel_columns_cpu), per group one GEMM into a
+// pixel-major output tile, bias + columns @ weight^T (the weight's taps reordered to the
+// columns' order), then one transposing copy into the (N, O, out_h, out_w) output. MKL's
+// GEMM runs faster in this orientation than writing the output in place: 8 x 128 ch @
+// 56: 9.5 ms against 10.4, 2 x 64 ch @ 200: 8.6 against 10.0 (with 9.9 and 8.9 for conv2d).
+void forward_by_pixel_columns(const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias,
+                              const PreparedStride& prepared, const LSConvGeometry& g,
+                              int64_t groups, at::Tensor& output) {
+  const int64_t batch = input.size(0);
+  const int64_t out_channels = weight.size(0);
+  const int64_t group_out = out_channels / groups;
+  const int64_t col_rows = g.channels * g.kernel_h * g.kernel_w;
+  const int64_t group_cols = col_rows / groups;
+  // (O, kernel_h * kernel_w * C / groups): the columns' order within a group.
+  const at::Tensor weight_taps =
+      weight.permute({0, 2, 3, 1}).contiguous().view({out_channels, group_cols});
+  const int64_t total_rows = batch * g.out_h;
+  const int64_t step = std::min(tile_rows(g, input), total_rows);
+  const at::Tensor columns_buffer = at::empty({step * g.out_w * col_rows}, input.options());
+  const at::Tensor output_buffer = at::empty({step * g.out_w * out_channels}, input.options());
+  const int64_t out_plane = g.out_h * g.out_w;
+  at::Tensor rows_buffer = at::empty({0}, input.options());
+  for (int64_t begin = 0, end = 0; begin < total_rows; begin = end) {
+    end = tile_end(begin, step, g, total_rows);
+    const int64_t pixels = (end - begin) * g.out_w;
+    const at::Tensor columns = matrix_view(columns_buffer, pixels, col_rows);
+    ls_conv_pixel_columns_cpu(input, g, prepared, groups, begin, end, columns, rows_buffer);
+    const at::Tensor target = matrix_view(output_buffer, pixels, out_channels);
+    for (int64_t group = 0; group < groups; ++group) {
+      at::Tensor target_g = target.narrow(1, group * group_out, group_out);
+      const at::Tensor columns_g = columns.narrow(1, group * group_cols, group_cols);
+      const at::Tensor weight_g = weight_taps.narrow(0, group * group_out, group_out).t();
+      if (bias) {
+        at::addmm_out(target_g, bias->narrow(0, group * group_out, group_out).expand_as(target_g),
+                      columns_g, weight_g);
+      } else {
+        at::mm_out(target_g, columns_g, weight_g);
+      }
+    }
+    const int64_t image = begin / g.out_h;
+    if (within_one_image(g, begin, end)) {
+      output.select(0, image)
+          .view({out_channels, out_plane})
+          .narrow(1, (begin - image * g.out_h) * g.out_w, pixels)
+          .copy_(target.t());
+    } else {  // whole images (tile_end)
+      const int64_t images = (end - begin) / g.out_h;
+      output.narrow(0, image, images)
+          .view({images, out_channels, out_plane})
+          .copy_(target.view({images, out_plane, out_channels}).transpose(1, 2));
+    }
+  }
+}
+
 at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_,
                              const std::optional<at::Tensor>& bias_, const at::Tensor& stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
@@ -266,6 +331,10 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
   at::Tensor output = at::empty({batch, out_channels, g.out_h, g.out_w}, input.options());
   const int64_t total_rows = batch * g.out_h;
   if (total_rows == 0) return output;
+  if (takes_pixel_columns(input, weight)) {
+    forward_by_pixel_columns(input, weight, bias, prepared, g, groups, output);
+    return output;
+  }
   const at::Tensor weight_g = weight.view({groups, out_channels / groups, col_rows / groups});
   const int64_t step = std::min(tile_rows(g, input), total_rows);
   const at::Tensor columns_buffer = at::empty({col_rows * step * g.out_w}, input.options());

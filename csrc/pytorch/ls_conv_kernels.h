@@ -43,6 +43,15 @@ void ls_conv_im2col_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
                         const PreparedStride& stride, int64_t row_begin, int64_t row_end,
                         const at::Tensor& columns);
 
+// The CPU forward's columns in pixel-major layout: a (row_end - row_begin) * out_w x (C * kernel_h * kernel_w) matrix, row
+// (row - row_begin) * out_w + b, column ((group * kernel_h + i) * kernel_w + j) * (C / groups)
+// + channel in the group. Each (pixel, tap) is a contiguous run over channels, so its
+// sampling is vectorised with no gather (the NCHW layout above gathers along w).
+void ls_conv_pixel_columns_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
+                               const PreparedStride& stride, int64_t groups, int64_t row_begin,
+                               int64_t row_end, const at::Tensor& columns,
+                               at::Tensor& rows_buffer);
+
 // From the gradient of the tile's columns: adds their scatter onto the input to
 // grad_input and, when `stride_gradient`, their stride-gradient contributions to
 // stride.partials, and writes the tile's columns (as ls_conv_im2col_cpu) to `columns`,

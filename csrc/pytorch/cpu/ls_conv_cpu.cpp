@@ -8,6 +8,7 @@
 // pass runs the same two passes transposed.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <cmath>
@@ -176,6 +177,127 @@ void im2col_kernel(const T* input, const LSConvGeometry& g, const RealStride& st
   });
 }
 
+// Compiles a function for x86-64-v3 (AVX2, FMA) too, picked at load time where the CPU has
+// it; the baseline build targets SSE2 only.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#define MMLSTRIDE_CLONES_FOR_AVX2 __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define MMLSTRIDE_CLONES_FOR_AVX2
+#endif
+
+// out[c] = w00 * x00[c] + w01 * x01[c] + w10 * x10[c] + w11 * x11[c] for c < n: one bilinear
+// sample of n channels.
+template <typename T>
+inline void blend_four(T* out, int64_t n, T w00, const T* x00, T w01, const T* x01, T w10,
+                       const T* x10, T w11, const T* x11) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) {
+    out[c] = w00 * x00[c] + w01 * x01[c] + w10 * x10[c] + w11 * x11[c];
+  }
+}
+
+MMLSTRIDE_CLONES_FOR_AVX2 void blend_four_float(float* out, int64_t n, float w00,
+                                                const float* x00, float w01, const float* x01,
+                                                float w10, const float* x10, float w11,
+                                                const float* x11) {
+  blend_four(out, n, w00, x00, w01, x01, w10, x10, w11, x11);
+}
+
+MMLSTRIDE_CLONES_FOR_AVX2 void blend_four_double(double* out, int64_t n, double w00,
+                                                 const double* x00, double w01,
+                                                 const double* x01, double w10,
+                                                 const double* x10, double w11,
+                                                 const double* x11) {
+  blend_four(out, n, w00, x00, w01, x01, w10, x10, w11, x11);
+}
+
+inline void blend(float* out, int64_t n, float w00, const float* x00, float w01,
+                  const float* x01, float w10, const float* x10, float w11, const float* x11) {
+  blend_four_float(out, n, w00, x00, w01, x01, w10, x10, w11, x11);
+}
+
+inline void blend(double* out, int64_t n, double w00, const double* x00, double w01,
+                  const double* x01, double w10, const double* x10, double w11,
+                  const double* x11) {
+  blend_four_double(out, n, w00, x00, w01, x01, w10, x10, w11, x11);
+}
+
+// The forward's columns in pixel-major layout (see ls_conv_pixel_columns_cpu). The input
+// rows each image part of the tile reads are first copied channels-last (a small buffer,
+// reused from the heap), so that each (pixel, tap) sample is one vectorised blend of four
+// contiguous runs over channels. The four neighbours' weights are products of the two axis
+// tables' weights, as in MMCV's bilinear sample.
+template <typename T>
+void pixel_columns_kernel(const at::Tensor& input, const LSConvGeometry& g, const RealStride& stride,
+                          int64_t groups, int64_t row_begin, int64_t row_end, T* columns,
+                          at::Tensor& rows_buffer) {
+  const AxisTable<T> h(g.kernel_h, g.out_h, stride.h, g.pad_h, g.dilation_h, g.height);
+  const AxisTable<T> w(g.kernel_w, g.out_w, stride.w, g.pad_w, g.dilation_w, g.width);
+  const int64_t channels = g.channels;
+  const int64_t group_channels = channels / groups;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  const int64_t plane = g.height * g.width;
+  const int64_t row_size = g.width * channels;  // one channels-last input row
+  const std::vector<ImageRows> parts = split_by_image(g, row_begin, row_end);
+  const int64_t nparts = static_cast<int64_t>(parts.size());
+  // Part k reads input rows [first[k], last[k]] (none when last < first), copied to
+  // rows[offset[k]...].
+  std::vector<int64_t> first(nparts, 0), last(nparts, -1), offset(nparts + 1, 0);
+  for (int64_t k = 0; k < nparts; ++k) {
+    if (plane > 0) rows_used(h, g, parts[k].a_begin, parts[k].a_end, first[k], last[k]);
+    offset[k + 1] = offset[k] + std::max<int64_t>(0, last[k] - first[k] + 1) * row_size;
+  }
+  if (rows_buffer.numel() < offset[nparts]) rows_buffer.resize_({offset[nparts]});
+  const at::Tensor& rows = rows_buffer;
+  for (int64_t k = 0; k < nparts; ++k) {
+    const int64_t count = last[k] - first[k] + 1;
+    if (count <= 0) continue;
+    rows.narrow(0, offset[k], count * row_size)
+        .view({count, g.width, channels})
+        .permute({2, 0, 1})
+        .copy_(input.select(0, parts[k].image).narrow(1, first[k], count));
+  }
+  const int64_t pixels = (row_end - row_begin) * g.out_w;
+  at::parallel_for(0, pixels, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t pixel = begin; pixel < end; ++pixel) {
+      const int64_t row = row_begin + pixel / g.out_w;
+      const int64_t b = pixel % g.out_w;
+      const int64_t k = row / g.out_h - parts[0].image;
+      const int64_t a = row % g.out_h;
+      T* out = columns + pixel * channels * taps;
+      if (last[k] < first[k]) {  // every sample is 0
+        std::fill(out, out + channels * taps, T(0));
+        continue;
+      }
+      const T* part_rows = rows.const_data_ptr<T>() + offset[k];
+      for (int64_t i = 0; i < g.kernel_h; ++i) {
+        const int64_t hk = i * g.out_h + a;
+        const T hl = h.weight_low[hk];
+        const T hh = h.weight_high[hk];
+        // Rows with weight 0 may lie outside [first, last]: read row `first` instead.
+        const T* row_low = part_rows + (hl != T(0) ? h.low[hk] - first[k] : 0) * row_size;
+        const T* row_high = part_rows + (hh != T(0) ? h.high[hk] - first[k] : 0) * row_size;
+        for (int64_t j = 0; j < g.kernel_w; ++j) {
+          const int64_t wk = j * g.out_w + b;
+          const T w00 = hl * w.weight_low[wk];
+          const T w01 = hl * w.weight_high[wk];
+          const T w10 = hh * w.weight_low[wk];
+          const T w11 = hh * w.weight_high[wk];
+          const T* x00 = row_low + w.low[wk] * channels;
+          const T* x01 = row_low + w.high[wk] * channels;
+          const T* x10 = row_high + w.low[wk] * channels;
+          const T* x11 = row_high + w.high[wk] * channels;
+          for (int64_t group = 0; group < groups; ++group) {
+            const int64_t c0 = group * group_channels;
+            blend(out + group * group_channels * taps + (i * g.kernel_w + j) * group_channels,
+                  group_channels, w00, x00 + c0, w01, x01 + c0, w10, x10 + c0, w11, x11 + c0);
+          }
+        }
+      }
+    }
+  });
+}
+
 // One output row of one tap, pulled back along h: adds the weighted gradient to
 // the two input rows it samples (grad_low, grad_high, which may be the same row);
 // when kColumns writes the row's samples (im2col) to `column`; when kStride
@@ -335,6 +457,18 @@ void ls_conv_im2col_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ls_conv_im2col_cpu", [&] {
     im2col_kernel<scalar_t>(input.const_data_ptr<scalar_t>(), geometry, stride.values, row_begin,
                             row_end, columns.mutable_data_ptr<scalar_t>());
+  });
+}
+
+void ls_conv_pixel_columns_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
+                               const PreparedStride& stride, int64_t groups, int64_t row_begin,
+                               int64_t row_end, const at::Tensor& columns,
+                               at::Tensor& rows_buffer) {
+  RECORD_FUNCTION("mmlstride::pixel_columns", std::vector<c10::IValue>());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ls_conv_pixel_columns_cpu", [&] {
+    pixel_columns_kernel<scalar_t>(input, geometry, stride.values,
+                                   groups, row_begin, row_end,
+                                   columns.mutable_data_ptr<scalar_t>(), rows_buffer);
   });
 }
 
