@@ -43,10 +43,16 @@ void ls_conv_im2col_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
                         const PreparedStride& stride, int64_t row_begin, int64_t row_end,
                         const at::Tensor& columns);
 
-// The CPU forward's columns in pixel-major layout: a (row_end - row_begin) * out_w x (C * kernel_h * kernel_w) matrix, row
-// (row - row_begin) * out_w + b, column ((group * kernel_h + i) * kernel_w + j) * (C / groups)
-// + channel in the group. Each (pixel, tap) is a contiguous run over channels, so its
-// sampling is vectorised with no gather (the NCHW layout above gathers along w).
+// The weight (O, C / groups, kernel_h, kernel_w) with its taps first, (O, kernel_h * kernel_w
+// * C / groups): the order of ls_conv_pixel_columns_cpu's columns within a group.
+at::Tensor ls_conv_weight_taps_cpu(const at::Tensor& weight);
+
+// The CPU forward's columns in pixel-major layout: a (row_end - row_begin) * out_w x
+// (C * kernel_h * kernel_w) matrix, row (row - row_begin) * out_w + b, column
+// ((group * kernel_h + i) * kernel_w + j) * (C / groups) + channel in the group. Each
+// (pixel, tap) is a contiguous run over channels, sampled with no gather (the layout above
+// gathers along w) from the input rows copied channels-last into rows_buffer, which grows as
+// needed and serves the next tiles.
 void ls_conv_pixel_columns_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
                                const PreparedStride& stride, int64_t groups, int64_t row_begin,
                                int64_t row_end, const at::Tensor& columns,

@@ -222,13 +222,63 @@ inline void blend(double* out, int64_t n, double w00, const double* x00, double 
   blend_four_double(out, n, w00, x00, w01, x01, w10, x10, w11, x11);
 }
 
-// The forward's columns in pixel-major layout (see ls_conv_pixel_columns_cpu). The input
-// rows each image part of the tile reads are first copied channels-last (a small buffer,
-// reused from the heap), so that each (pixel, tap) sample is one vectorised blend of four
-// contiguous runs over channels. The four neighbours' weights are products of the two axis
-// tables' weights, as in MMCV's bilinear sample.
+// to[x * to_stride + c] = from[c * from_stride + x] for c < channels, x < count (a matrix
+// transposed, e.g. input rows of several channels written channels-last), in 8 x 8 blocks
+// that the compiler keeps in registers.
 template <typename T>
-void pixel_columns_kernel(const at::Tensor& input, const LSConvGeometry& g, const RealStride& stride,
+inline void transpose_rows(const T* from, int64_t from_stride, int64_t channels, int64_t count,
+                           T* to, int64_t to_stride) {
+  constexpr int64_t kBlock = 8;
+  int64_t c0 = 0;
+  for (; c0 + kBlock <= channels; c0 += kBlock) {
+    int64_t x0 = 0;
+    for (; x0 + kBlock <= count; x0 += kBlock) {
+      T block[kBlock][kBlock];
+      for (int64_t c = 0; c < kBlock; ++c) {
+        for (int64_t x = 0; x < kBlock; ++x) block[x][c] = from[(c0 + c) * from_stride + x0 + x];
+      }
+      for (int64_t x = 0; x < kBlock; ++x) {
+        for (int64_t c = 0; c < kBlock; ++c) to[(x0 + x) * to_stride + c0 + c] = block[x][c];
+      }
+    }
+    for (int64_t c = c0; c < c0 + kBlock; ++c) {
+      for (int64_t x = x0; x < count; ++x) to[x * to_stride + c] = from[c * from_stride + x];
+    }
+  }
+  for (int64_t c = c0; c < channels; ++c) {
+    for (int64_t x = 0; x < count; ++x) to[x * to_stride + c] = from[c * from_stride + x];
+  }
+}
+
+MMLSTRIDE_CLONES_FOR_AVX2 void transpose_rows_float(const float* from, int64_t from_stride,
+                                                    int64_t channels, int64_t count, float* to,
+                                                    int64_t to_stride) {
+  transpose_rows(from, from_stride, channels, count, to, to_stride);
+}
+
+MMLSTRIDE_CLONES_FOR_AVX2 void transpose_rows_double(const double* from, int64_t from_stride,
+                                                     int64_t channels, int64_t count, double* to,
+                                                     int64_t to_stride) {
+  transpose_rows(from, from_stride, channels, count, to, to_stride);
+}
+
+inline void transpose(const float* from, int64_t from_stride, int64_t channels, int64_t count,
+                      float* to, int64_t to_stride) {
+  transpose_rows_float(from, from_stride, channels, count, to, to_stride);
+}
+
+inline void transpose(const double* from, int64_t from_stride, int64_t channels,
+                      int64_t count, double* to, int64_t to_stride) {
+  transpose_rows_double(from, from_stride, channels, count, to, to_stride);
+}
+
+// The forward's columns in pixel-major layout (see ls_conv_pixel_columns_cpu). The input
+// rows each image part of the tile reads are first copied channels-last into rows_buffer
+// (kept across a call's tiles), so that each (pixel, tap) sample is one vectorised blend of
+// four contiguous runs over channels. The four neighbours' weights are products of the two
+// axis tables' weights, as in MMCV's bilinear sample.
+template <typename T>
+void pixel_columns_kernel(const T* input, const LSConvGeometry& g, const RealStride& stride,
                           int64_t groups, int64_t row_begin, int64_t row_end, T* columns,
                           at::Tensor& rows_buffer) {
   const AxisTable<T> h(g.kernel_h, g.out_h, stride.h, g.pad_h, g.dilation_h, g.height);
@@ -248,14 +298,18 @@ void pixel_columns_kernel(const at::Tensor& input, const LSConvGeometry& g, cons
     offset[k + 1] = offset[k] + std::max<int64_t>(0, last[k] - first[k] + 1) * row_size;
   }
   if (rows_buffer.numel() < offset[nparts]) rows_buffer.resize_({offset[nparts]});
-  const at::Tensor& rows = rows_buffer;
+  T* rows = rows_buffer.mutable_data_ptr<T>();
   for (int64_t k = 0; k < nparts; ++k) {
-    const int64_t count = last[k] - first[k] + 1;
+    const T* image = input + parts[k].image * channels * plane;
+    const int64_t count = (last[k] - first[k] + 1) * g.width;  // contiguous in each plane
     if (count <= 0) continue;
-    rows.narrow(0, offset[k], count * row_size)
-        .view({count, g.width, channels})
-        .permute({2, 0, 1})
-        .copy_(input.select(0, parts[k].image).narrow(1, first[k], count));
+    // Each thread takes whole blocks of 8 channels: 8 contiguous streams to read.
+    at::parallel_for(0, (channels + 7) / 8, 1, [&](int64_t begin, int64_t end) {
+      const int64_t c_begin = begin * 8;
+      const int64_t c_end = std::min(channels, end * 8);
+      transpose(image + c_begin * plane + first[k] * g.width, plane, c_end - c_begin, count,
+                rows + offset[k] + c_begin, channels);
+    });
   }
   const int64_t pixels = (row_end - row_begin) * g.out_w;
   at::parallel_for(0, pixels, 4, [&](int64_t begin, int64_t end) {
@@ -269,7 +323,7 @@ void pixel_columns_kernel(const at::Tensor& input, const LSConvGeometry& g, cons
         std::fill(out, out + channels * taps, T(0));
         continue;
       }
-      const T* part_rows = rows.const_data_ptr<T>() + offset[k];
+      const T* part_rows = rows + offset[k];
       for (int64_t i = 0; i < g.kernel_h; ++i) {
         const int64_t hk = i * g.out_h + a;
         const T hl = h.weight_low[hk];
@@ -460,13 +514,31 @@ void ls_conv_im2col_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
   });
 }
 
+at::Tensor ls_conv_weight_taps_cpu(const at::Tensor& weight) {
+  const int64_t out_channels = weight.size(0);
+  const int64_t channels = weight.size(1);
+  const int64_t taps = weight.size(2) * weight.size(3);
+  at::Tensor out = at::empty({out_channels, taps * channels}, weight.options());
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "ls_conv_weight_taps_cpu", [&] {
+    const scalar_t* from = weight.const_data_ptr<scalar_t>();
+    scalar_t* to = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, out_channels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t o = begin; o < end; ++o) {
+        transpose(from + o * channels * taps, taps, channels, taps, to + o * taps * channels,
+                  channels);
+      }
+    });
+  });
+  return out;
+}
+
 void ls_conv_pixel_columns_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
                                const PreparedStride& stride, int64_t groups, int64_t row_begin,
                                int64_t row_end, const at::Tensor& columns,
                                at::Tensor& rows_buffer) {
   RECORD_FUNCTION("mmlstride::pixel_columns", std::vector<c10::IValue>());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ls_conv_pixel_columns_cpu", [&] {
-    pixel_columns_kernel<scalar_t>(input, geometry, stride.values,
+    pixel_columns_kernel<scalar_t>(input.const_data_ptr<scalar_t>(), geometry, stride.values,
                                    groups, row_begin, row_end,
                                    columns.mutable_data_ptr<scalar_t>(), rows_buffer);
   });
