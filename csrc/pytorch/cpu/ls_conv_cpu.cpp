@@ -185,43 +185,6 @@ void im2col_kernel(const T* input, const LSConvGeometry& g, const RealStride& st
 #define MMLSTRIDE_CLONES_FOR_AVX2
 #endif
 
-// out[c] = w00 * x00[c] + w01 * x01[c] + w10 * x10[c] + w11 * x11[c] for c < n: one bilinear
-// sample of n channels.
-template <typename T>
-inline void blend_four(T* out, int64_t n, T w00, const T* x00, T w01, const T* x01, T w10,
-                       const T* x10, T w11, const T* x11) {
-#pragma omp simd
-  for (int64_t c = 0; c < n; ++c) {
-    out[c] = w00 * x00[c] + w01 * x01[c] + w10 * x10[c] + w11 * x11[c];
-  }
-}
-
-MMLSTRIDE_CLONES_FOR_AVX2 void blend_four_float(float* out, int64_t n, float w00,
-                                                const float* x00, float w01, const float* x01,
-                                                float w10, const float* x10, float w11,
-                                                const float* x11) {
-  blend_four(out, n, w00, x00, w01, x01, w10, x10, w11, x11);
-}
-
-MMLSTRIDE_CLONES_FOR_AVX2 void blend_four_double(double* out, int64_t n, double w00,
-                                                 const double* x00, double w01,
-                                                 const double* x01, double w10,
-                                                 const double* x10, double w11,
-                                                 const double* x11) {
-  blend_four(out, n, w00, x00, w01, x01, w10, x10, w11, x11);
-}
-
-inline void blend(float* out, int64_t n, float w00, const float* x00, float w01,
-                  const float* x01, float w10, const float* x10, float w11, const float* x11) {
-  blend_four_float(out, n, w00, x00, w01, x01, w10, x10, w11, x11);
-}
-
-inline void blend(double* out, int64_t n, double w00, const double* x00, double w01,
-                  const double* x01, double w10, const double* x10, double w11,
-                  const double* x11) {
-  blend_four_double(out, n, w00, x00, w01, x01, w10, x10, w11, x11);
-}
-
 // to[x * to_stride + c] = from[c * from_stride + x] for c < channels, x < count (a matrix
 // transposed, e.g. input rows of several channels written channels-last), in 8 x 8 blocks
 // that the compiler keeps in registers.
@@ -272,6 +235,91 @@ inline void transpose(const double* from, int64_t from_stride, int64_t channels,
   transpose_rows_double(from, from_stride, channels, count, to, to_stride);
 }
 
+// What sample_pixels reads and writes: the tile's input rows copied channels-last (image
+// part k's rows [first[k], last[k]] at rows + offset[k]) and its pixel-major columns.
+template <typename T>
+struct PixelSampling {
+  const LSConvGeometry* g;
+  const AxisTable<T>* h;
+  const AxisTable<T>* w;
+  int64_t groups, row_begin, first_image;
+  const T* rows;
+  const int64_t* first;
+  const int64_t* last;
+  const int64_t* offset;
+  T* columns;
+};
+
+// The columns of the tile's pixels [begin, end): for each tap one blend of the four
+// neighbours' runs over channels, with weights that are products of the two axis tables'.
+template <typename T>
+inline void sample_pixels(const PixelSampling<T>& s, int64_t begin, int64_t end) {
+  const LSConvGeometry& g = *s.g;
+  const AxisTable<T>& h = *s.h;
+  const AxisTable<T>& w = *s.w;
+  const int64_t channels = g.channels;
+  const int64_t group_channels = channels / s.groups;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  const int64_t row_size = g.width * channels;
+  for (int64_t pixel = begin; pixel < end; ++pixel) {
+    const int64_t row = s.row_begin + pixel / g.out_w;
+    const int64_t b = pixel % g.out_w;
+    const int64_t k = row / g.out_h - s.first_image;
+    const int64_t a = row % g.out_h;
+    T* out = s.columns + pixel * channels * taps;
+    if (s.last[k] < s.first[k]) {  // every sample is 0
+      std::fill(out, out + channels * taps, T(0));
+      continue;
+    }
+    const T* part_rows = s.rows + s.offset[k];
+    for (int64_t i = 0; i < g.kernel_h; ++i) {
+      const int64_t hk = i * g.out_h + a;
+      const T hl = h.weight_low[hk];
+      const T hh = h.weight_high[hk];
+      // Rows with weight 0 may lie outside [first, last]: read row `first` instead.
+      const T* row_low = part_rows + (hl != T(0) ? h.low[hk] - s.first[k] : 0) * row_size;
+      const T* row_high = part_rows + (hh != T(0) ? h.high[hk] - s.first[k] : 0) * row_size;
+      for (int64_t j = 0; j < g.kernel_w; ++j) {
+        const int64_t wk = j * g.out_w + b;
+        const T w00 = hl * w.weight_low[wk];
+        const T w01 = hl * w.weight_high[wk];
+        const T w10 = hh * w.weight_low[wk];
+        const T w11 = hh * w.weight_high[wk];
+        const T* x00 = row_low + w.low[wk] * channels;
+        const T* x01 = row_low + w.high[wk] * channels;
+        const T* x10 = row_high + w.low[wk] * channels;
+        const T* x11 = row_high + w.high[wk] * channels;
+        T* tap_out = out + (i * g.kernel_w + j) * group_channels;
+        for (int64_t c0 = 0; c0 < channels; c0 += group_channels) {
+          T* dst = tap_out + c0 * taps;
+#pragma omp simd
+          for (int64_t c = c0; c < c0 + group_channels; ++c) {
+            dst[c - c0] = w00 * x00[c] + w01 * x01[c] + w10 * x10[c] + w11 * x11[c];
+          }
+        }
+      }
+    }
+  }
+}
+
+MMLSTRIDE_CLONES_FOR_AVX2 void sample_pixels_float(const PixelSampling<float>& s, int64_t begin,
+                                                   int64_t end) {
+  sample_pixels(s, begin, end);
+}
+
+MMLSTRIDE_CLONES_FOR_AVX2 void sample_pixels_double(const PixelSampling<double>& s,
+                                                    int64_t begin, int64_t end) {
+  sample_pixels(s, begin, end);
+}
+
+inline void sample(const PixelSampling<float>& s, int64_t begin, int64_t end) {
+  sample_pixels_float(s, begin, end);
+}
+
+inline void sample(const PixelSampling<double>& s, int64_t begin, int64_t end) {
+  sample_pixels_double(s, begin, end);
+}
+
 // The forward's columns in pixel-major layout (see ls_conv_pixel_columns_cpu). The input
 // rows each image part of the tile reads are first copied channels-last into rows_buffer
 // (kept across a call's tiles), so that each (pixel, tap) sample is one vectorised blend of
@@ -284,8 +332,6 @@ void pixel_columns_kernel(const T* input, const LSConvGeometry& g, const RealStr
   const AxisTable<T> h(g.kernel_h, g.out_h, stride.h, g.pad_h, g.dilation_h, g.height);
   const AxisTable<T> w(g.kernel_w, g.out_w, stride.w, g.pad_w, g.dilation_w, g.width);
   const int64_t channels = g.channels;
-  const int64_t group_channels = channels / groups;
-  const int64_t taps = g.kernel_h * g.kernel_w;
   const int64_t plane = g.height * g.width;
   const int64_t row_size = g.width * channels;  // one channels-last input row
   const std::vector<ImageRows> parts = split_by_image(g, row_begin, row_end);
@@ -311,44 +357,11 @@ void pixel_columns_kernel(const T* input, const LSConvGeometry& g, const RealStr
                 rows + offset[k] + c_begin, channels);
     });
   }
-  const int64_t pixels = (row_end - row_begin) * g.out_w;
-  at::parallel_for(0, pixels, 4, [&](int64_t begin, int64_t end) {
-    for (int64_t pixel = begin; pixel < end; ++pixel) {
-      const int64_t row = row_begin + pixel / g.out_w;
-      const int64_t b = pixel % g.out_w;
-      const int64_t k = row / g.out_h - parts[0].image;
-      const int64_t a = row % g.out_h;
-      T* out = columns + pixel * channels * taps;
-      if (last[k] < first[k]) {  // every sample is 0
-        std::fill(out, out + channels * taps, T(0));
-        continue;
-      }
-      const T* part_rows = rows + offset[k];
-      for (int64_t i = 0; i < g.kernel_h; ++i) {
-        const int64_t hk = i * g.out_h + a;
-        const T hl = h.weight_low[hk];
-        const T hh = h.weight_high[hk];
-        // Rows with weight 0 may lie outside [first, last]: read row `first` instead.
-        const T* row_low = part_rows + (hl != T(0) ? h.low[hk] - first[k] : 0) * row_size;
-        const T* row_high = part_rows + (hh != T(0) ? h.high[hk] - first[k] : 0) * row_size;
-        for (int64_t j = 0; j < g.kernel_w; ++j) {
-          const int64_t wk = j * g.out_w + b;
-          const T w00 = hl * w.weight_low[wk];
-          const T w01 = hl * w.weight_high[wk];
-          const T w10 = hh * w.weight_low[wk];
-          const T w11 = hh * w.weight_high[wk];
-          const T* x00 = row_low + w.low[wk] * channels;
-          const T* x01 = row_low + w.high[wk] * channels;
-          const T* x10 = row_high + w.low[wk] * channels;
-          const T* x11 = row_high + w.high[wk] * channels;
-          for (int64_t group = 0; group < groups; ++group) {
-            const int64_t c0 = group * group_channels;
-            blend(out + group * group_channels * taps + (i * g.kernel_w + j) * group_channels,
-                  group_channels, w00, x00 + c0, w01, x01 + c0, w10, x10 + c0, w11, x11 + c0);
-          }
-        }
-      }
-    }
+  const PixelSampling<T> sampling{&g,    &h,           &w,          groups,        row_begin,
+                                  parts[0].image, rows, first.data(), last.data(), offset.data(),
+                                  columns};
+  at::parallel_for(0, (row_end - row_begin) * g.out_w, 4, [&](int64_t begin, int64_t end) {
+    sample(sampling, begin, end);
   });
 }
 
