@@ -5,7 +5,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -122,3 +121,21 @@ def test_copying_configs_refuses_to_overwrite(tmp_path, capsys):
     assert 'exists' in capsys.readouterr().err and target.read_text() == '# edited\n'
     mmlstride.copy_configs.main([str(tmp_path), '--overwrite'])
     assert target.read_text() != '# edited\n'
+
+
+def test_extension_carries_avx2_clones_of_the_cpu_sampling():
+    """Built by GCC >= 12 for x86-64 Linux, the CPU forward's sampling and transposes are also
+    compiled for x86-64-v3 (AVX2, FMA) and picked at load time (README: How it is computed)."""
+    import platform
+    nm, compiler = shutil.which('nm'), shutil.which('c++')
+    if platform.machine() != 'x86_64' or platform.system() != 'Linux' or not (nm and compiler):
+        pytest.skip('needs x86-64 Linux, nm and c++')
+    version = subprocess.run([compiler, '--version'], capture_output=True, text=True).stdout
+    major = subprocess.run([compiler, '-dumpversion'], capture_output=True, text=True).stdout
+    if 'clang' in version or int(major.split('.')[0]) < 12:
+        pytest.skip('needs GCC >= 12 as c++')
+    extension = require_module('mmlstride._ext')
+    symbols = subprocess.run([nm, '-C', extension.__file__], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    for function in ('sample_pixels_float', 'sample_pixels_double', 'transpose_rows_float'):
+        assert any(function in line and 'clone .arch_x86_64_v3' in line for line in symbols), function

@@ -22,9 +22,11 @@ namespace mmlstride {
 namespace {
 
 // Target size of a columns buffer. The batch's output rows are processed in
-// tiles of whole rows whose columns fit in it (one row when a single row needs
-// more). Forward holds one such buffer, backward two (columns and their
-// gradient), each with an (out_channels x tile columns) output tile.
+// tiles of whole rows whose columns fit in it (see tile_rows: at least one row,
+// and at least 512 columns, so a tile may exceed it). Forward holds one such
+// buffer, backward two (columns and their gradient), each with an (out_channels
+// x tile columns) output tile; the CPU's pixel-major forward adds the
+// channels-last copy of the input rows a tile reads.
 // CPU: the GEMMs run fastest at a few hundred to a few thousand columns, and a
 // buffer this size is reused from the heap rather than page-faulted anew.
 // CUDA: large enough that the usual detection layers take one or two tiles,

@@ -1,7 +1,8 @@
-// CPU kernels of the learnable-stride convolution: bilinear im2col, and the
-// col2im scatter fused with the stride-gradient reduction.
+// CPU kernels of the learnable-stride convolution: the forward's columns in
+// either layout (channel-major im2col, or pixel-major from channels-last input
+// rows), and the col2im scatter fused with the stride-gradient reduction.
 //
-// Both use the separability of the bilinear sample (ls_conv_sampling.h): for a
+// The channel-major im2col and the backward use the separability of the bilinear sample (ls_conv_sampling.h): for a
 // kernel column j, every input row needed by the tile is first interpolated
 // along w at the out_w sample columns (a gather), then each (i, a) output row
 // is a two-row blend along h, contiguous in b and vectorised. The backward
@@ -179,7 +180,9 @@ void im2col_kernel(const T* input, const LSConvGeometry& g, const RealStride& st
 
 // Compiles a function for x86-64-v3 (AVX2, FMA) too, picked at load time where the CPU has
 // it; the baseline build targets SSE2 only.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+// target_clones needs GNU ifunc: glibc on Linux (not musl, not Mach-O).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && \
+    defined(__linux__) && defined(__GLIBC__)
 #define MMLSTRIDE_CLONES_FOR_AVX2 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define MMLSTRIDE_CLONES_FOR_AVX2
