@@ -43,10 +43,6 @@ void ls_conv_im2col_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
                         const PreparedStride& stride, int64_t row_begin, int64_t row_end,
                         const at::Tensor& columns);
 
-// The weight (O, C / groups, kernel_h, kernel_w) with its taps first, (O, kernel_h * kernel_w
-// * C / groups): the order of ls_conv_pixel_columns_cpu's columns within a group.
-at::Tensor ls_conv_weight_taps_cpu(const at::Tensor& weight);
-
 // The CPU forward's columns in pixel-major layout: a (row_end - row_begin) * out_w x
 // (C * kernel_h * kernel_w) matrix, row (row - row_begin) * out_w + b, column
 // ((group * kernel_h + i) * kernel_w + j) * (C / groups) + channel in the group. Each

@@ -530,24 +530,6 @@ void ls_conv_im2col_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
   });
 }
 
-at::Tensor ls_conv_weight_taps_cpu(const at::Tensor& weight) {
-  const int64_t out_channels = weight.size(0);
-  const int64_t channels = weight.size(1);
-  const int64_t taps = weight.size(2) * weight.size(3);
-  at::Tensor out = at::empty({out_channels, taps * channels}, weight.options());
-  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "ls_conv_weight_taps_cpu", [&] {
-    const scalar_t* from = weight.const_data_ptr<scalar_t>();
-    scalar_t* to = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, out_channels, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t o = begin; o < end; ++o) {
-        transpose(from + o * channels * taps, taps, channels, taps, to + o * taps * channels,
-                  channels);
-      }
-    });
-  });
-  return out;
-}
-
 void ls_conv_pixel_columns_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
                                const PreparedStride& stride, int64_t groups, int64_t row_begin,
                                int64_t row_end, const at::Tensor& columns,
