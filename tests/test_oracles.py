@@ -257,7 +257,7 @@ def forward_sampling_kernels(case: Case) -> set:
     from torch.profiler import profile
     with torch.no_grad(), profile() as prof:
         compiled_op(*case.args())
-    return {e.name for e in prof.events()} & {'mmlstride::pixel_columns', 'mmlstride::im2col'}
+    return {e.name for e in prof.events()} & {'mmlstride::forward_pixels', 'mmlstride::im2col'}
 
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
@@ -276,7 +276,7 @@ def test_both_cpu_forward_layouts_match_the_reference(seed, dtype):
         weight=group_filters.repeat(1, repeats, 1, 1, 1).flatten(0, 1),
         bias=None if case.bias is None else case.bias.detach().unflatten(
             0, (case.groups, -1)).repeat(1, repeats).flatten())
-    for forced, kernel in ((pixel_major, 'mmlstride::pixel_columns'),
+    for forced, kernel in ((pixel_major, 'mmlstride::forward_pixels'),
                            (channel_major, 'mmlstride::im2col')):
         forced = forced.to(dtype)
         assert forward_sampling_kernels(forced) == {kernel}

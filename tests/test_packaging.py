@@ -137,5 +137,7 @@ def test_extension_carries_avx2_clones_of_the_cpu_sampling():
     extension = require_module('mmlstride._ext')
     symbols = subprocess.run([nm, '-C', extension.__file__], capture_output=True, text=True,
                              check=True).stdout.splitlines()
-    for function in ('sample_pixels_float', 'sample_pixels_double', 'transpose_rows_float'):
+    for function in ('sample_pixel_major_float', 'sample_pixel_major_double',
+                     'sample_channel_major_float', 'sample_channel_major_double',
+                     'transpose_rows_float'):
         assert any(function in line and 'clone .arch_x86_64_v3' in line for line in symbols), function

@@ -260,48 +260,20 @@ bool takes_pixel_columns(const at::Tensor& input, const at::Tensor& weight) {
   return !input.is_cuda() && !gemm_as_convolution(input) && weight.numel() <= input.numel();
 }
 
-// The CPU forward (see ls_conv2d_forward): per tile, pixel-major columns (their taps
-// sampled as runs over channels, ls_conv_pixel_columns_cpu), per group one GEMM into a
-// pixel-major output tile, bias + columns @ weight^T (the weight's taps reordered to the
-// columns' order), then one transposing copy (copy_tile) into the (N, O, out_h, out_w) output. MKL's
-// GEMM runs faster in this orientation than writing the output in place: 8 x 128 ch @
-// 56: 9.5 ms against 10.4, 2 x 64 ch @ 200: 8.6 against 10.0 (with 9.9 and 8.9 for conv2d).
+// The CPU forward (see ls_conv2d_forward) by blocks of pixels, each sampled, multiplied by
+// the weight and written to the output by one thread while its columns stay in the core's
+// cache (ls_conv_forward_pixels_cpu); the weight's taps are first reordered to the columns'
+// order.
 void forward_by_pixel_columns(const at::Tensor& input, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias,
                               const PreparedStride& prepared, const LSConvGeometry& g,
                               int64_t groups, at::Tensor& output) {
-  const int64_t batch = input.size(0);
   const int64_t out_channels = weight.size(0);
-  const int64_t group_out = out_channels / groups;
-  const int64_t col_rows = g.channels * g.kernel_h * g.kernel_w;
-  const int64_t group_cols = col_rows / groups;
+  const int64_t group_cols = g.channels * g.kernel_h * g.kernel_w / groups;
   // (O, kernel_h * kernel_w * C / groups): the columns' order within a group.
   const at::Tensor weight_taps =
       weight.permute({0, 2, 3, 1}).contiguous().view({out_channels, group_cols});
-  const int64_t total_rows = batch * g.out_h;
-  const int64_t step = std::min(tile_rows(g, input), total_rows);
-  const at::Tensor columns_buffer = at::empty({step * g.out_w * col_rows}, input.options());
-  const at::Tensor output_buffer = at::empty({step * g.out_w * out_channels}, input.options());
-  at::Tensor rows_buffer = at::empty({0}, input.options());
-  for (int64_t begin = 0, end = 0; begin < total_rows; begin = end) {
-    end = tile_end(begin, step, g, total_rows);
-    const int64_t pixels = (end - begin) * g.out_w;
-    const at::Tensor columns = matrix_view(columns_buffer, pixels, col_rows);
-    ls_conv_pixel_columns_cpu(input, g, prepared, groups, begin, end, columns, rows_buffer);
-    const at::Tensor target = matrix_view(output_buffer, pixels, out_channels);
-    for (int64_t group = 0; group < groups; ++group) {
-      at::Tensor target_g = target.narrow(1, group * group_out, group_out);
-      const at::Tensor columns_g = columns.narrow(1, group * group_cols, group_cols);
-      const at::Tensor weight_g = weight_taps.narrow(0, group * group_out, group_out).t();
-      if (bias) {
-        at::addmm_out(target_g, bias->narrow(0, group * group_out, group_out).expand_as(target_g),
-                      columns_g, weight_g);
-      } else {
-        at::mm_out(target_g, columns_g, weight_g);
-      }
-    }
-    copy_tile(output, target.t(), g, begin, end, /*to_tile=*/false);
-  }
+  ls_conv_forward_pixels_cpu(input, weight_taps, bias, g, prepared, groups, output);
 }
 
 at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_,

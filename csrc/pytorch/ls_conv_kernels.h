@@ -38,21 +38,24 @@ struct PreparedStride {
 PreparedStride ls_conv_prepare_cpu(const at::Tensor& stride, const LSConvGeometry& geometry,
                                    int64_t batch, bool stride_gradient);
 
-// columns <- bilinear samples of `input` at every (tap, output pixel) of the tile.
+// columns <- bilinear samples of `input` at every (tap, output pixel) of the tile: a
+// (C * kernel_h * kernel_w) x ((row_end - row_begin) * out_w) matrix, row
+// (c * kernel_h + i) * kernel_w + j, column (row - row_begin) * out_w + b.
 void ls_conv_im2col_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
                         const PreparedStride& stride, int64_t row_begin, int64_t row_end,
                         const at::Tensor& columns);
 
-// The CPU forward's columns in pixel-major layout: a (row_end - row_begin) * out_w x
-// (C * kernel_h * kernel_w) matrix, row (row - row_begin) * out_w + b, column
-// ((group * kernel_h + i) * kernel_w + j) * (C / groups) + channel in the group. Each
-// (pixel, tap) is a contiguous run over channels, sampled with no gather (the layout above
-// gathers along w) from the input rows copied channels-last into rows_buffer, which grows as
-// needed and serves the next tiles.
-void ls_conv_pixel_columns_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
-                               const PreparedStride& stride, int64_t groups, int64_t row_begin,
-                               int64_t row_end, const at::Tensor& columns,
-                               at::Tensor& rows_buffer);
+// The CPU forward of the tile's output rows into `output` (N, O, out_h, out_w), contiguous:
+// per block of pixels, their columns in pixel-major layout (row pixel, column
+// ((group * kernel_h + i) * kernel_w + j) * (C / groups) + channel in the group, each
+// (pixel, tap) a contiguous run over channels), times weight_taps^T per group, plus the bias.
+// weight_taps is (O, kernel_h * kernel_w * C / groups), the weight's taps in the columns'
+// order. The input rows the tile reads are copied channels-last into rows_buffer, which is
+// replaced by a larger one as needed and serves the next tiles.
+void ls_conv_forward_pixels_cpu(const at::Tensor& input, const at::Tensor& weight_taps,
+                                const std::optional<at::Tensor>& bias,
+                                const LSConvGeometry& geometry, const PreparedStride& stride,
+                                int64_t groups, at::Tensor& output);
 
 // From the gradient of the tile's columns: adds their scatter onto the input to
 // grad_input and, when `stride_gradient`, their stride-gradient contributions to
