@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,7 +23,8 @@ from mmengine.hooks import Hook  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import mmlstride  # noqa: E402,F401  (registrations)
-from mmlstride.datasets import generate_digits_detection  # noqa: E402
+from mmlstride.datasets import (ensure_scaled_digits_detection, generate_digits_detection,  # noqa: E402
+                                generate_scaled_digits_detection)
 from mmlstride.engine import find_scalars_json, learned_strides, read_stride_trajectories  # noqa: E402
 from mmlstride.models import LSResNet  # noqa: E402
 from mmlstride.ops import LSConv2d  # noqa: E402
@@ -236,16 +238,18 @@ def test_initial_and_frozen_strides():
         assert not layer.learnable_stride.requires_grad
 
 
-def test_digits_dataset_is_deterministic(tmp_path):
-    def digest(root):
-        files = sorted(p for p in root.rglob('*') if p.is_file())
-        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+def tree_digest(root: Path) -> dict:
+    """sha256 of every file under root, by relative path."""
+    files = sorted(p for p in root.rglob('*') if p.is_file())
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
+
+def test_digits_dataset_is_deterministic(tmp_path):
     generate_digits_detection(str(tmp_path / 'a'), num_train=5, num_val=3)
     generate_digits_detection(str(tmp_path / 'b'), num_train=5, num_val=3)
     generate_digits_detection(str(tmp_path / 'c'), num_train=5, num_val=3, seed=1)
-    assert digest(tmp_path / 'a') == digest(tmp_path / 'b')
-    assert digest(tmp_path / 'a') != digest(tmp_path / 'c')
+    assert tree_digest(tmp_path / 'a') == tree_digest(tmp_path / 'b')
+    assert tree_digest(tmp_path / 'a') != tree_digest(tmp_path / 'c')
     coco = json.loads((tmp_path / 'a' / 'annotations' / 'train.json').read_text())
     assert len(coco['images']) == 5 and coco['annotations']
     for ann in coco['annotations']:
@@ -278,6 +282,107 @@ def test_digits_dataset_has_1_to_4_digits_and_disjoint_samples(tmp_path, monkeyp
     assert len(train) == len(val) == 1
     train, val = set(train.pop()), set(val.pop())
     assert not train & val and len(train | val) == 1797 and len(train) == int(0.8 * 1797)
+
+
+def test_scaled_digits_dataset_is_deterministic(tmp_path):
+    generate_scaled_digits_detection(str(tmp_path / 'a'), num_train=4, num_val=2)
+    generate_scaled_digits_detection(str(tmp_path / 'b'), num_train=4, num_val=2)
+    generate_scaled_digits_detection(str(tmp_path / 'c'), num_train=4, num_val=2, seed=1)
+    assert tree_digest(tmp_path / 'a') == tree_digest(tmp_path / 'b')
+    assert tree_digest(tmp_path / 'a') != tree_digest(tmp_path / 'c')
+    for split in ('train', 'val'):
+        coco = json.loads((tmp_path / 'a' / 'annotations' / f'{split}.json').read_text())
+        assert all(image['width'] == image['height'] == 256 for image in coco['images'])
+        for ann in coco['annotations']:
+            x, y, w, h = ann['bbox']
+            assert 0 <= x and 0 <= y and x + w <= 256 and y + h <= 256 and w > 0 and h > 0
+            assert 1 <= ann['category_id'] <= 10
+    ensure_scaled_digits_detection(str(tmp_path / 'a'), num_train=4, num_val=2)  # there
+    with pytest.raises(FileExistsError, match='data_root'):
+        ensure_scaled_digits_detection(str(tmp_path / 'a'), num_train=5, num_val=2)
+
+
+def test_scaled_digits_span_8x_in_size_on_cluttered_photographs(tmp_path, monkeypatch):
+    """Digits of 12 to 96 px (each image 1-8 of them, most of the range used), from disjoint
+    train and val samples, on photographs (many distinct colours outside the boxes) that carry
+    strokes brighter than the darkened photograph."""
+    from PIL import Image
+    from mmlstride.datasets import scaled_digits_detection
+    pools = []
+    canvas = scaled_digits_detection._canvas
+
+    def recording_canvas(rng, images, labels, pool, size):
+        pools.append(pool)
+        return canvas(rng, images, labels, pool, size)
+
+    monkeypatch.setattr(scaled_digits_detection, '_canvas', recording_canvas)
+    root = tmp_path / 's'
+    generate_scaled_digits_detection(str(root), num_train=40, num_val=10)
+    sides = []
+    for split, count in (('train', 40), ('val', 10)):
+        coco = json.loads((root / 'annotations' / f'{split}.json').read_text())
+        per_image = [[a for a in coco['annotations'] if a['image_id'] == image['id']]
+                     for image in coco['images']]
+        assert len(per_image) == count and all(1 <= len(boxes) <= 8 for boxes in per_image)
+        for image, boxes in zip(coco['images'], per_image):
+            pixels = np.asarray(Image.open(root / split / image['file_name']), dtype=np.float32)
+            outside = np.ones(pixels.shape[:2], dtype=bool)
+            for ann in boxes:
+                x, y, w, h = ann['bbox']
+                outside[int(y):int(np.ceil(y + h)), int(x):int(np.ceil(x + w))] = False
+                sides.append(max(w, h))
+            background = pixels[outside]
+            # a photograph (many distinct colours), with strokes above its darkened maximum
+            assert len(np.unique(background, axis=0)) > 500 and background.max() > 90, image
+    assert min(sides) <= 16 and max(sides) >= 6 * min(sides), (min(sides), max(sides))
+    train, val = {tuple(p) for p in pools[:40]}, {tuple(p) for p in pools[40:]}
+    assert len(train) == len(val) == 1
+    train, val = set(train.pop()), set(val.pop())
+    assert not train & val and len(train | val) == 1797
+
+
+def test_scaled_digits_lsconv_config_trains(tmp_path):
+    """Two training iterations of the scaled digits LSConv config on a tiny generated set:
+    the data is made where the config says and the strides move."""
+    config = str(REPO / 'configs' / 'scaled_digits' / 'retinanet_r18n-ls_scaled-digits.py')
+    cfg = tiny_run_config(tmp_path / 'work', tmp_path / 'data', config=config)
+    runner = Runner.from_cfg(cfg)
+    before = learned_strides(runner.model)
+    runner.train()
+    after = learned_strides(runner.model)
+    assert len(after) == 3 and all(after[name] != before[name] for name in before), after
+    meta = json.loads((tmp_path / 'data' / 'meta.json').read_text())
+    assert meta['dataset'] == 'scaled_digits' and meta['size'] == 256
+
+
+def test_faster_rcnn_lsconv_config_trains(tmp_path):
+    """Two training iterations of the two-stage digits config (Faster R-CNN, LSConv backbone)
+    on a tiny generated set: the strides move and evaluation runs."""
+    config = str(REPO / 'configs' / 'digits' / 'faster-rcnn_r18n-ls_digits.py')
+    cfg = tiny_run_config(tmp_path / 'work', tmp_path / 'data', config=config)
+    runner = Runner.from_cfg(cfg)
+    assert type(runner.model).__name__ == 'FasterRCNN'
+    before = learned_strides(runner.model)
+    runner.train()
+    after = learned_strides(runner.model)
+    assert len(after) == 3 and all(after[name] != before[name] for name in before), after
+
+
+def test_lsconv_neck_config_trains_the_fpn_strides(tmp_path):
+    """Two training iterations of the neck variant (LSConv backbone and FPN): every FPN conv
+    learns its stride but P7's, whose 1 x 1 map on 128 px canvases gives its stride no
+    gradient (its one output pixel samples at a = b = 0)."""
+    config = str(REPO / 'configs' / 'digits' / 'retinanet_r18n-ls-neck_digits.py')
+    cfg = tiny_run_config(tmp_path / 'work', tmp_path / 'data', config=config)
+    runner = Runner.from_cfg(cfg)
+    before = learned_strides(runner.model)
+    runner.train()
+    after = learned_strides(runner.model)
+    neck = {name for name in after if name.startswith('neck.')}
+    assert len(neck) == 8 and len(after) == 11, sorted(after)
+    p7 = 'neck.fpn_convs.4.conv'
+    assert after[p7] == before[p7] == (2.0, 2.0)
+    assert all(after[name] != before[name] for name in after if name != p7), after
 
 
 def test_detector_trains_and_the_hook_logs_strides(tmp_path):

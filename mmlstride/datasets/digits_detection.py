@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 import numpy as np
 from mmdet.datasets import CocoDataset
@@ -37,10 +37,28 @@ def _place(rng: np.random.Generator, size: int, boxes: List[List[float]], side: 
     return None
 
 
+def _paste_digit(rng: np.random.Generator, canvas: np.ndarray, images: np.ndarray,
+                 labels: np.ndarray, pool: np.ndarray, x: int, y: int, side: int) -> List[float]:
+    """Draws a random digit of ``pool``, scaled to side x side and coloured, at (x, y) of
+    ``canvas`` (brighter pixels win); returns its [x0, y0, x1, y1, label], tight around its
+    strokes."""
+    from PIL import Image
+    index = int(rng.choice(pool))
+    digit = images[index]
+    scaled = np.asarray(Image.fromarray((digit * 255).astype(np.uint8)).resize(
+        (side, side), Image.BILINEAR), dtype=np.float32) / 255
+    colour = rng.uniform(120, 255, size=3)
+    region = canvas[y:y + side, x:x + side]
+    np.maximum(region, scaled[..., None] * colour, out=region)
+    rows, cols = np.nonzero(digit > 0)
+    scale = side / 8
+    return [x + cols.min() * scale, y + rows.min() * scale,
+            x + (cols.max() + 1) * scale, y + (rows.max() + 1) * scale, int(labels[index])]
+
+
 def _canvas(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray,
             pool: np.ndarray, size: int):
     """One image (size, size, 3) uint8 and its [x0, y0, x1, y1, label] list."""
-    from PIL import Image
     canvas = rng.uniform(0, 40, size=(size, size, 1)).repeat(3, axis=2)
     placed: List[List[float]] = []
     for _ in range(int(rng.integers(1, 5))):
@@ -48,28 +66,18 @@ def _canvas(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray,
         corner = _place(rng, size, [p[:4] for p in placed], side)
         if corner is None:
             continue
-        x, y = corner
-        index = int(rng.choice(pool))
-        digit = images[index]
-        scaled = np.asarray(Image.fromarray((digit * 255).astype(np.uint8)).resize(
-            (side, side), Image.BILINEAR), dtype=np.float32) / 255
-        colour = rng.uniform(120, 255, size=3)
-        region = canvas[y:y + side, x:x + side]
-        np.maximum(region, scaled[..., None] * colour, out=region)
-        rows, cols = np.nonzero(digit > 0)
-        scale = side / 8
-        placed.append([x + cols.min() * scale, y + rows.min() * scale,
-                       x + (cols.max() + 1) * scale, y + (rows.max() + 1) * scale,
-                       int(labels[index])])
+        placed.append(_paste_digit(rng, canvas, images, labels, pool, *corner, side))
     return canvas.round().astype(np.uint8), placed
 
 
-def generate_digits_detection(root: str, num_train: int = 800, num_val: int = 200,
-                              size: int = 128, seed: int = 0) -> None:
-    """Writes ``root/{train,val}/*.png`` and ``root/annotations/{train,val}.json``.
+def write_generated_dataset(root: str, canvas: Callable, meta: dict, num_train: int,
+                            num_val: int, size: int, seed: int) -> None:
+    """Writes ``root/{train,val}/*.png``, ``root/annotations/{train,val}.json`` (COCO) and
+    ``root/meta.json``: ``canvas(rng, images, labels, pool, size)`` draws each image and its
+    [x0, y0, x1, y1, label] boxes from the train or val digit samples.
 
-    The same arguments give the same bytes. Written to a temporary directory
-    and moved into place, so concurrent callers (distributed ranks) are safe.
+    The same arguments give the same bytes. Written to a temporary directory and moved into
+    place, so concurrent callers (distributed ranks) are safe.
     """
     from PIL import Image
     images, labels, train_pool = _digit_split(seed)
@@ -85,7 +93,7 @@ def generate_digits_detection(root: str, num_train: int = 800, num_val: int = 20
         coco = {'images': [], 'annotations': [],
                 'categories': [{'id': k + 1, 'name': name} for k, name in enumerate(CLASSES)]}
         for image_id in range(count):
-            pixels, boxes = _canvas(rng, images, labels, pool, size)
+            pixels, boxes = canvas(rng, images, labels, pool, size)
             file_name = f'{image_id:05d}.png'
             Image.fromarray(pixels).save(os.path.join(staging, split, file_name))
             coco['images'].append({'id': image_id, 'file_name': file_name, 'width': size,
@@ -98,11 +106,30 @@ def generate_digits_detection(root: str, num_train: int = 800, num_val: int = 20
         with open(os.path.join(staging, 'annotations', f'{split}.json'), 'w') as f:
             json.dump(coco, f)
     with open(os.path.join(staging, 'meta.json'), 'w') as f:
-        json.dump(_meta(num_train, num_val, size, seed), f)
+        json.dump(meta, f)
     try:
         os.rename(staging, root)
     except OSError:  # another process finished first
         shutil.rmtree(staging)
+
+
+def ensure_generated(root: str, meta: dict, generate: Callable[[], None]) -> None:
+    """Calls ``generate()`` unless ``root`` holds data whose meta.json equals ``meta``."""
+    meta_path = os.path.join(root, 'meta.json')
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            if json.load(f) == meta:
+                return
+        raise FileExistsError(f'data_root={root!r} holds data made with other parameters '
+                              f'than {meta}; expected a fresh directory')
+    generate()
+
+
+def generate_digits_detection(root: str, num_train: int = 800, num_val: int = 200,
+                              size: int = 128, seed: int = 0) -> None:
+    """Writes the digits dataset to ``root`` (see write_generated_dataset)."""
+    write_generated_dataset(root, _canvas, _meta(num_train, num_val, size, seed), num_train,
+                            num_val, size, seed)
 
 
 def _meta(num_train: int, num_val: int, size: int, seed: int) -> dict:
@@ -114,14 +141,7 @@ def ensure_digits_detection(root: str, **generation) -> None:
     """Generates the dataset at ``root`` unless it is there with the same parameters."""
     defaults = dict(num_train=800, num_val=200, size=128, seed=0)
     defaults.update(generation)
-    meta_path = os.path.join(root, 'meta.json')
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            if json.load(f) == _meta(**defaults):
-                return
-        raise FileExistsError(f'data_root={root!r} holds digits data made with other parameters '
-                              f'than {defaults}; expected a fresh directory')
-    generate_digits_detection(root, **defaults)
+    ensure_generated(root, _meta(**defaults), lambda: generate_digits_detection(root, **defaults))
 
 
 @DATASETS.register_module()
