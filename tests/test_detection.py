@@ -1,6 +1,7 @@
 """Detectors with learned strides: configs, aligned residual blocks, the stride hook, the
 digits dataset, training through mmengine's Runner, distributed training and mim."""
 import argparse
+import collections
 import glob
 import hashlib
 import importlib.util
@@ -480,16 +481,31 @@ class RecordStart(Hook):
         self.losses.append(outputs['loss'].item())
 
 
-def test_benchmark_settings_start_from_the_same_weights_and_data(tmp_path):
-    """Within a seed, every setting of the detection benchmark starts from the same initial
-    weights on every key it shares with the fixed-stride model, with its own stride value, and
-    sees the same batches; the frozen-at-nominal control trains as the fixed model does."""
+# Per suite of the detection benchmark: each LSConv setting's number of learned strides and
+# where they start (the neck's: at their nominal strides, 2 for the backbone's 3 and P6, P7,
+# 1 for the FPN's 6 others).
+SUITE_STRIDES = {
+    'digits': {'lsconv': (3, 2.0), 'frozen': (3, 2.0), 'lsconv-badinit': (3, 1.5),
+               'frozen-badinit': (3, 1.5)},
+    'digits-neck': {'lsconv-neck': (11, {2.0: 5, 1.0: 6})},
+    'digits-frcnn': {'lsconv': (3, 2.0)},
+    'scaled': {'lsconv': (3, 2.0)},
+}
+
+
+@pytest.mark.parametrize('suite', list(SUITE_STRIDES))
+def test_benchmark_settings_start_from_the_same_weights_and_data(tmp_path, suite):
+    """Within a seed, every setting of a detection benchmark suite starts from the same
+    initial weights on every key it shares with the fixed-stride model, with its own stride
+    value, and sees the same batches; the frozen-at-nominal control trains as the fixed model
+    does."""
     tool = load_benchmark_tool()
-    weights = tool.write_initial_weights(3, str(tmp_path / 'seed3.pth'))
-    starts, strides = {}, {'lsconv': 2.0, 'frozen': 2.0, 'lsconv-badinit': 1.5,
-                           'frozen-badinit': 1.5}
-    for setting in tool.SETTINGS:
-        cfg = tiny_run_config(tmp_path / setting, tmp_path / 'data', tool.config_path(setting))
+    assert set(tool.SUITES) == set(SUITE_STRIDES)
+    weights = tool.write_initial_weights(3, str(tmp_path / 'seed3.pth'), suite=suite)
+    starts = {}
+    for setting in tool.SUITES[suite].settings:
+        cfg = tiny_run_config(tmp_path / setting, tmp_path / 'data',
+                              tool.config_path(setting, suite))
         parser = argparse.ArgumentParser()  # as mmdet's train tool reads the options
         parser.add_argument('--cfg-options', nargs='+', action=DictAction)
         cfg.merge_from_dict(parser.parse_args(
@@ -507,11 +523,22 @@ def test_benchmark_settings_start_from_the_same_weights_and_data(tmp_path):
         for key in shared:
             assert torch.equal(start.state[key], fixed.state[key]), (setting, key)
         assert start.images == fixed.images, setting
+        count, value = SUITE_STRIDES[suite].get(setting, (0, None))
         stride_keys = [k for k in start.state if k.endswith('learnable_stride')]
-        assert len(stride_keys) == (3 if setting in strides else 0), setting
+        assert len(stride_keys) == count, setting
+        values = [start.state[key].tolist() for key in stride_keys]
+        assert all(h == w for h, w in values), (setting, values)
+        expected = value if isinstance(value, dict) else {value: count} if count else {}
+        assert collections.Counter(h for h, _ in values) == expected, (setting, values)
         for key in stride_keys:
-            assert start.state[key].tolist() == [strides[setting]] * 2, (setting, key)
             assert start.requires_grad[key] == setting.startswith('lsconv'), (setting, key)
+    # The weights were drawn from this suite's fixed model: they are all of its start.
+    checkpoint = torch.load(weights)
+    assert checkpoint['meta']['drawn_by'] == tool.SUITES[suite].settings['fixed'][0]
+    assert set(checkpoint['state_dict']) == set(fixed.state)
+    assert all(torch.equal(v, fixed.state[k]) for k, v in checkpoint['state_dict'].items())
+    if suite != 'digits':
+        return
     assert any(k.endswith('conv_offset.weight') for k in starts['dcn'].state)
     # Draws differ between seeds; the control computes the fixed model's losses.
     assert not torch.equal(torch.load(tool.write_initial_weights(4, str(tmp_path / 's4.pth')))[
@@ -537,7 +564,10 @@ def test_benchmark_summary_pairs_seeds_with_a_confidence_interval(tmp_path):
     # mean 2, std 1 over 3 seeds: half-width t(0.975, 2) / sqrt(3) = 4.3027 / 1.7321
     assert (pair['mean'], pair['ci95']) == pytest.approx((2.0, 2.4841), abs=1e-4)
     table = tool.markdown(rows, pairs, runs)
-    assert '| `lsconv` | `fixed` | 3 | +2.00 | [-0.48, +4.48] | +1.0, +2.0, +3.0 |' in table
+    # paired t-test: t = 2 / (1 / sqrt(3)) = 3.46 on 2 degrees of freedom, p = 0.074
+    assert pair['p_value'] == pytest.approx(0.0742, abs=1e-4)
+    assert ('| `lsconv` | `fixed` | 3 | +2.00 | [-0.48, +4.48] | 0.074 | +1.0, +2.0, +3.0 |'
+            in table)
     # Learned strides are also paired with their frozen control.
     runs['frozen'] = {0: run(60.5), 1: run(61.0)}
     _, pairs = tool.summarise(runs)
@@ -552,6 +582,24 @@ def test_benchmark_summary_pairs_seeds_with_a_confidence_interval(tmp_path):
     readme.write_text('no markers')
     with pytest.raises(ValueError, match='markers'):
         tool.rewrite_readme(str(readme), table)
+
+
+def test_benchmark_suites_have_their_own_readme_sections_and_settings(tmp_path, capsys):
+    tool = load_benchmark_tool()
+    for name, suite in tool.SUITES.items():
+        assert suite.baseline in suite.settings and set(suite.paired) <= set(suite.settings)
+        for setting in suite.settings:
+            assert os.path.isfile(tool.config_path(setting, name)), (name, setting)
+    start, end = tool.readme_markers('scaled')
+    assert '--suite scaled' in start and (start, end) != tool.readme_markers()
+    readme = tmp_path / 'README.md'
+    readme.write_text(f'{tool.README_START}\ndigits\n{tool.README_END}\n{start}\nold\n{end}\n')
+    tool.rewrite_readme(str(readme), 'new', 'scaled')
+    assert readme.read_text() == (f'{tool.README_START}\ndigits\n{tool.README_END}\n{start}\nnew'
+                                  f'\n{end}\n')
+    with pytest.raises(SystemExit):
+        tool.main(['--suite', 'scaled', '--settings', 'dcn', '--work-dir', str(tmp_path)])
+    assert "--settings dcn: expected some of ['fixed', 'lsconv']" in capsys.readouterr().err
 
 
 class StubRunner:

@@ -1,21 +1,27 @@
 """The CPU detection benchmark: fixed strides against learned ones, paired on initial weights.
 
-Trains the configs of ``configs/digits`` (RetinaNet, narrow ResNet-18 (32-256 channels), 128 px
-digits canvases generated from scikit-learn's data, no download) with mmdet's train tool, one
-process per run. Within a seed every setting starts from the same initial weights (drawn once
-from the fixed-stride model and given to every run as ``load_from``; the learned stride starts at
-its setting's value, layers only one setting has keep their usual initialisation) and sees the
-same data order, so a per-seed difference between settings is caused by the settings alone.
+Trains the settings of one suite (a detector on a generated dataset: narrow ResNet-18 (32-256
+channels), data made from scikit-learn's, no download; ``--suite``, see SUITES) with mmdet's
+train tool, one process per run. Within a seed every setting starts from the same initial
+weights (drawn once from the suite's fixed-stride model and given to every run as
+``load_from``; the learned stride starts at its setting's value, layers only one setting has
+keep their usual initialisation) and sees the same data order, so a per-seed difference
+between settings is caused by the settings alone.
 
-Settings: ``fixed`` (plain ResNet), ``lsconv`` (strides learned), ``frozen`` (LSConv frozen at
-the nominal stride: the control, equal to ``fixed`` up to float noise), ``dcn`` (mmcv DCN in the
-same places), ``lsconv-badinit`` and ``frozen-badinit`` (strides start at 1.5, learned or
-frozen). Prints and writes per-setting mean ± std, per-seed paired differences against ``fixed``
-with 95% confidence intervals, a plot, and the README section (``--readme`` rewrites it in
-place). Runs whose results exist are reused (``--force`` retrains).
+The ``digits`` suite (RetinaNet, 128 px digits canvases, ``configs/digits``): ``fixed`` (plain
+ResNet), ``lsconv`` (strides learned), ``frozen`` (LSConv frozen at the nominal stride: the
+control, equal to ``fixed`` up to float noise), ``dcn`` (mmcv DCN in the same places),
+``lsconv-badinit`` and ``frozen-badinit`` (strides start at 1.5, learned or frozen). The others
+compare ``fixed`` with LSConv: ``digits-neck`` (RetinaNet with P3-P7, LSConv in the backbone
+and the FPN), ``digits-frcnn`` (Faster R-CNN), ``scaled`` (RetinaNet on 256 px canvases of
+12-96 px digits on photographs, ``configs/scaled_digits``). Prints and writes per-setting
+mean ± std, per-seed paired differences against ``fixed`` with 95% confidence intervals and
+the paired t-test's p-value, a plot, and the suite's README section (``--readme`` rewrites
+it in place). Runs whose results exist are reused (``--force`` retrains).
 
     python tools/benchmark_detection.py --readme README.md       # the README's study
     python tools/benchmark_detection.py --settings fixed lsconv --seeds 0 --other-seeds
+    python tools/benchmark_detection.py --suite scaled --seeds 0 1 2
 """
 import argparse
 import json
@@ -27,34 +33,76 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from mmlstride.engine import find_scalars_json, read_stride_trajectories
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_DIR = os.path.join(REPO, 'configs', 'digits')
-SETTINGS = {
-    'fixed': ('retinanet_r18n_digits_fixed.py', 'fixed integer strides (plain ResNet)'),
-    'lsconv': ('retinanet_r18n-ls_digits.py', 'LSConv, strides learned'),
-    'frozen': ('retinanet_r18n-ls-frozen_digits.py',
-               'LSConv, strides frozen at the nominal 2 (control)'),
-    'dcn': ('retinanet_r18n-dcn_digits.py', 'mmcv DCN, same places'),
-    'lsconv-badinit': ('retinanet_r18n-ls-badinit_digits.py',
-                       'LSConv, strides start at 1.5, learned'),
-    'frozen-badinit': ('retinanet_r18n-ls-badinit-frozen_digits.py',
-                       'LSConv, strides start at 1.5, frozen'),
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One comparison: settings (name -> (config in ``configs/<folder>``, description)) of
+    one detector on one dataset. ``baseline`` draws the initial weights and every other
+    setting is paired with it; ``controls`` pairs a learned setting with its frozen control
+    as well; ``paired`` are the main settings (``--seeds``), the others get ``--other-seeds``."""
+    folder: str
+    title: str
+    settings: Dict[str, Tuple[str, str]]
+    paired: Tuple[str, ...]
+    controls: Dict[str, str] = field(default_factory=dict)
+    baseline: str = 'fixed'
+
+
+SUITES = {
+    'digits': Suite('digits', 'RetinaNet, digits (128 px)', {
+        'fixed': ('retinanet_r18n_digits_fixed.py', 'fixed integer strides (plain ResNet)'),
+        'lsconv': ('retinanet_r18n-ls_digits.py', 'LSConv, strides learned'),
+        'frozen': ('retinanet_r18n-ls-frozen_digits.py',
+                   'LSConv, strides frozen at the nominal 2 (control)'),
+        'dcn': ('retinanet_r18n-dcn_digits.py', 'mmcv DCN, same places'),
+        'lsconv-badinit': ('retinanet_r18n-ls-badinit_digits.py',
+                           'LSConv, strides start at 1.5, learned'),
+        'frozen-badinit': ('retinanet_r18n-ls-badinit-frozen_digits.py',
+                           'LSConv, strides start at 1.5, frozen'),
+    }, paired=('fixed', 'lsconv', 'frozen'),
+        # Learned strides against the same LSConv frozen at their start: only the learning
+        # differs.
+        controls={'lsconv': 'frozen', 'lsconv-badinit': 'frozen-badinit'}),
+    'digits-neck': Suite('digits', 'RetinaNet with P3-P7, digits (128 px)', {
+        'fixed': ('retinanet_r18n-p6p7_digits_fixed.py', 'fixed integer strides'),
+        'lsconv-neck': ('retinanet_r18n-ls-neck_digits.py',
+                        'LSConv in the backbone and every FPN conv, strides learned'),
+    }, paired=('fixed', 'lsconv-neck')),
+    'digits-frcnn': Suite('digits', 'Faster R-CNN, digits (128 px)', {
+        'fixed': ('faster-rcnn_r18n_digits_fixed.py', 'fixed integer strides (plain ResNet)'),
+        'lsconv': ('faster-rcnn_r18n-ls_digits.py', 'LSConv, strides learned'),
+    }, paired=('fixed', 'lsconv')),
+    'scaled': Suite('scaled_digits', 'RetinaNet, scaled digits (256 px)', {
+        'fixed': ('retinanet_r18n_scaled-digits_fixed.py', 'fixed integer strides (plain ResNet)'),
+        'lsconv': ('retinanet_r18n-ls_scaled-digits.py', 'LSConv, strides learned'),
+    }, paired=('fixed', 'lsconv')),
 }
-BASELINE = 'fixed'
-# Learned strides against the same LSConv frozen at their start: only the learning differs.
-CONTROLS = {'lsconv': 'frozen', 'lsconv-badinit': 'frozen-badinit'}
-PAIRED = ('fixed', 'lsconv', 'frozen')  # the main comparison: --seeds; the others: --other-seeds
-README_START = '<!-- detection-benchmark:start (tools/benchmark_detection.py --readme) -->'
-README_END = '<!-- detection-benchmark:end -->'
+DEFAULT_SUITE = 'digits'
+SETTINGS = SUITES[DEFAULT_SUITE].settings
 PROGRESS_MARKS = ('bbox_mAP_copypaste', 'Traceback', 'Error:')
 
 
-def config_path(setting: str) -> str:
-    return os.path.join(CONFIG_DIR, SETTINGS[setting][0])
+def readme_markers(suite: str = DEFAULT_SUITE) -> Tuple[str, str]:
+    """The comments around a suite's section of the README (the digits suite keeps its
+    original ones)."""
+    name = 'detection-benchmark' if suite == DEFAULT_SUITE else f'detection-benchmark:{suite}'
+    option = '' if suite == DEFAULT_SUITE else f' --suite {suite}'
+    return (f'<!-- {name}:start (tools/benchmark_detection.py{option} --readme) -->',
+            f'<!-- {name}:end -->')
+
+
+README_START, README_END = readme_markers()
+
+
+def config_path(setting: str, suite: str = DEFAULT_SUITE) -> str:
+    return os.path.join(REPO, 'configs', SUITES[suite].folder, SUITES[suite].settings[setting][0])
 
 
 def parse_cfg_options(options: Sequence[str]) -> dict:
@@ -65,8 +113,9 @@ def parse_cfg_options(options: Sequence[str]) -> dict:
     return parser.parse_args(['--cfg-options', *options] if options else []).cfg_options
 
 
-def write_initial_weights(seed: int, path: str, cfg_options: Sequence[str] = ()) -> str:
-    """Draws the fixed-stride detector's initial weights for ``seed`` (with the runs'
+def write_initial_weights(seed: int, path: str, cfg_options: Sequence[str] = (),
+                          suite: str = DEFAULT_SUITE) -> str:
+    """Draws the suite's baseline detector's initial weights for ``seed`` (with the runs'
     overrides) and saves them as a checkpoint every setting of that seed loads (mmengine's
     ``load_from``)."""
     import torch
@@ -77,7 +126,8 @@ def write_initial_weights(seed: int, path: str, cfg_options: Sequence[str] = ())
 
     register_all_modules()
     import mmlstride  # noqa: F401  (registrations)
-    cfg = Config.fromfile(config_path(BASELINE))
+    baseline = SUITES[suite].baseline
+    cfg = Config.fromfile(config_path(baseline, suite))
     cfg.merge_from_dict(parse_cfg_options(cfg_options))
     set_random_seed(seed)
     model = MODELS.build(cfg.model)
@@ -88,7 +138,7 @@ def write_initial_weights(seed: int, path: str, cfg_options: Sequence[str] = ())
         logging.disable(logging.NOTSET)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save({'state_dict': model.state_dict(),
-                'meta': {'seed': seed, 'drawn_by': SETTINGS[BASELINE][0]}}, path)
+                'meta': {'seed': seed, 'drawn_by': SUITES[suite].settings[baseline][0]}}, path)
     return path
 
 
@@ -104,8 +154,8 @@ def seed_options(seed: int, initial_weights: str) -> List[str]:
 
 
 def train_command(setting: str, work_dir: str, seed: int, initial_weights: str,
-                  extra: Sequence[str]) -> List[str]:
-    return [sys.executable, mmdet_train_script(), config_path(setting), '--work-dir', work_dir,
+                  extra: Sequence[str], suite: str = DEFAULT_SUITE) -> List[str]:
+    return [sys.executable, mmdet_train_script(), config_path(setting, suite), '--work-dir', work_dir,
             '--cfg-options', *seed_options(seed, initial_weights), *extra]
 
 
@@ -129,11 +179,11 @@ def train(command: List[str], label: str, work_dir: str, threads: Optional[int])
 
 
 def run_is_paired(run_dir: str, setting: str, seed: int, initial_weights: str,
-                  cfg_options: Sequence[str]) -> bool:
+                  cfg_options: Sequence[str], suite: str = DEFAULT_SUITE) -> bool:
     """Whether the run in ``run_dir`` was trained with this seed, these initial weights and
     these overrides, as the config mmengine saved there says."""
     from mmengine.config import Config
-    saved = os.path.join(run_dir, SETTINGS[setting][0])
+    saved = os.path.join(run_dir, SUITES[suite].settings[setting][0])
     if not os.path.exists(saved):
         return False
     cfg = Config.fromfile(saved)
@@ -190,19 +240,30 @@ def mean_and_ci(values: Sequence[float]) -> Tuple[float, float]:
     return mean, t_quantile_975(len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
 
 
+def paired_t_test(differences: Sequence[float]) -> float:
+    """Two-sided p-value of Student's paired t-test that the mean difference is 0 (NaN for
+    fewer than two seeds or differences that are all equal)."""
+    from scipy.stats import ttest_1samp
+    if len(differences) < 2 or len(set(differences)) < 2:
+        return float('nan')
+    return float(ttest_1samp(differences, 0.0).pvalue)
+
+
 def paired_difference(runs: Dict[str, Dict[int, dict]], setting: str,
                       against: str) -> Optional[dict]:
-    """bbox mAP of ``setting`` minus ``against`` on each seed both have, mean and 95% CI."""
+    """bbox mAP of ``setting`` minus ``against`` on each seed both have: mean, 95% CI and the
+    paired t-test's p-value."""
     shared = sorted(set(runs.get(setting, {})) & set(runs.get(against, {})))
     if not shared:
         return None
     diffs = [runs[setting][s]['bbox_mAP'] - runs[against][s]['bbox_mAP'] for s in shared]
     mean, half = mean_and_ci(diffs)
     return {'setting': setting, 'against': against, 'seeds': shared, 'differences': diffs,
-            'mean': mean, 'ci95': half}
+            'mean': mean, 'ci95': half, 'p_value': paired_t_test(diffs)}
 
 
-def summarise(runs: Dict[str, Dict[int, dict]]) -> Tuple[List[dict], List[dict]]:
+def summarise(runs: Dict[str, Dict[int, dict]],
+              suite: str = DEFAULT_SUITE) -> Tuple[List[dict], List[dict]]:
     """Per-setting rows (mean ± std over seeds) and paired differences against the baseline,
     then of each learned setting against its frozen control."""
     rows, pairs = [], []
@@ -221,31 +282,34 @@ def summarise(runs: Dict[str, Dict[int, dict]]) -> Tuple[List[dict], List[dict]]
                                                            for r in results) for axis in (0, 1)]
                                    for layer in layers},
         })
-    for against, settings in ((BASELINE, [s for s in runs if s != BASELINE]),
-                              *((control, [learned]) for learned, control in CONTROLS.items())):
+    baseline, controls = SUITES[suite].baseline, SUITES[suite].controls
+    for against, settings in ((baseline, [s for s in runs if s != baseline]),
+                              *((control, [learned]) for learned, control in controls.items())):
         pairs += [p for p in (paired_difference(runs, s, against) for s in settings) if p]
     return rows, pairs
 
 
-def markdown(rows: List[dict], pairs: List[dict], runs: Dict[str, Dict[int, dict]]) -> str:
-    """The tables of the README's benchmark section."""
+def markdown(rows: List[dict], pairs: List[dict], runs: Dict[str, Dict[int, dict]],
+             suite: str = DEFAULT_SUITE) -> str:
+    """The tables of the suite's README section."""
     lines = ['| setting | seeds | bbox mAP (mean ± std) | mAP@50 | final strides (s_h, s_w), '
              'stages 2-4 |', '|---|---|---|---|---|']
     for row in rows:
         strides = ' '.join(f'({h:.2f}, {w:.2f})' for h, w in row['final_strides_mean'].values())
-        lines.append(f"| {SETTINGS[row['setting']][1]} (`{row['setting']}`) | "
+        lines.append(f"| {SUITES[suite].settings[row['setting']][1]} (`{row['setting']}`) | "
                      f"{len(row['seeds'])} | {row['bbox_mAP_mean']:.1f} ± "
                      f"{row['bbox_mAP_std']:.1f} | {row['bbox_mAP_50_mean']:.1f} | "
                      f"{strides or '-'} |")
     lines += ['', 'Paired on seed (same initial weights, same data order):', '',
-              '| setting | minus | seeds | mean difference (bbox mAP) | 95% CI | per seed |',
-              '|---|---|---|---|---|---|']
+              '| setting | minus | seeds | mean difference (bbox mAP) | 95% CI | p (paired t) '
+              '| per seed |', '|---|---|---|---|---|---|---|']
     for pair in pairs:
         low, high = pair['mean'] - pair['ci95'], pair['mean'] + pair['ci95']
         interval = '-' if len(pair['seeds']) < 2 else f'[{low:+.2f}, {high:+.2f}]'
         per_seed = ', '.join(f'{d:+.1f}' for d in pair['differences'])
+        p_value = '-' if pair['p_value'] != pair['p_value'] else f"{pair['p_value']:.3f}"
         lines.append(f"| `{pair['setting']}` | `{pair['against']}` | {len(pair['seeds'])} | "
-                     f"{pair['mean']:+.2f} | {interval} | {per_seed} |")
+                     f"{pair['mean']:+.2f} | {interval} | {p_value} | {per_seed} |")
     seeds = sorted({s for by_seed in runs.values() for s in by_seed})
     lines += ['', 'bbox mAP per seed:', '',
               '| seed | ' + ' | '.join(f'`{s}`' for s in runs) + ' |',
@@ -297,22 +361,28 @@ def plot(rows: List[dict], pairs: List[dict], runs: Dict[str, Dict[int, dict]],
     plt.close(fig)
 
 
-def rewrite_readme(path: str, section: str) -> None:
-    """Replaces the text between the benchmark markers of ``path`` with ``section``."""
+def rewrite_readme(path: str, section: str, suite: str = DEFAULT_SUITE) -> None:
+    """Replaces the text between the suite's benchmark markers of ``path`` with ``section``."""
+    marker_start, marker_end = readme_markers(suite)
     with open(path) as f:
         text = f.read()
-    start, end = text.find(README_START), text.find(README_END)
+    start, end = text.find(marker_start), text.find(marker_end)
     if start < 0 or end < start:
-        raise ValueError(f'{path} expected the markers {README_START!r} and {README_END!r}')
+        raise ValueError(f'{path} expected the markers {marker_start!r} and {marker_end!r}')
     with open(path, 'w') as f:
-        f.write(text[:start + len(README_START)] + '\n' + section + '\n' + text[end:])
+        f.write(text[:start + len(marker_start)] + '\n' + section + '\n' + text[end:])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument('--suite', default=DEFAULT_SUITE, choices=list(SUITES),
+                        help='the detector and dataset: ' + '; '.join(
+                            f'{name}: {suite.title}' for name, suite in SUITES.items()))
+    parser.add_argument('--settings', nargs='+',
+                        help='some of the suite\'s settings (default: all of them)')
     parser.add_argument('--seeds', nargs='+', type=int, default=list(range(8)),
-                        help=f'seeds of {", ".join(PAIRED)}')
+                        help='seeds of the suite\'s main settings (digits: fixed, lsconv, '
+                             'frozen; the other suites: all)')
     parser.add_argument('--other-seeds', nargs='*', type=int, default=[0, 1, 2],
                         help='seeds of the other settings')
     parser.add_argument('--jobs', type=int, default=1,
@@ -324,28 +394,35 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--cfg-options', nargs='+', default=[],
                         help='extra key=value overrides for every run, e.g. train_cfg.max_iters=200')
     args = parser.parse_args(argv)
-    work_dir = os.path.abspath(args.work_dir)
-    plan = [(setting, seed) for setting in args.settings
-            for seed in (args.seeds if setting in PAIRED else args.other_seeds)]
+    suite = SUITES[args.suite]
+    settings = args.settings or list(suite.settings)
+    unknown = [s for s in settings if s not in suite.settings]
+    if unknown:
+        parser.error(f'--settings {" ".join(unknown)}: expected some of {list(suite.settings)} '
+                     f'for --suite {args.suite}')
+    work_dir = os.path.abspath(args.work_dir if args.suite == DEFAULT_SUITE
+                               else os.path.join(args.work_dir, args.suite))
+    plan = [(setting, seed) for setting in settings
+            for seed in (args.seeds if setting in suite.paired else args.other_seeds)]
     weights = {seed: os.path.join(work_dir, 'initial_weights', f'seed{seed}.pth')
                for seed in sorted({seed for _, seed in plan})}
     for seed, path in weights.items():
         if args.force or not os.path.exists(path):
-            write_initial_weights(seed, path, args.cfg_options)
+            write_initial_weights(seed, path, args.cfg_options, args.suite)
     run_dir = {key: os.path.join(work_dir, key[0], f'seed{key[1]}') for key in plan}
     # A finished run is reused only if it was trained as this plan would train it.
     todo = [key for key in plan
             if args.force or read_run(run_dir[key]) is None or not run_is_paired(
-                run_dir[key], key[0], key[1], weights[key[1]], args.cfg_options)]
+                run_dir[key], key[0], key[1], weights[key[1]], args.cfg_options, args.suite)]
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
 
     def run(key):
         setting, seed = key
         label = f'{setting}, seed {seed}'
-        print(f'== {label}: training {SETTINGS[setting][0]}', flush=True)
+        print(f'== {label}: training {suite.settings[setting][0]}', flush=True)
         start = time.time()
-        train(train_command(setting, run_dir[key], seed, weights[seed], args.cfg_options),
-              label, run_dir[key], threads)
+        train(train_command(setting, run_dir[key], seed, weights[seed], args.cfg_options,
+                            args.suite), label, run_dir[key], threads)
         print(f'   {label}: done in {time.time() - start:.0f} s', flush=True)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -356,18 +433,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if result is None:
             raise RuntimeError(f'{key[0]}, seed {key[1]}: no result in {run_dir[key]}')
         runs.setdefault(key[0], {})[key[1]] = result
-    rows, pairs = summarise(runs)
-    table = markdown(rows, pairs, runs)
+    rows, pairs = summarise(runs, args.suite)
+    table = markdown(rows, pairs, runs, args.suite)
     print(table)
     png = os.path.join(work_dir, 'detection_benchmark.png')
     plot(rows, pairs, runs, png)
     with open(os.path.join(work_dir, 'detection_benchmark.json'), 'w') as f:
-        json.dump({'rows': rows, 'pairs': pairs, 'runs': runs, 'table': table,
-                   'cfg_options': args.cfg_options}, f, indent=1)
+        json.dump({'suite': args.suite, 'rows': rows, 'pairs': pairs, 'runs': runs,
+                   'table': table, 'cfg_options': args.cfg_options}, f, indent=1)
     with open(os.path.join(work_dir, 'detection_benchmark.md'), 'w') as f:
         f.write(table + '\n')
     if args.readme:
-        rewrite_readme(args.readme, table)
+        rewrite_readme(args.readme, table, args.suite)
     if args.figure:
         shutil.copyfile(png, args.figure)
     print(f'wrote {png}, detection_benchmark.json and .md in {work_dir}'
