@@ -128,8 +128,8 @@ void interpolate_rows(const T* im, const LSConvGeometry& g, int64_t first, int64
   }
 }
 
-// Compiles a function for x86-64-v3 (AVX2, FMA) too, picked at load time where the CPU has
-// it; the baseline build targets SSE2 only.
+// Compiles a function for x86-64-v4 (AVX-512) and x86-64-v3 (AVX2, FMA) too, picked at load
+// time where the CPU has them; the baseline build targets SSE2 only.
 // target_clones needs GNU ifunc: glibc on Linux (not musl, not Mach-O).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && \
     defined(__linux__) && defined(__GLIBC__)
