@@ -12,9 +12,9 @@ The ``digits`` suite (RetinaNet, 128 px digits canvases, ``configs/digits``): ``
 ResNet), ``lsconv`` (strides learned), ``frozen`` (LSConv frozen at the nominal stride: the
 control, equal to ``fixed`` up to float noise), ``dcn`` (mmcv DCN in the same places),
 ``lsconv-badinit`` and ``frozen-badinit`` (strides start at 1.5, learned or frozen). The others
-compare ``fixed`` with LSConv: ``digits-neck`` (RetinaNet with P3-P7, LSConv in the backbone
-and the FPN), ``digits-frcnn`` (Faster R-CNN), ``scaled`` (RetinaNet on 256 px canvases of
-12-96 px digits on photographs, ``configs/scaled_digits``). Prints and writes per-setting
+compare ``fixed`` with LSConv (and DCN): ``digits-neck`` (RetinaNet with P3-P7, LSConv in the
+backbone and the FPN), ``digits-frcnn`` (Faster R-CNN), ``scaled`` (RetinaNet on 256 px
+canvases of 12-96 px digits on photographs, ``configs/scaled_digits``). Prints and writes per-setting
 mean ± std, per-seed paired differences against ``fixed`` with 95% confidence intervals and
 the paired t-test's p-value, a plot, and the suite's README section (``--readme`` rewrites
 it in place). Runs whose results exist are reused (``--force`` retrains).
@@ -78,11 +78,13 @@ SUITES = {
     'digits-frcnn': Suite('digits', 'Faster R-CNN, digits (128 px)', {
         'fixed': ('faster-rcnn_r18n_digits_fixed.py', 'fixed integer strides (plain ResNet)'),
         'lsconv': ('faster-rcnn_r18n-ls_digits.py', 'LSConv, strides learned'),
-    }, paired=('fixed', 'lsconv')),
+        'dcn': ('faster-rcnn_r18n-dcn_digits.py', 'mmcv DCN, same places'),
+    }, paired=('fixed', 'lsconv', 'dcn')),
     'scaled': Suite('scaled_digits', 'RetinaNet, scaled digits (256 px)', {
         'fixed': ('retinanet_r18n_scaled-digits_fixed.py', 'fixed integer strides (plain ResNet)'),
         'lsconv': ('retinanet_r18n-ls_scaled-digits.py', 'LSConv, strides learned'),
-    }, paired=('fixed', 'lsconv')),
+        'dcn': ('retinanet_r18n-dcn_scaled-digits.py', 'mmcv DCN, same places'),
+    }, paired=('fixed', 'lsconv', 'dcn')),
 }
 DEFAULT_SUITE = 'digits'
 SETTINGS = SUITES[DEFAULT_SUITE].settings

@@ -1,0 +1,5 @@
+# Deformable convs (mmcv DCN) in the same places as LSConv in faster-rcnn_r18n-ls_digits.py.
+_base_ = './faster-rcnn_r18n_digits_fixed.py'
+
+model = dict(backbone=dict(type='LSResNet', ls_stages=(False, True, True, True),
+                           stage_conv=dict(type='DCN', deform_groups=1)))
