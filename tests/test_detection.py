@@ -239,6 +239,28 @@ def test_initial_and_frozen_strides():
         assert not layer.learnable_stride.requires_grad
 
 
+def record_canvas_pools(monkeypatch, module) -> list:
+    """The digit pools that ``module._canvas`` is given, one per image, as it draws them."""
+    pools = []
+    canvas = module._canvas
+
+    def recording_canvas(rng, images, labels, pool, size):
+        pools.append(pool)
+        return canvas(rng, images, labels, pool, size)
+
+    monkeypatch.setattr(module, '_canvas', recording_canvas)
+    return pools
+
+
+def assert_disjoint_digit_pools(pools: list, num_train: int) -> None:
+    """Train images (the first num_train) draw from one pool, 80% of scikit-learn's 1797
+    digits, and val images from the other 20%."""
+    train, val = {tuple(p) for p in pools[:num_train]}, {tuple(p) for p in pools[num_train:]}
+    assert len(train) == len(val) == 1
+    train, val = set(train.pop()), set(val.pop())
+    assert not train & val and len(train | val) == 1797 and len(train) == int(0.8 * 1797)
+
+
 def tree_digest(root: Path) -> dict:
     """sha256 of every file under root, by relative path."""
     files = sorted(p for p in root.rglob('*') if p.is_file())
@@ -263,14 +285,7 @@ def test_digits_dataset_has_1_to_4_digits_and_disjoint_samples(tmp_path, monkeyp
     """Every image has 1-4 digits (all counts occur), and train and val canvases draw from
     disjoint digit samples, 80% and 20% of scikit-learn's 1797."""
     from mmlstride.datasets import digits_detection
-    pools = []
-    canvas = digits_detection._canvas
-
-    def recording_canvas(rng, images, labels, pool, size):
-        pools.append(pool)
-        return canvas(rng, images, labels, pool, size)
-
-    monkeypatch.setattr(digits_detection, '_canvas', recording_canvas)
+    pools = record_canvas_pools(monkeypatch, digits_detection)
     generate_digits_detection(str(tmp_path / 'd'), num_train=60, num_val=20)
     for split, count in (('train', 60), ('val', 20)):
         coco = json.loads((tmp_path / 'd' / 'annotations' / f'{split}.json').read_text())
@@ -279,10 +294,7 @@ def test_digits_dataset_has_1_to_4_digits_and_disjoint_samples(tmp_path, monkeyp
         assert len(per_image) == count and min(per_image) >= 1 and max(per_image) <= 4
         if split == 'train':
             assert set(per_image) == {1, 2, 3, 4}
-    train, val = {tuple(p) for p in pools[:60]}, {tuple(p) for p in pools[60:]}
-    assert len(train) == len(val) == 1
-    train, val = set(train.pop()), set(val.pop())
-    assert not train & val and len(train | val) == 1797 and len(train) == int(0.8 * 1797)
+    assert_disjoint_digit_pools(pools, num_train=60)
 
 
 def test_scaled_digits_dataset_is_deterministic(tmp_path):
@@ -309,14 +321,7 @@ def test_scaled_digits_span_8x_in_size_on_cluttered_photographs(tmp_path, monkey
     strokes brighter than the darkened photograph."""
     from PIL import Image
     from mmlstride.datasets import scaled_digits_detection
-    pools = []
-    canvas = scaled_digits_detection._canvas
-
-    def recording_canvas(rng, images, labels, pool, size):
-        pools.append(pool)
-        return canvas(rng, images, labels, pool, size)
-
-    monkeypatch.setattr(scaled_digits_detection, '_canvas', recording_canvas)
+    pools = record_canvas_pools(monkeypatch, scaled_digits_detection)
     root = tmp_path / 's'
     generate_scaled_digits_detection(str(root), num_train=40, num_val=10)
     sides = []
@@ -336,10 +341,7 @@ def test_scaled_digits_span_8x_in_size_on_cluttered_photographs(tmp_path, monkey
             # a photograph (many distinct colours), with strokes above its darkened maximum
             assert len(np.unique(background, axis=0)) > 500 and background.max() > 90, image
     assert min(sides) <= 16 and max(sides) >= 6 * min(sides), (min(sides), max(sides))
-    train, val = {tuple(p) for p in pools[:40]}, {tuple(p) for p in pools[40:]}
-    assert len(train) == len(val) == 1
-    train, val = set(train.pop()), set(val.pop())
-    assert not train & val and len(train | val) == 1797
+    assert_disjoint_digit_pools(pools, num_train=40)
 
 
 def test_scaled_digits_lsconv_config_trains(tmp_path):

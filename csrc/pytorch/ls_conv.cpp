@@ -25,8 +25,9 @@ namespace {
 // tiles of whole rows whose columns fit in it (see tile_rows: at least one row,
 // and at least 512 columns, so a tile may exceed it). Forward holds one such
 // buffer, backward two (columns and their gradient), each with an (out_channels
-// x tile columns) output tile; the CPU's pixel-major forward adds the
-// channels-last copy of the input rows a tile reads.
+// x tile columns) output tile; the CPU's channel-major forward adds the
+// channels-last copy of the input rows a tile reads. (The CPU's fused forward,
+// forward_by_pixel_columns, has no such tiles.)
 // CPU: the GEMMs run fastest at a few hundred to a few thousand columns, and a
 // buffer this size is reused from the heap rather than page-faulted anew.
 // CUDA: large enough that the usual detection layers take one or two tiles,
@@ -252,10 +253,9 @@ at::Tensor convolve_1x1(const at::Tensor& matrix, const at::Tensor& weight,
 }
 
 // Whether the forward takes forward_by_pixel_columns: on the CPU (unless the GEMMs are forced
-// to the CUDA path's convolutions), where the weight is no larger than the input. Its passes
-// over the input (a channels-last copy) and the weight (its taps reordered) then cost less
-// than the gathers along w that the (C * taps) x pixels columns need (8 x 128 ch @ 56, 2 x 64
-// ch @ 200: forward 0.1 x conv2d faster); with a larger weight (8 x 512 ch @ 14) they do not.
+// to the CUDA path's convolutions), where the weight is no larger than the input. Its weight
+// is then cheap to reorder and to pack for each block's single-threaded GEMM; a larger one
+// (8 x 512 ch @ 14) runs faster through the channel-major tiles' one multi-threaded GEMM.
 bool takes_pixel_columns(const at::Tensor& input, const at::Tensor& weight) {
   return !input.is_cuda() && !gemm_as_convolution(input) && weight.numel() <= input.numel();
 }
