@@ -14,12 +14,13 @@ from mmlstride.ops.ls_conv2d_reference import ls_conv2d_reference
 def ls_conv2d_by_deform_conv(deform_conv2d: Callable, input: Tensor, weight: Tensor,
                              stride: Tensor, bias: Optional[Tensor], padding: Tuple[int, int],
                              dilation: Tuple[int, int], groups: int,
-                             output_size: Tuple[int, int]) -> Tensor:
+                             output_size: Tuple[int, int],
+                             phase: Optional[Tensor] = None) -> Tensor:
     """LSConv computed by a deformable convolution with the equivalent offsets.
 
     A stride-1 DCN with padding P samples output (a, b), tap (i, j) at
-    (a - P_h + i d_h, b - P_w + j d_w); the offset (a (s_h - 1) + P_h - p_h,
-    b (s_w - 1) + P_w - p_w) moves it to LSConv's sample point. P is chosen so
+    (a - P_h + i d_h, b - P_w + j d_w); the offset (a (s_h - 1) + t_h + P_h - p_h,
+    b (s_w - 1) + t_w + P_w - p_w) moves it to LSConv's sample point. P is chosen so
     the DCN's output covers ``output_size``; the surplus is cropped. The offsets
     are built from ``stride`` with differentiable ops, so autograd gives the
     stride gradient as the sum over taps of a * grad_offset_h (b * grad_offset_w).
@@ -36,7 +37,8 @@ def ls_conv2d_by_deform_conv(deform_conv2d: Callable, input: Tensor, weight: Ten
     offsets = []
     for k in range(2):
         index = torch.arange(output_size[k], dtype=input.dtype, device=input.device)
-        offsets.append(index * (stride[k] - 1) + (big_pad[k] - padding[k]))
+        offset = index * (stride[k] - 1) + (big_pad[k] - padding[k])
+        offsets.append(offset if phase is None else offset + phase[k].to(input.dtype))
     off_h, off_w = torch.meshgrid(offsets[0], offsets[1], indexing='ij')
     # Channel 2t is the h offset of tap t = i * kw + j, channel 2t + 1 its w offset.
     offset = torch.stack((off_h, off_w)).repeat(kh * kw, 1, 1)
@@ -76,7 +78,8 @@ def interpolation_matrix(position: Tensor, size: int) -> Tensor:
 def ls_conv2d_by_interpolation(input: Tensor, weight: Tensor, stride: Tensor,
                                bias: Optional[Tensor], padding: Tuple[int, int],
                                dilation: Tuple[int, int], groups: int,
-                               output_size: Tuple[int, int]) -> Tensor:
+                               output_size: Tuple[int, int],
+                               phase: Optional[Tensor] = None) -> Tensor:
     """LSConv straight from its definition (DESIGN.md section 1): every sample is a product
     of the two axes' :func:`interpolation_matrix`, so its stride derivative at pixel positions
     follows the op's convention, unlike ``grid_sample``'s at ``p = -1``. Dense and small: for
@@ -89,6 +92,8 @@ def ls_conv2d_by_interpolation(input: Tensor, weight: Tensor, stride: Tensor,
         index = torch.arange(out, dtype=input.dtype, device=input.device)
         tap = torch.arange(taps, dtype=input.dtype, device=input.device) * dilation[k]
         position = index[:, None] * stride[k].to(input.dtype) - padding[k] + tap[None, :]
+        if phase is not None:
+            position = position + phase[k].to(input.dtype)
         axes.append(interpolation_matrix(position, size))  # (out, taps, size)
     samples = torch.einsum('aiy,ncyx,bjx->ncijab', axes[0], input, axes[1])
     samples = samples.reshape(n, groups, group_channels, kh, kw, out_h, out_w)
@@ -133,19 +138,21 @@ class Case:
     dilation: Tuple[int, int]
     groups: int
     output_size: Tuple[int, int]
+    phase: Optional[torch.Tensor] = None
 
     def args(self):
         return (self.input, self.weight, self.stride, self.bias, self.padding, self.dilation,
-                self.groups, self.output_size)
+                self.groups, self.output_size, self.phase)
 
     def leaves(self):
-        return [t for t in (self.input, self.weight, self.bias, self.stride) if t is not None]
+        return [t for t in (self.input, self.weight, self.bias, self.stride, self.phase)
+                if t is not None]
 
     def to(self, dtype: torch.dtype, device: Union[str, torch.device] = 'cpu',
            stride_dtype: Optional[torch.dtype] = None) -> 'Case':
         """A copy with new leaf tensors: input, weight and bias in ``dtype`` on ``device``,
-        the stride in ``stride_dtype`` (default: float32 for float16 and bfloat16, else
-        ``dtype``)."""
+        the stride and the phase in ``stride_dtype`` (default: float32 for float16 and
+        bfloat16, else ``dtype``)."""
         if stride_dtype is None:
             stride_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
@@ -156,12 +163,13 @@ class Case:
 
         return Case(leaf(self.input, dtype), leaf(self.weight, dtype),
                     leaf(self.stride, stride_dtype), leaf(self.bias, dtype), self.padding,
-                    self.dilation, self.groups, self.output_size)
+                    self.dilation, self.groups, self.output_size, leaf(self.phase, stride_dtype))
 
 
 def random_case(seed: int, dtype=torch.float64, batch: Optional[int] = None,
-                device: Union[str, torch.device] = 'cpu') -> Case:
-    """A random valid case: groups, dilation, padding, asymmetric fractional strides."""
+                device: Union[str, torch.device] = 'cpu', phase: bool = False) -> Case:
+    """A random valid case: groups, dilation, padding, asymmetric fractional strides; with
+    ``phase``, a phase in (-2, 2) per axis too (the rest of the case is the same)."""
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     groups = rng.choice((1, 1, 2, 3))
@@ -178,7 +186,7 @@ def random_case(seed: int, dtype=torch.float64, batch: Optional[int] = None,
     def randn(*shape):
         return torch.randn(*shape, generator=gen, dtype=dtype).to(device).requires_grad_()
 
-    return Case(
+    case = Case(
         input=randn(batch, channels, *size),
         weight=randn(out_channels, channels // groups, *kernel),
         stride=torch.tensor(stride, dtype=dtype, device=device, requires_grad=True),
@@ -187,13 +195,21 @@ def random_case(seed: int, dtype=torch.float64, batch: Optional[int] = None,
         dilation=dilation,
         groups=groups,
         output_size=output_size)
+    if phase:
+        # Irrational multiples, so that (with the strides') no sample sits on a kink.
+        phase_rng = random.Random(seed + 7919)
+        values = [phase_rng.choice((-1.0, 1.0)) * phase_rng.choice(FRACTIONAL_STRIDES) / 2.3
+                  for _ in range(2)]
+        case.phase = torch.tensor(values, dtype=dtype, device=device, requires_grad=True)
+    return case
 
 
-def compiled_op(*args) -> Tensor:
+def compiled_op(input: Tensor, weight: Tensor, stride: Tensor, bias: Optional[Tensor],
+                padding: Tuple[int, int], dilation: Tuple[int, int], groups: int,
+                output_size: Tuple[int, int], phase: Optional[Tensor] = None) -> Tensor:
     """torch.ops.mmlstride.ls_conv2d with the argument order of Case.args()."""
-    input, weight, stride, bias, padding, dilation, groups, output_size = args
     return torch.ops.mmlstride.ls_conv2d(input, weight, bias, stride, padding, dilation, groups,
-                                         output_size)
+                                         output_size, phase)
 
 
 def output_gradient(case: Case, dtype: Optional[torch.dtype] = None) -> Tensor:
@@ -209,7 +225,8 @@ def evaluate(function: Callable[..., Tensor], case: Case, grad_output: Tensor) -
     out = function(*case.args())
     results = {'output': out}
     names = [name for name, t in (('input', case.input), ('weight', case.weight),
-                                  ('bias', case.bias), ('stride', case.stride)) if t is not None]
+                                  ('bias', case.bias), ('stride', case.stride),
+                                  ('phase', case.phase)) if t is not None]
     grads = torch.autograd.grad(out, case.leaves(), grad_output.to(out.dtype).to(out.device))
     results.update(('grad_' + name, grad) for name, grad in zip(names, grads))
     return results
@@ -227,8 +244,9 @@ def errors(actual: Dict[str, Tensor], expected: Dict[str, Tensor],
 def compiled_errors(case: Case, reference: Callable[..., Tensor]) -> Dict[str, float]:
     """Relative errors of the compiled op against ``reference(*case.args())``.
 
-    Keys: 'output', and 'grad_input', 'grad_weight', 'grad_bias', 'grad_stride'
-    for one fixed random output gradient ('grad_bias' only when the case has a bias).
+    Keys: 'output', and 'grad_input', 'grad_weight', 'grad_bias', 'grad_stride', 'grad_phase'
+    for one fixed random output gradient ('grad_bias' only when the case has a bias,
+    'grad_phase' when it has a phase).
     """
     grad_output = output_gradient(case)
     return errors(evaluate(compiled_op, case, grad_output), evaluate(reference, case, grad_output))

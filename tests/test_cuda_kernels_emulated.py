@@ -56,16 +56,27 @@ def pointer(tensor):
 
 
 def geometry_arguments(case):
+    """The geometry, stride and phase (None when the case has none) as the entry points take
+    them."""
     n, c, h, w = case.input.shape
     ints = [c, h, w, *case.weight.shape[2:], *case.padding, *case.dilation, *case.output_size]
     stride = case.stride.detach().double().tolist()
-    return (ctypes.c_int64 * 11)(*ints), (ctypes.c_double * 2)(*stride)
+    phase = None if case.phase is None else \
+        (ctypes.c_double * 2)(*case.phase.detach().double().tolist())
+    return (ctypes.c_int64 * 11)(*ints), (ctypes.c_double * 2)(*stride), phase
 
 
-def reference_columns(input, stride, case, row_begin, row_end):
+def phase_of(case):
+    """The case's phase in float64 as a new leaf (zeros when it has none: the kernels then
+    sample without one, and still reduce its gradient)."""
+    phase = torch.zeros(2, dtype=torch.float64) if case.phase is None else case.phase.detach()
+    return phase.double().clone().requires_grad_()
+
+
+def reference_columns(input, stride, case, row_begin, row_end, phase=None):
     """The tile's columns (C*kh*kw, rows*out_w) by separable interpolation matrices (MMCV's
     bilinear rule, derivatives from the right at pixel positions: mmlstride.testing);
-    differentiable in input and stride."""
+    differentiable in input, stride and phase (default: the case's)."""
     _, channels, height, width = input.shape
     kh, kw = case.weight.shape[2:]
     out_h, out_w = case.output_size
@@ -73,18 +84,21 @@ def reference_columns(input, stride, case, row_begin, row_end):
     image, a = rows // out_h, rows % out_h
     tap_h = torch.arange(kh, dtype=torch.float64) * case.dilation[0]
     tap_w = torch.arange(kw, dtype=torch.float64) * case.dilation[1]
-    pos_h = a.double()[:, None] * stride[0] - case.padding[0] + tap_h  # (rows, kh)
+    if phase is None:
+        phase = phase_of(case).detach()
+    pos_h = a.double()[:, None] * stride[0] + phase[0] - case.padding[0] + tap_h  # (rows, kh)
     b = torch.arange(out_w, dtype=torch.float64)
-    pos_w = tap_w[:, None] + b[None, :] * stride[1] - case.padding[1]  # (kw, out_w)
+    pos_w = tap_w[:, None] + b[None, :] * stride[1] + phase[1] - case.padding[1]  # (kw, out_w)
     weight_h = interpolation_matrix(pos_h, height)
     weight_w = interpolation_matrix(pos_w, width)
     columns = torch.einsum('riy,rcyx,jbx->cijrb', weight_h, input[image], weight_w)
     return columns.reshape(channels * kh * kw, (row_end - row_begin) * out_w)
 
 
-def random_tile(seed):
-    """A random case in float64 and a random tile of its output rows."""
-    case = random_case(seed)
+def random_tile(seed, phase=False):
+    """A random case in float64 (with a phase when ``phase``) and a random tile of its output
+    rows."""
+    case = random_case(seed, phase=phase)
     total = case.input.shape[0] * case.output_size[0]
     rng = random.Random(seed)
     row_begin = rng.randrange(total)
@@ -101,18 +115,19 @@ def assert_close(actual, expected, tolerance, name):
     assert error < tolerance, f'{name}: relative error {error:.2e}'
 
 
+@pytest.mark.parametrize('phase', [False, True], ids=['no_phase', 'phase'])
 @pytest.mark.parametrize('index64', [False, True], ids=['int32', 'int64'])
 @pytest.mark.parametrize('dtype', list(DTYPE_CODES), ids=str)
 @pytest.mark.parametrize('seed', range(6))
-def test_im2col_kernel(kernels, seed, dtype, index64):
-    case, row_begin, row_end = random_tile(seed)
+def test_im2col_kernel(kernels, seed, dtype, index64, phase):
+    case, row_begin, row_end = random_tile(seed, phase)
     input = case.input.detach().to(dtype)
     expected = reference_columns(input.double(), case.stride.detach(), case, row_begin, row_end)
     columns = torch.full(expected.shape, float('nan'), dtype=dtype)  # every element must be written
-    ints, stride = geometry_arguments(case)
+    ints, stride, phase_values = geometry_arguments(case)
     blocks = 1 + seed % 3  # grid-stride loops over several passes
     assert kernels.emulated_im2col(DTYPE_CODES[dtype], int(index64), pointer(input), ints, stride,
-                                   ctypes.c_int64(row_begin), ctypes.c_int64(row_end),
+                                   phase_values, ctypes.c_int64(row_begin), ctypes.c_int64(row_end),
                                    pointer(columns), ctypes.c_uint(blocks)) == 0
     assert_close(columns, expected, TOLERANCE[dtype], 'columns')
 
@@ -129,47 +144,52 @@ PIXEL_STRIDES = [(2.0, 2.0), (1.0, 1.0), (1.5, 3.0)]
 @pytest.mark.parametrize('dtype', list(DTYPE_CODES), ids=str)
 @pytest.mark.parametrize('seed', range(4))
 def test_backward_kernel(kernels, seed, dtype, index64, flags):
-    check_backward_kernel(kernels, seed, dtype, index64, flags)
+    """Odd seeds sample with a phase."""
+    check_backward_kernel(kernels, seed, dtype, index64, flags, phase=seed % 2 == 1)
 
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize('stride', PIXEL_STRIDES, ids=str)
 @pytest.mark.parametrize('seed', range(4))
 def test_backward_kernel_on_pixels(kernels, seed, stride, dtype):
+    """Without a phase (with one, samples leave the pixels)."""
     check_backward_kernel(kernels, seed, dtype, False, 7, pixel_stride=stride)
 
 
-def check_backward_kernel(kernels, seed, dtype, index64, flags, pixel_stride=None):
-    case, row_begin, row_end = random_tile(seed + 100)
+def check_backward_kernel(kernels, seed, dtype, index64, flags, pixel_stride=None,
+                          phase=False):
+    case, row_begin, row_end = random_tile(seed + 100, phase)
     if pixel_stride is not None:
         case.stride = torch.tensor(pixel_stride, dtype=torch.float64)
     input = case.input.detach().to(dtype)
     input64 = input.double().requires_grad_()
     stride64 = case.stride.detach().clone().requires_grad_()
-    columns64 = reference_columns(input64, stride64, case, row_begin, row_end)
+    phase64 = phase_of(case)
+    columns64 = reference_columns(input64, stride64, case, row_begin, row_end, phase64)
     accumulate = torch.float64 if dtype == torch.float64 else torch.float32
     grad_columns = torch.randn(columns64.shape, generator=torch.Generator().manual_seed(seed),
                                dtype=torch.float64).to(accumulate)
-    expected_input, expected_stride = torch.autograd.grad(
-        (columns64 * grad_columns.double()).sum(), (input64, stride64))
+    expected_input, expected_stride, expected_phase = torch.autograd.grad(
+        (columns64 * grad_columns.double()).sum(), (input64, stride64, phase64))
 
     blocks = 1 + seed % 3
     want_input, want_stride, want_columns = bool(flags & 1), bool(flags & 2), bool(flags & 4)
     grad_input = torch.zeros(input.shape, dtype=accumulate) if want_input else None
-    stride_sum = torch.zeros(2, dtype=torch.float64)
+    stride_sum = torch.zeros(4, dtype=torch.float64)
     columns = torch.full(columns64.shape, float('nan'), dtype=dtype) if want_columns else None
-    ints, stride = geometry_arguments(case)
+    ints, stride, phase_values = geometry_arguments(case)
     # 0: the kernel ran, and its last block re-armed the block counter for the next tile.
     assert kernels.emulated_backward(
         DTYPE_CODES[dtype], int(index64), flags, pointer(grad_columns), pointer(input), ints,
-        stride, ctypes.c_int64(row_begin), ctypes.c_int64(row_end), pointer(grad_input),
-        pointer(stride_sum), pointer(columns), ctypes.c_uint(blocks)) == 0
+        stride, phase_values, ctypes.c_int64(row_begin), ctypes.c_int64(row_end),
+        pointer(grad_input), pointer(stride_sum), pointer(columns), ctypes.c_uint(blocks)) == 0
     # The gradients are computed in float32 or float64 from the same rounded values.
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
     if want_input:
         assert_close(grad_input, expected_input, tolerance, 'grad_input')
-    if want_stride:
-        assert_close(stride_sum, expected_stride, tolerance, 'stride gradient')
+    if want_stride:  # the phase's gradient comes with the stride's (0 phase: still reduced)
+        assert_close(stride_sum[:2], expected_stride, tolerance, 'stride gradient')
+        assert_close(stride_sum[2:], expected_phase, tolerance, 'phase gradient')
     else:
         assert not stride_sum.any()
     if want_columns:
@@ -183,8 +203,8 @@ def check_backward_kernel(kernels, seed, dtype, index64, flags, pixel_stride=Non
 @pytest.mark.parametrize('seed', range(8))
 def test_input_gradient_kernel(kernels, seed, dtype, index64, stride):
     """The deterministic gather gives the scatter's input gradient, for tiles of whole and
-    partial images and strides far from 1; it adds to grad_input."""
-    case, row_begin, row_end = random_tile(seed + 200)
+    partial images and strides far from 1 (odd seeds with a phase); it adds to grad_input."""
+    case, row_begin, row_end = random_tile(seed + 200, phase=seed % 2 == 1)
     if stride is not None:
         case.stride = torch.tensor(stride, dtype=torch.float64)
     input64 = case.input.detach().to(dtype).double().requires_grad_()
@@ -196,9 +216,9 @@ def test_input_gradient_kernel(kernels, seed, dtype, index64, stride):
     earlier = torch.randn(input64.shape, generator=torch.Generator().manual_seed(seed + 1),
                           dtype=torch.float64)
     grad_input = earlier.to(accumulate, copy=True)  # what earlier tiles added
-    ints, stride = geometry_arguments(case)
+    ints, stride, phase = geometry_arguments(case)
     assert kernels.emulated_input_gradient(
-        DTYPE_CODES[dtype], int(index64), pointer(grad_columns), ints, stride,
+        DTYPE_CODES[dtype], int(index64), pointer(grad_columns), ints, stride, phase,
         ctypes.c_int64(row_begin), ctypes.c_int64(row_end), pointer(grad_input),
         ctypes.c_uint(1 + seed % 3)) == 0
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
@@ -213,14 +233,16 @@ INPUT, STRIDE, COLUMNS = 1, 2, 4
 INT32_MAX = 2 ** 31 - 1
 
 
-def launch_tile_case():
+def launch_tile_case(phase=None):
     """Two images; the tile [3, 13) of their 16 output rows ends one image and starts the
-    next (two partial images), and has enough columns for 15 blocks of 256 threads."""
+    next (two partial images), and has enough columns for 15 blocks of 256 threads. With
+    the given phase (a pair), if any."""
     gen = torch.Generator().manual_seed(7)
     case = Case(input=torch.randn(2, 3, 11, 12, generator=gen, dtype=torch.float64),
                 weight=torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64),
                 stride=torch.tensor([1.37, 0.83], dtype=torch.float64), bias=None,
-                padding=(1, 1), dilation=(1, 1), groups=1, output_size=(8, 14))
+                padding=(1, 1), dilation=(1, 1), groups=1, output_size=(8, 14),
+                phase=None if phase is None else torch.tensor(phase, dtype=torch.float64))
     return case, 3, 13
 
 
@@ -243,10 +265,10 @@ def test_index_width_decision(kernels):
         [1, 1, 2, 4 * 32]
 
 
-def tiled_reference(input64, stride64, case, bounds):
+def tiled_reference(input64, stride64, phase64, case, bounds):
     """The columns of consecutive tiles [bounds[k], bounds[k + 1]), each tile's matrix after
     the previous one's (as the host code's tile buffers hold them), flattened."""
-    return torch.cat([reference_columns(input64, stride64, case, begin, end).flatten()
+    return torch.cat([reference_columns(input64, stride64, case, begin, end, phase64).flatten()
                       for begin, end in zip(bounds[:-1], bounds[1:])])
 
 
@@ -259,27 +281,30 @@ def tiled_reference(input64, stride64, case, bounds):
 def test_backward_tile_launches(kernels, dtype, want, deterministic, index64):
     """The kernels launched for the gradients asked for (the tables first, then the variant,
     scatter or gather of the input gradient, the index width) and what they compute: the
-    stride gradient summed over every block by the last one, with no launch of its own."""
-    case, row_begin, row_end = launch_tile_case()
+    stride and phase gradients summed over every block by the last one, with no launch of
+    their own. (float32 samples with a phase.)"""
+    case, row_begin, row_end = launch_tile_case(
+        phase=(0.61, -1.27) if dtype == torch.float32 else None)
     input = case.input.detach().to(dtype)
     input64 = input.double().requires_grad_()
     stride64 = case.stride.detach().clone().requires_grad_()
-    columns64 = reference_columns(input64, stride64, case, row_begin, row_end)
+    phase64 = phase_of(case)
+    columns64 = reference_columns(input64, stride64, case, row_begin, row_end, phase64)
     accumulate = torch.float64 if dtype == torch.float64 else torch.float32
     grad_columns = torch.randn(columns64.shape, generator=torch.Generator().manual_seed(1),
                                dtype=torch.float64).to(accumulate)
-    expected_input, expected_stride = torch.autograd.grad(
-        (columns64 * grad_columns.double()).sum(), (input64, stride64))
+    expected_input, expected_stride, expected_phase = torch.autograd.grad(
+        (columns64 * grad_columns.double()).sum(), (input64, stride64, phase64))
     multiprocessors = 1  # at most 32 blocks
     grad_input = torch.zeros(input.shape, dtype=accumulate)
-    stride_sum = torch.full((2, ), float('nan'), dtype=torch.float64)
+    stride_sum = torch.full((4, ), float('nan'), dtype=torch.float64)
     columns = torch.full(columns64.shape, float('nan'), dtype=dtype)
     record = (ctypes.c_int64 * 64)()
-    ints, stride = geometry_arguments(case)
+    ints, stride, phase = geometry_arguments(case)
     count = kernels.emulated_backward_tile(
         DTYPE_CODES[dtype], want, int(deterministic), multiprocessors, pointer(grad_columns),
         pointer(input), ctypes.c_int64(INT32_MAX + 1 if index64 else input.numel()), ints, stride,
-        ctypes.c_int64(row_begin), ctypes.c_int64(row_end), 1, pointer(grad_input),
+        phase, ctypes.c_int64(row_begin), ctypes.c_int64(row_end), 1, pointer(grad_input),
         pointer(stride_sum), pointer(columns), record, 16)
     launches = recorded_launches(record, count)
 
@@ -305,9 +330,10 @@ def test_backward_tile_launches(kernels, dtype, want, deterministic, index64):
     else:
         assert not grad_input.any()
     if want & STRIDE:
-        assert_close(stride_sum, expected_stride, tolerance, 'stride gradient')
+        assert_close(stride_sum[:2], expected_stride, tolerance, 'stride gradient')
+        assert_close(stride_sum[2:], expected_phase, tolerance, 'phase gradient')
     else:
-        assert stride_sum.tolist() == [0.0, 0.0]  # zeroed by the tables kernel
+        assert stride_sum.tolist() == [0.0] * 4  # zeroed by the tables kernel
     if want & COLUMNS:
         assert_close(columns, columns64.detach(), TOLERANCE[dtype], 'columns')
     else:
@@ -317,32 +343,34 @@ def test_backward_tile_launches(kernels, dtype, want, deterministic, index64):
 @pytest.mark.parametrize('deterministic', [False, True], ids=['atomic', 'deterministic'])
 @pytest.mark.parametrize('tiles', [2, 3, 7])
 def test_tiles_accumulate_gradients(kernels, tiles, deterministic):
-    """Consecutive tiles of one call add their input and stride gradients: the last block of
-    each tile's backward re-arms the block counter for the next one."""
-    case, row_begin, row_end = launch_tile_case()
+    """Consecutive tiles of one call add their input, stride and phase gradients: the last
+    block of each tile's backward re-arms the block counter for the next one."""
+    case, row_begin, row_end = launch_tile_case(phase=(-0.45, 0.9))
     step = (row_end - row_begin) // tiles  # the last tile takes the rest
     bounds = [row_begin + k * step for k in range(tiles)] + [row_end]
     input64 = case.input.detach().clone().requires_grad_()
     stride64 = case.stride.detach().clone().requires_grad_()
-    columns64 = tiled_reference(input64, stride64, case, bounds)
+    phase64 = phase_of(case)
+    columns64 = tiled_reference(input64, stride64, phase64, case, bounds)
     grad_columns = torch.randn(columns64.shape, generator=torch.Generator().manual_seed(2),
                                dtype=torch.float64)
-    expected_input, expected_stride = torch.autograd.grad((columns64 * grad_columns).sum(),
-                                                          (input64, stride64))
+    expected_input, expected_stride, expected_phase = torch.autograd.grad(
+        (columns64 * grad_columns).sum(), (input64, stride64, phase64))
     grad_input = torch.zeros(input64.shape, dtype=torch.float64)
-    stride_sum = torch.zeros(2, dtype=torch.float64)
+    stride_sum = torch.zeros(4, dtype=torch.float64)
     record = (ctypes.c_int64 * 64)()
-    ints, stride = geometry_arguments(case)
+    ints, stride, phase = geometry_arguments(case)
     count = kernels.emulated_backward_tile(
         DTYPE_CODES[torch.float64], INPUT | STRIDE, int(deterministic), 1, pointer(grad_columns),
-        pointer(input64.detach()), ctypes.c_int64(input64.numel()), ints, stride,
+        pointer(input64.detach()), ctypes.c_int64(input64.numel()), ints, stride, phase,
         ctypes.c_int64(row_begin), ctypes.c_int64(row_end), tiles, pointer(grad_input),
         pointer(stride_sum), None, record, 16)
     passes = [launch for launch in recorded_launches(record, min(count, 16))
               if launch[0] == 'backward']
     assert len(passes) == tiles
     assert_close(grad_input, expected_input, 1e-12, 'grad_input')
-    assert_close(stride_sum, expected_stride, 1e-12, 'stride gradient')
+    assert_close(stride_sum[:2], expected_stride, 1e-12, 'stride gradient')
+    assert_close(stride_sum[2:], expected_phase, 1e-12, 'phase gradient')
 
 
 @pytest.mark.parametrize('index64', [False, True], ids=['int32', 'int64'])
@@ -352,10 +380,10 @@ def test_im2col_tile_launch(kernels, index64):
     expected = reference_columns(input, case.stride.detach(), case, row_begin, row_end)
     columns = torch.full(expected.shape, float('nan'), dtype=torch.float64)
     record = (ctypes.c_int64 * 8)()
-    ints, stride = geometry_arguments(case)
+    ints, stride, phase = geometry_arguments(case)
     count = kernels.emulated_im2col_tile(
         DTYPE_CODES[torch.float64], 1, pointer(input),
-        ctypes.c_int64(INT32_MAX + 1 if index64 else input.numel()), ints, stride,
+        ctypes.c_int64(INT32_MAX + 1 if index64 else input.numel()), ints, stride, phase,
         ctypes.c_int64(row_begin), ctypes.c_int64(row_end), pointer(columns), record, 2)
     assert recorded_launches(record, count) == [('tables', 8, 0, 1),
                                                 ('im2col', 8 if index64 else 4, 0, 15)]
@@ -367,19 +395,21 @@ def test_im2col_tile_launch(kernels, index64):
 def test_sum_partials(kernels, dtype, blocks):
     """The last block's sum of the per-block partials covers every block (the threads loop
     when blocks > 256), in float64, and adds to what earlier tiles left."""
-    partials = torch.randn(blocks, 2, generator=torch.Generator().manual_seed(blocks),
+    partials = torch.randn(blocks, 4, generator=torch.Generator().manual_seed(blocks),
                            dtype=torch.float64).to(dtype)
-    stride_sum = torch.tensor([0.25, -0.5], dtype=torch.float64)
+    earlier = torch.tensor([0.25, -0.5, 1.5, -2.0], dtype=torch.float64)
+    stride_sum = earlier.clone()
     assert kernels.emulated_sum_partials(DTYPE_CODES[dtype], pointer(partials),
                                          ctypes.c_int64(blocks), pointer(stride_sum)) == 0
-    expected = partials.double().sum(0) + torch.tensor([0.25, -0.5], dtype=torch.float64)
+    expected = partials.double().sum(0) + earlier
     torch.testing.assert_close(stride_sum, expected, rtol=1e-13, atol=1e-13)
 
 
-def emulated_tables(kernels, case, stride, stride_dtype=torch.float64, acc=torch.float64):
-    """The tables kernel's output for `case` and stride values `stride`: h and w samples
-    (low, high, weight_low, weight_high per entry), the sources and reach ranges, and
-    whether the device-side assertion fired."""
+def emulated_tables(kernels, case, stride, stride_dtype=torch.float64, acc=torch.float64,
+                    phase=None):
+    """The tables kernel's output for `case` and stride values `stride` (and phase values
+    `phase`, if any): h and w samples (low, high, weight_low, weight_high per entry), the
+    sources and reach ranges, and whether the device-side assertion fired."""
     _, _, height, width = case.input.shape
     kh, kw = case.weight.shape[2:]
     out_h, out_w = case.output_size
@@ -388,34 +418,38 @@ def emulated_tables(kernels, case, stride, stride_dtype=torch.float64, acc=torch
     h_sources = torch.empty(kh * height, 2, dtype=torch.int64)
     w_sources = torch.empty(kw * width, 2, dtype=torch.int64)
     reach = torch.empty(out_h, 2, dtype=torch.int64)
-    ints, _ = geometry_arguments(case)
+    ints, *_ = geometry_arguments(case)
     stride_values = torch.tensor(stride, dtype=stride_dtype)
+    phase_values = None if phase is None else torch.tensor(phase, dtype=stride_dtype)
     fired = kernels.emulated_tables(int(acc == torch.float64), int(stride_dtype == torch.float64),
-                                    pointer(stride_values), ints, pointer(h), pointer(w),
+                                    pointer(stride_values), pointer(phase_values), ints,
+                                    pointer(h), pointer(w),
                                     pointer(h_sources), pointer(w_sources), pointer(reach))
     return h, w, h_sources, w_sources, reach, fired
 
 
+@pytest.mark.parametrize('phase', [None, (0.3, -1.7), (-2.5, 4.0)], ids=str)
 @pytest.mark.parametrize('stride', [(1.37, 0.83), (2.0, 1.0), (0.25, 3.5)], ids=str)
 @pytest.mark.parametrize('stride_dtype', [torch.float32, torch.float64], ids=str)
-def test_tables_kernel(kernels, stride, stride_dtype):
+def test_tables_kernel(kernels, stride, stride_dtype, phase):
     """The tables hold each sample's neighbours and weights (MMCV's rule, float64 positions
-    from the stride in its dtype); the sources of each input pixel hold every output index
-    whose sample gives it weight, and the reach of each output row every input row its
-    samples give weight to."""
+    from the stride and phase in their dtype); the sources of each input pixel hold every
+    output index whose sample gives it weight, and the reach of each output row every input
+    row its samples give weight to."""
     case, _, _ = launch_tile_case()
     h, w, h_sources, w_sources, reach, fired = emulated_tables(kernels, case, stride,
-                                                               stride_dtype)
+                                                               stride_dtype, phase=phase)
     assert fired == 0
     _, _, height, width = case.input.shape
     kh, kw = case.weight.shape[2:]
     out_h, out_w = case.output_size
     s = torch.tensor(stride, dtype=stride_dtype).double()
+    shift = torch.tensor(phase or (0.0, 0.0), dtype=stride_dtype).double()
     for table, sources, taps, outs, size, k in ((h, h_sources, kh, out_h, height, 0),
                                                 (w, w_sources, kw, out_w, width, 1)):
         out = torch.arange(outs, dtype=torch.float64)
         tap = torch.arange(taps, dtype=torch.float64)[:, None]
-        position = out * s[k] - case.padding[k] + tap * case.dilation[k]  # (taps, outs)
+        position = out * s[k] + shift[k] - case.padding[k] + tap * case.dilation[k]  # (taps, outs)
         weights = interpolation_matrix(position, size)  # (taps, outs, size)
         table = table.view(taps, outs, 4)
         low, high = table[..., 0].long(), table[..., 1].long()
@@ -430,7 +464,7 @@ def test_tables_kernel(kernels, stride, stride_dtype):
                 begin, end = sources[t, pixel].tolist()
                 assert all(begin <= o < end for o in givers), (t, pixel, givers, begin, end)
     weights_h = interpolation_matrix(
-        torch.arange(out_h, dtype=torch.float64)[:, None] * s[0] - case.padding[0] +
+        torch.arange(out_h, dtype=torch.float64)[:, None] * s[0] + shift[0] - case.padding[0] +
         torch.arange(kh, dtype=torch.float64) * case.dilation[0], height)  # (out_h, kh, H)
     for a in range(out_h):
         rows = weights_h[a].abs().sum(0).nonzero().flatten().tolist()
@@ -448,6 +482,18 @@ def test_tables_kernel_asserts_on_invalid_stride(kernels, stride, stride_dtype):
     *_, fired = emulated_tables(kernels, case, stride, stride_dtype, acc=torch.float32)
     assert fired == 1
     *_, fired = emulated_tables(kernels, case, (1.5, 0.5), stride_dtype, acc=torch.float32)
+    assert fired == 0
+
+
+@pytest.mark.parametrize('phase', [(float('nan'), 1.0), (1.0, float('inf')),
+                                   (-float('inf'), 0.0)], ids=str)
+@pytest.mark.parametrize('stride_dtype', [torch.float32, torch.float64], ids=str)
+def test_tables_kernel_asserts_on_invalid_phase(kernels, phase, stride_dtype):
+    """So does a non-finite phase; a finite one, negative or large, does not."""
+    case, _, _ = launch_tile_case()
+    *_, fired = emulated_tables(kernels, case, (1.5, 0.5), stride_dtype, phase=phase)
+    assert fired == 1
+    *_, fired = emulated_tables(kernels, case, (1.5, 0.5), stride_dtype, phase=(-3.0, 1e6))
     assert fired == 0
 
 

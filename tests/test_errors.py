@@ -48,6 +48,10 @@ BAD_INPUTS = [
     (dict(weight=torch.randn(6, 2, 3, 3, device='meta')), ValueError,
      'weight.device=meta expected cpu'),
     (dict(input=[[1.0]]), TypeError, 'input is a list, expected a torch.Tensor'),
+    (dict(phase=torch.tensor([0.5, 0.5, 0.5])), ValueError, 'phase.shape=(3,) expected (2,)'),
+    (dict(phase=torch.tensor([1, 2])), TypeError,
+     'phase.dtype=torch.int64 expected a floating-point dtype'),
+    (dict(phase=torch.zeros(2, device='meta')), ValueError, 'phase.device=meta expected cpu'),
 ]
 
 
@@ -85,6 +89,21 @@ def test_stride_values_checked_by_the_compiled_op(values):
         ls_conv2d(**good_args(stride=torch.tensor(values)), output_size=(4, 4))
 
 
+BAD_PHASE_VALUES = [(float('nan'), 0.0), (0.0, -float('inf'))]
+
+
+@pytest.mark.parametrize('values', BAD_PHASE_VALUES, ids=str)
+def test_phase_values_checked_where_read(values, monkeypatch):
+    """The phase's values are read by the compiled op (CUDA: on the device) or the
+    pure-PyTorch fallback, not before (no host sync): both raise ValueError."""
+    phase = torch.tensor(values)
+    with pytest.raises(ValueError, match=r'phase=\(.*\) expected finite values'):
+        ls_conv2d(**good_args(phase=phase))
+    monkeypatch.setattr(ls_conv2d_function, 'has_kernel', lambda device: False)
+    with pytest.raises(ValueError, match=r'phase=\(.*\) expected finite values'):
+        ls_conv2d(**good_args(phase=phase))
+
+
 @pytest.mark.parametrize('changes,error,message', [
     (dict(input=torch.randn(4, 8, 8)), ValueError, 'input.dim()=3 expected 4'),
     (dict(weight=torch.randn(6, 4, 3, 3)), ValueError, 'weight.size(1)=4 expected'),
@@ -103,6 +122,12 @@ def test_stride_values_checked_by_the_compiled_op(values):
      'stride.dtype=Long expected a floating-point dtype'),
     (dict(weight=torch.randn(6, 2, 11, 3)), ValueError, 'kernel extent=11 along h'),
     (dict(bias=torch.randn(5)), ValueError, 'bias.shape=[5] expected [6]'),
+    (dict(phase=torch.tensor([0.5, 0.5, 0.5])), ValueError, 'phase.shape=[3] expected [2]'),
+    (dict(phase=torch.tensor([1, 2])), TypeError,
+     'phase.dtype=Long expected a floating-point dtype'),
+    (dict(phase=torch.tensor([float('nan'), 0.0])), ValueError,
+     'phase=(nan, 0) expected finite values'),
+    (dict(phase=torch.tensor([0.0, float('inf')])), ValueError, 'expected finite values'),
 ])
 def test_compiled_op_names_the_argument(changes, error, message):
     """The C++ checks raise the Python layer's error types: ValueError for bad values and
@@ -110,7 +135,7 @@ def test_compiled_op_names_the_argument(changes, error, message):
     args = good_args(**changes)
     with pytest.raises(error) as info:
         torch.ops.mmlstride.ls_conv2d(args['input'], args['weight'], args['bias'], args['stride'],
-                                      (1, 1), (1, 1), args['groups'], (4, 4))
+                                      (1, 1), (1, 1), args['groups'], (4, 4), args.get('phase'))
     assert message in str(info.value)
 
 
@@ -118,8 +143,16 @@ def test_backward_op_checks_grad_output():
     args = good_args()
     with pytest.raises(ValueError, match=r'grad_output.shape=\[2, 5, 4, 4\] expected \[2, 6'):
         torch.ops.mmlstride.ls_conv2d_backward(torch.randn(2, 5, 4, 4), args['input'],
-                                               args['weight'], args['stride'], (1, 1), (1, 1), 2,
-                                               [True] * 4)
+                                               args['weight'], args['stride'], None, (1, 1),
+                                               (1, 1), 2, [True] * 4 + [False])
+
+
+def test_backward_op_needs_a_phase_for_its_gradient():
+    args = good_args()
+    with pytest.raises(ValueError, match=r'output_mask\[4\]=true .* expected a phase'):
+        torch.ops.mmlstride.ls_conv2d_backward(torch.randn(2, 6, 4, 4), args['input'],
+                                               args['weight'], args['stride'], None, (1, 1),
+                                               (1, 1), 2, [True] * 5)
 
 
 @pytest.mark.parametrize('kwargs,message', [

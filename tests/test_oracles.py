@@ -344,3 +344,137 @@ def test_float32_gemms_as_1x1_convolutions(forced):
         assert 'aten::convolution' in convolutions and 'aten::convolution_backward' in convolutions
     else:
         assert convolutions == '[]'
+
+
+# The phase t (a translation of the sampling grid, a * s + t - p + i * d): an independent
+# input of the op with its own gradient.
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('seed', range(24))
+def test_phase_matches_every_reference(seed, dtype, device):
+    """Output and every gradient, the phase's included, against the pure-PyTorch op, the
+    definition's interpolation matrices and mmcv's DCN with the offsets moved by t."""
+    case = random_case(seed, dtype, device=device, phase=True)
+    for reference in (ls_conv2d_reference, ls_conv2d_by_interpolation,
+                      partial(ls_conv2d_by_deform_conv, require_module('mmcv.ops').deform_conv2d)):
+        assert_same_function(case, reference, TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_gradcheck_float64_with_phase(seed, device):
+    case = random_case(seed, device=device, phase=True)
+    case.input = case.input.detach()[:2, :, :7, :7].clone().requires_grad_()
+    case.output_size = tuple(min(v, 4) for v in case.output_size)
+    nondet_tol = 1e-12 if device.type == 'cuda' else 0.0
+    assert torch.autograd.gradcheck(lambda *t: ls_conv2d(*t), case.args(), eps=1e-6, atol=1e-7,
+                                    nondet_tol=nondet_tol)
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_phase_gradient_by_finite_differences(seed, device):
+    case = random_case(seed, device=device, phase=True)
+    grad_out = output_gradient(case).to(device)
+
+    def loss(phase):
+        return (compiled_op(*case.args()[:-1], phase) * grad_out).sum()
+
+    analytic, = torch.autograd.grad(loss(case.phase), case.phase)
+    step = 1e-6
+    for axis in range(2):
+        delta = torch.zeros(2, dtype=torch.float64, device=device)
+        delta[axis] = step
+        with torch.no_grad():
+            numeric = (loss(case.phase + delta) - loss(case.phase - delta)) / (2 * step)
+        assert analytic[axis].item() == pytest.approx(numeric.item(), rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_zero_phase_is_no_phase(seed, device):
+    """A zero phase samples where no phase does, bit for bit (the stride's gradient too); its
+    own gradient is the stride's reduction without the output index factor."""
+    case = random_case(seed, device=device)
+    grad_output = output_gradient(case).to(device)
+    without = evaluate(compiled_op, case, grad_output)
+    zero = dataclasses.replace(case, phase=torch.zeros(2, dtype=torch.float64, device=device,
+                                                       requires_grad=True))
+    with_zero = evaluate(compiled_op, zero, grad_output)
+    for name, value in without.items():
+        assert torch.equal(with_zero[name], value), name
+    expected = evaluate(ls_conv2d_by_interpolation, zero, grad_output)['grad_phase']
+    torch.testing.assert_close(with_zero['grad_phase'], expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('shift', [(1, 1), (2, 0), (0, 3)])
+def test_integer_phase_is_less_padding(shift, device):
+    """Sampling at a * s + t - p with an integer t is sampling with padding p - t: the same
+    output and input, weight and stride gradients."""
+    case = random_case(5, device=device)
+    case.padding = (3, 3)
+    grad_output = output_gradient(case).to(device)
+    shifted = dataclasses.replace(case, phase=torch.tensor(shift, dtype=torch.float64,
+                                                           device=device, requires_grad=True))
+    less_padding = dataclasses.replace(case, padding=(3 - shift[0], 3 - shift[1]))
+    got = evaluate(compiled_op, shifted, grad_output)
+    expected = evaluate(compiled_op, less_padding, grad_output)
+    assert max(errors(got, expected).values()) < 1e-12
+
+
+def one_sided_phase_derivative(case: Case, grad_output, side: int, step=1e-6):
+    """(L(t + side * step * e_k) - L(t)) / (side * step) per axis, L = <op(t), grad_output>."""
+    def loss(phase):
+        with torch.no_grad():
+            return (compiled_op(*case.args()[:-1], phase) * grad_output).sum()
+
+    unit = torch.eye(2, dtype=torch.float64, device=case.phase.device)
+    base = loss(case.phase.detach())
+    return torch.stack([(loss(case.phase.detach() + side * step * unit[k]) - base) / (side * step)
+                        for k in range(2)])
+
+
+@pytest.mark.parametrize('phase', [(2.0, 1.0), (0.5, 1.0)], ids=str)
+@pytest.mark.parametrize('stride,padding,dilation', PIXEL_STRIDES[:4],
+                         ids=[str(c[0]) for c in PIXEL_STRIDES[:4]])
+def test_phase_gradient_on_pixels_is_the_derivative_from_the_right(stride, padding, dilation,
+                                                                     phase, device):
+    """Integer strides with an integer phase put every sample on a pixel (a half-pixel one,
+    those of one axis): the phase gradient is the derivative from the right, as the stride's
+    is, and the references agree. (These phases keep every sample off -1, where MMCV's rule
+    gives 0: next test.)"""
+    case = dataclasses.replace(pixel_case(stride, padding, dilation, device),
+                               phase=torch.tensor(phase, dtype=torch.float64, device=device,
+                                                  requires_grad=True))
+    grad_output = output_gradient(case).to(device)
+    for reference in (ls_conv2d_reference, ls_conv2d_by_interpolation):
+        assert_same_function(case, reference, 1e-10)
+    analytic = evaluate(compiled_op, case, grad_output)['grad_phase']
+    right = one_sided_phase_derivative(case, grad_output, +1)
+    left = one_sided_phase_derivative(case, grad_output, -1)
+    torch.testing.assert_close(analytic, right, rtol=1e-6, atol=1e-6)
+    kinks = [k for k in range(2) if phase[k] == int(phase[k])]  # the axes on pixels
+    assert all((analytic[k] - left[k]).abs() > 1e-2 * analytic.abs().max() for k in kinks)
+
+
+def test_phase_gradient_at_minus_one_follows_mmcv(device):
+    """A phase of -1 with padding 1 puts output 0's first tap at exactly -1, outside under
+    MMCV's rule (value and derivative 0): the phase gradient follows mmcv's DCN and the
+    definition's matrices, not grid_sample's right-hand limit."""
+    case = dataclasses.replace(pixel_case((2.0, 2.0), (1, 1), (1, 1), device),
+                               phase=torch.tensor((-1.0, -1.0), dtype=torch.float64,
+                                                  device=device, requires_grad=True))
+    grad_output = output_gradient(case).to(device)
+    mmcv_deform_conv = partial(ls_conv2d_by_deform_conv,
+                               require_module('mmcv.ops').deform_conv2d)
+    for reference in (ls_conv2d_by_interpolation, mmcv_deform_conv):
+        assert_same_function(case, reference, 1e-10)
+    analytic = evaluate(compiled_op, case, grad_output)['grad_phase']
+    right = one_sided_phase_derivative(case, grad_output, +1)
+    assert (analytic - right).abs().max() > 1e-2 * analytic.abs().max()
+
+
+def test_phase_keeps_its_own_dtype(device):
+    """A float32 phase with float64 data: the gradient comes back in float32."""
+    case = random_case(2, device=device, phase=True)
+    case.phase = case.phase.detach().float().requires_grad_()
+    got = evaluate(compiled_op, case, output_gradient(case).to(device))
+    assert got['grad_phase'].dtype == torch.float32

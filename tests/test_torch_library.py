@@ -8,22 +8,26 @@ from mmlstride.testing import random_case
 from mmlstride.ops import LSConv2d
 
 
+@pytest.mark.parametrize('phase', [False, True], ids=['no_phase', 'phase'])
 @pytest.mark.parametrize('seed', range(3))
-def test_opcheck_forward(seed, device):
-    case = random_case(seed, device=device)
+def test_opcheck_forward(seed, phase, device):
+    case = random_case(seed, device=device, phase=phase)
     args = (case.input, case.weight, case.bias, case.stride, case.padding, case.dilation,
-            case.groups, case.output_size)
+            case.groups, case.output_size, case.phase)
     torch.library.opcheck(torch.ops.mmlstride.ls_conv2d.default, args)
 
 
-@pytest.mark.parametrize('output_mask', [[True] * 4, [False, True, False, True],
-                                         [True, False, True, False]])
-def test_opcheck_backward(output_mask, device):
-    case = random_case(1, device=device)
+@pytest.mark.parametrize('phase,output_mask', [
+    (False, [True] * 4 + [False]), (False, [False, True, False, True, False]),
+    (False, [True, False, True, False, False]), (True, [True] * 5),
+    (True, [False, False, False, False, True]), (True, [True, True, True, False, False])])
+def test_opcheck_backward(phase, output_mask, device):
+    case = random_case(1, device=device, phase=phase)
     grad_output = torch.randn(case.input.shape[0], case.weight.shape[0], *case.output_size,
                               dtype=torch.float64, device=device)
     args = (grad_output, case.input.detach(), case.weight.detach(), case.stride.detach(),
-            case.padding, case.dilation, case.groups, output_mask)
+            case.phase.detach() if phase else None, case.padding, case.dilation, case.groups,
+            output_mask)
     torch.library.opcheck(torch.ops.mmlstride.ls_conv2d_backward.default, args)
 
 

@@ -3,11 +3,13 @@
 // on host and device.
 //
 // Output pixel (a, b) of an LSConv samples the input at
-//     h = a * stride_h - pad_h + i * dilation_h,   w = b * stride_w - pad_w + j * dilation_w
-// for kernel tap (i, j), by bilinear interpolation with MMCV's deform-conv
-// boundary rule (deformable_im2col_bilinear / get_coordinate_weight): the
-// sample is 0 when h <= -1, h >= height, w <= -1 or w >= width; otherwise the
-// four neighbours that lie inside the image contribute, outside ones count 0.
+//     h = a * stride_h + phase_h - pad_h + i * dilation_h,
+//     w = b * stride_w + phase_w - pad_w + j * dilation_w
+// for kernel tap (i, j), where the phase (a translation of the grid) is 0 unless given,
+// by bilinear interpolation with MMCV's deform-conv boundary rule
+// (deformable_im2col_bilinear / get_coordinate_weight): the sample is 0 when h <= -1,
+// h >= height, w <= -1 or w >= width; otherwise the four neighbours that lie inside the
+// image contribute, outside ones count 0.
 //
 // That rule is separable: a sample is the product of an interpolation along
 // h and one along w, so each axis is described once per (output index, tap)
@@ -35,9 +37,10 @@ struct LSConvGeometry {
   int64_t out_h, out_w;
 };
 
-// The values of the stride, on the host.
+// The values of the stride and of the phase (0 when the call has none), on the host.
 struct RealStride {
   double h, w;
+  double phase_h = 0.0, phase_w = 0.0;
 };
 
 // Interpolation along one axis at a real position: the two neighbours, their
@@ -75,10 +78,11 @@ LSCONV_HOST_DEVICE inline AxisSample<T> axis_sample(P position, int64_t size) {
   return s;
 }
 
-// Position sampled by output index `out` and kernel tap `tap` along one axis.
+// Position sampled by output index `out` and kernel tap `tap` along one axis. A phase of 0
+// gives the position without one bit for bit.
 LSCONV_HOST_DEVICE inline double sample_position(int64_t out, int64_t tap, double stride,
-                                                 int64_t pad, int64_t dilation) {
-  return double(out) * stride - double(pad) + double(tap * dilation);
+                                                 double phase, int64_t pad, int64_t dilation) {
+  return double(out) * stride + phase - double(pad) + double(tap * dilation);
 }
 
 // Conversion of a stored element of type V to type T (a static_cast).

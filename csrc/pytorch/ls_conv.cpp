@@ -117,15 +117,30 @@ LSConvGeometry make_geometry(const at::Tensor& input, const at::Tensor& weight,
                         dilation[1],    output_size[0], output_size[1]};
 }
 
-// The stride as the backend reads it (CUDA: tables made on the device, no host sync; CPU:
-// its values), with the stride gradient's partial sums when `stride_gradient`.
-PreparedStride prepare_stride(const at::Tensor& stride, const at::Tensor& input,
-                              const LSConvGeometry& g, bool stride_gradient) {
+// The phase (undefined when absent) after checking it like the stride: on input's device,
+// a floating dtype (any: it is read in float64), shape [2]. Its values are checked where
+// they are read (finite), as the stride's.
+at::Tensor checked_phase(const std::optional<at::Tensor>& phase, const at::Tensor& input) {
+  if (!phase.has_value() || !phase->defined()) return at::Tensor();
+  TORCH_CHECK_VALUE(phase->device() == input.device(), "phase.device=", phase->device(),
+                    " expected ", input.device(), " (the device of input)");
+  TORCH_CHECK_TYPE(at::isFloatingType(phase->scalar_type()), "phase.dtype=",
+                   phase->scalar_type(), " expected a floating-point dtype");
+  TORCH_CHECK_VALUE(phase->dim() == 1 && phase->size(0) == 2, "phase.shape=", phase->sizes(),
+                    " expected [2] (phase_h, phase_w)");
+  return *phase;
+}
+
+// The stride and phase as the backend reads them (CUDA: tables made on the device, no host
+// sync; CPU: their values), with the partial sums of their gradients when `stride_gradient`.
+PreparedStride prepare_stride(const at::Tensor& stride, const at::Tensor& phase,
+                              const at::Tensor& input, const LSConvGeometry& g,
+                              bool stride_gradient) {
   RECORD_FUNCTION("mmlstride::prepare_stride", std::vector<c10::IValue>());
 #ifdef WITH_CUDA
-  if (input.is_cuda()) return ls_conv_prepare_cuda(stride, input, g, stride_gradient);
+  if (input.is_cuda()) return ls_conv_prepare_cuda(stride, phase, input, g, stride_gradient);
 #endif
-  return ls_conv_prepare_cpu(stride, g, input.size(0), stride_gradient);
+  return ls_conv_prepare_cpu(stride, phase, g, input.size(0), stride_gradient);
 }
 
 // Output rows per tile: as many as keep its columns within tile_bytes, but enough for
@@ -279,9 +294,11 @@ void forward_by_pixel_columns(const at::Tensor& input, const at::Tensor& weight,
 at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_,
                              const std::optional<at::Tensor>& bias_, const at::Tensor& stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                             at::IntArrayRef output_size) {
+                             at::IntArrayRef output_size,
+                             const std::optional<at::Tensor>& phase_) {
   const LSConvGeometry g =
       make_geometry(input_, weight_, stride, padding, dilation, groups, output_size);
+  const at::Tensor phase = checked_phase(phase_, input_);
   const c10::DeviceGuard device_guard(input_.device());
   const at::Tensor input = input_.contiguous();
   const at::Tensor weight = weight_.contiguous();
@@ -295,7 +312,8 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
                       bias_->sizes(), " expected [", out_channels, "]");
     bias = bias_->contiguous();
   }
-  const PreparedStride prepared = prepare_stride(stride, input, g, /*stride_gradient=*/false);
+  const PreparedStride prepared =
+      prepare_stride(stride, phase, input, g, /*stride_gradient=*/false);
   at::Tensor output = at::empty({batch, out_channels, g.out_h, g.out_w}, input.options());
   const int64_t total_rows = batch * g.out_h;
   if (total_rows == 0) return output;
@@ -342,14 +360,19 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
   return output;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
+// The gradients of (input, weight, bias, stride, phase) asked for by output_mask (undefined
+// where not). The phase's needs a phase.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
     const at::Tensor& grad_output_, const at::Tensor& input_, const at::Tensor& weight_,
-    const at::Tensor& stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-    std::array<bool, 4> output_mask) {
+    const at::Tensor& stride, const std::optional<at::Tensor>& phase_, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, std::array<bool, 5> output_mask) {
   TORCH_CHECK_VALUE(grad_output_.dim() == 4, "grad_output.dim()=", grad_output_.dim(),
                     " expected 4");
   const LSConvGeometry g = make_geometry(input_, weight_, stride, padding, dilation, groups,
                                          {grad_output_.size(2), grad_output_.size(3)});
+  const at::Tensor phase = checked_phase(phase_, input_);
+  TORCH_CHECK_VALUE(phase.defined() || !output_mask[4],
+                    "output_mask[4]=true (the phase's gradient) expected a phase");
   check_like_input(grad_output_, "grad_output", input_);
   const c10::DeviceGuard device_guard(input_.device());
   const at::Tensor input = input_.contiguous();
@@ -363,7 +386,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
   const int64_t col_rows = g.channels * g.kernel_h * g.kernel_w;
   const bool need_input = output_mask[0];
   const bool need_weight = output_mask[1];
-  const bool need_stride = output_mask[3];
+  const bool need_phase = output_mask[4];
+  // The stride's and the phase's gradients come from one reduction.
+  const bool need_stride = output_mask[3] || need_phase;
 
   // Accumulated in float32 for float16 and bfloat16 inputs.
   const bool low_precision = accumulate_type(input.scalar_type()) != input.scalar_type();
@@ -376,7 +401,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
   at::Tensor grad_bias = output_mask[2]
       ? grad_output.sum(at::IntArrayRef{0, 2, 3}, false, accumulate_type(input.scalar_type()))
       : at::Tensor();
-  const PreparedStride prepared = prepare_stride(stride, input, g, need_stride);
+  const PreparedStride prepared = prepare_stride(stride, phase, input, g, need_stride);
 
   const int64_t total_rows = batch * g.out_h;
   if (total_rows > 0 && (need_input || need_weight || need_stride)) {
@@ -461,26 +486,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
       }
     }
   }
-  at::Tensor grad_stride;
+  at::Tensor grad_stride, grad_phase;
   if (need_stride) {
     const at::Tensor& partials = prepared.partials;
-    grad_stride = (partials.size(0) == 1 ? partials[0] : partials.sum(0)).to(stride.scalar_type());
+    const at::Tensor sums = partials.size(0) == 1 ? partials[0] : partials.sum(0);
+    // Copies: views of one tensor would alias each other.
+    if (output_mask[3]) grad_stride = sums.narrow(0, 0, 2).to(stride.scalar_type(), false, true);
+    if (need_phase) grad_phase = sums.narrow(0, 2, 2).to(phase.scalar_type(), false, true);
   }
   const at::ScalarType dtype = input.scalar_type();
   return {need_input ? grad_input.to(dtype) : grad_input,
           need_weight ? grad_weight.to(dtype) : grad_weight,
-          output_mask[2] ? grad_bias.to(dtype) : grad_bias, grad_stride};
+          output_mask[2] ? grad_bias.to(dtype) : grad_bias, grad_stride, grad_phase};
 }
 
 // Autocast: the op runs in the autocast dtype on CUDA (float16 by default, as
 // F.conv2d does) and in float32 on CPU, whose kernels have no low-precision
 // path. Input, weight and bias are cast (float64 ones are left alone, as
-// autocast does); the stride keeps its dtype.
+// autocast does); the stride and the phase keep their dtypes.
 template <c10::DeviceType device_type>
 at::Tensor ls_conv2d_autocast(const at::Tensor& input, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias, const at::Tensor& stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                              c10::SymIntArrayRef output_size) {
+                              c10::SymIntArrayRef output_size,
+                              const std::optional<at::Tensor>& phase) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(
       at::autocast::get_autocast_dispatch_key_from_device_type(device_type));
   const at::ScalarType dtype = device_type == c10::DeviceType::CUDA
@@ -492,19 +521,22 @@ at::Tensor ls_conv2d_autocast(const at::Tensor& input, const at::Tensor& weight,
   return op.call(at::autocast::cached_cast(dtype, input, device_type),
                  at::autocast::cached_cast(dtype, weight, device_type),
                  at::autocast::cached_cast(dtype, bias, device_type), stride, padding, dilation,
-                 groups, output_size);
+                 groups, output_size, phase);
 }
 
 }  // namespace
 
 TORCH_LIBRARY(mmlstride, m) {
+  // phase: an optional (2,) translation of the sampling grid (ls_conv_sampling.h), last so
+  // that calls without it keep their form.
   m.def(
       "ls_conv2d(Tensor input, Tensor weight, Tensor? bias, Tensor stride, int[2] padding, "
-      "int[2] dilation, int groups, SymInt[2] output_size) -> Tensor");
+      "int[2] dilation, int groups, SymInt[2] output_size, Tensor? phase=None) -> Tensor");
+  // The gradients of (input, weight, bias, stride, phase) where output_mask says so.
   m.def(
       "ls_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor stride, "
-      "int[2] padding, int[2] dilation, int groups, bool[4] output_mask) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? phase, int[2] padding, int[2] dilation, int groups, bool[5] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mmlstride, CPU, m) {

@@ -18,25 +18,29 @@
 
 namespace mmlstride {
 
-// The stride as the sampling kernels of one call read it, prepared once per call.
+// The stride and phase as the sampling kernels of one call read them, prepared once per call.
 struct PreparedStride {
-  // CPU: the values, read from the tensor on the host.
+  // CPU: the values, read from the tensors on the host.
   RealStride values{0.0, 0.0};
   // CUDA: the sampling tables made from the stride on the device, with the stride
   // gradient's scratch (csrc/common/cuda/ls_conv_cuda_launch.cuh): nothing is copied to
   // the host, and an invalid stride stops the tables kernel with a device-side assertion.
   at::Tensor tables;
-  // When the stride gradient is wanted: float64 (parts, 2) partial sums of
-  // (dL/ds_h, dL/ds_w), zero at first and accumulated over tiles; the caller sums the
-  // parts. CPU: one pair per image plane (N * C, reduced in parallel without atomics);
-  // CUDA: one pair inside `tables` (each tile's blocks are summed into it in a fixed order).
+  // When the stride gradient is wanted: float64 (parts, 4) partial sums of
+  // (dL/ds_h, dL/ds_w, dL/dt_h, dL/dt_w), the stride's and the phase's gradients (one
+  // reduction: the phase's lacks the output index factor), zero at first and accumulated
+  // over tiles; the caller sums the parts. CPU: one row per image plane (N * C, reduced in
+  // parallel without atomics); CUDA: one row inside `tables` (each tile's blocks are summed
+  // into it in a fixed order).
   at::Tensor partials;
 };
 
-// Checks and reads the stride (finite values > 0, else a ValueError); partials for a
-// batch of `batch` images when `stride_gradient`.
-PreparedStride ls_conv_prepare_cpu(const at::Tensor& stride, const LSConvGeometry& geometry,
-                                   int64_t batch, bool stride_gradient);
+// Checks and reads the stride (finite values > 0, else a ValueError) and the phase when
+// defined (finite values); partials for a batch of `batch` images when `stride_gradient`
+// (the stride's or the phase's gradient is wanted).
+PreparedStride ls_conv_prepare_cpu(const at::Tensor& stride, const at::Tensor& phase,
+                                   const LSConvGeometry& geometry, int64_t batch,
+                                   bool stride_gradient);
 
 // columns <- bilinear samples of `input` at every (tap, output pixel) of the tile: a
 // (C * kernel_h * kernel_w) x ((row_end - row_begin) * out_w) matrix, row
@@ -58,7 +62,7 @@ void ls_conv_forward_pixels_cpu(const at::Tensor& input, const at::Tensor& weigh
                                 int64_t groups, at::Tensor& output);
 
 // From the gradient of the tile's columns: adds their scatter onto the input to
-// grad_input and, when `stride_gradient`, their stride-gradient contributions to
+// grad_input and, when `stride_gradient`, their stride- and phase-gradient contributions to
 // stride.partials, and writes the tile's columns (as ls_conv_im2col_cpu) to `columns`,
 // each only when defined; grad_input must be, or stride_gradient true.
 void ls_conv_backward_sampling_cpu(const at::Tensor& grad_columns, const at::Tensor& input,
@@ -70,8 +74,9 @@ void ls_conv_backward_sampling_cpu(const at::Tensor& grad_columns, const at::Ten
 #ifdef WITH_CUDA
 // The CUDA counterparts of the three functions above, on the current stream, with no
 // host synchronisation (the stride is read on the device).
-PreparedStride ls_conv_prepare_cuda(const at::Tensor& stride, const at::Tensor& input,
-                                    const LSConvGeometry& geometry, bool stride_gradient);
+PreparedStride ls_conv_prepare_cuda(const at::Tensor& stride, const at::Tensor& phase,
+                                    const at::Tensor& input, const LSConvGeometry& geometry,
+                                    bool stride_gradient);
 
 void ls_conv_im2col_cuda(const at::Tensor& input, const LSConvGeometry& geometry,
                          const PreparedStride& stride, int64_t row_begin, int64_t row_end,

@@ -16,7 +16,7 @@ from torch import Tensor
 
 def ls_conv2d_by_sampling(input: Tensor, weight: Tensor, stride: Tensor, bias: Optional[Tensor],
                           padding: Tuple[int, int], dilation: Tuple[int, int], groups: int,
-                          output_size: Tuple[int, int]) -> Tensor:
+                          output_size: Tuple[int, int], phase: Optional[Tensor] = None) -> Tensor:
     """LSConv by one F.grid_sample of every tap's samples and one convolution of stride
     (kh, kw). Arguments are those of :func:`mmlstride.ops.ls_conv2d`, checked and normalised.
     """
@@ -27,7 +27,10 @@ def ls_conv2d_by_sampling(input: Tensor, weight: Tensor, stride: Tensor, bias: O
         out = torch.arange(output_size[k], dtype=stride.dtype, device=input.device)
         tap = torch.arange(kernel[k], dtype=stride.dtype, device=input.device) * dilation[k]
         # position of (output index, tap) in the bordered input, output-major
-        position = (out[:, None] * stride[k] + (tap[None, :] - padding[k] + 1)).reshape(-1)
+        position = out[:, None] * stride[k] + (tap[None, :] - padding[k] + 1)
+        if phase is not None:
+            position = position + phase[k].to(stride.dtype)
+        position = position.reshape(-1)
         size = input.shape[2 + k] + 2
         axes.append(2 * position / (size - 1) - 1)  # align_corners=True coordinates
     grid_y, grid_x = torch.meshgrid(axes[0], axes[1], indexing='ij')

@@ -2,11 +2,12 @@
 
 Output pixel (a, b) of channel o is
 
-    y[n, o, a, b] = bias[o] + sum_{c, i, j} weight[o, c, i, j] * X[n, c](a * s_h - p_h + i * d_h,
-                                                                        b * s_w - p_w + j * d_w)
+    y[n, o, a, b] = bias[o] + sum_{c, i, j} weight[o, c, i, j]
+                              * X[n, c](a * s_h + t_h - p_h + i * d_h, b * s_w + t_w - p_w + j * d_w)
 
-where X is bilinear interpolation with MMCV's deform-conv boundary rule and the
-stride s = (s_h, s_w) is a differentiable tensor.
+where X is bilinear interpolation with MMCV's deform-conv boundary rule, the stride
+s = (s_h, s_w) is a differentiable tensor and so is the optional phase t = (t_h, t_w), a
+translation of the sampling grid (0 when absent).
 """
 import math
 from typing import Optional, Sequence, Tuple, Union
@@ -66,13 +67,14 @@ def _check_tensor(tensor: Tensor, name: str, input: Tensor, same_dtype: bool) ->
 
 
 def _check_arguments(input: Tensor, weight: Tensor, stride: Tensor, bias: Optional[Tensor],
-                     padding: Tuple[int, int], dilation: Tuple[int, int], groups: int) -> None:
+                     padding: Tuple[int, int], dilation: Tuple[int, int], groups: int,
+                     phase: Optional[Tensor] = None) -> None:
     """Raises a TypeError or ValueError naming the first argument that is not valid.
 
     Only shapes, dtypes and devices are checked here (no data access, so this
     traces under torch.compile); the stride values are checked where they are read.
     Under autocast, input, weight and bias may differ in dtype: the op casts them.
-    The stride may have any floating dtype.
+    The stride and the phase may have any floating dtype.
     """
     if not isinstance(input, Tensor):
         raise TypeError(f'input is a {type(input).__name__}, expected a torch.Tensor')
@@ -85,9 +87,11 @@ def _check_arguments(input: Tensor, weight: Tensor, stride: Tensor, bias: Option
                                       'torch.bfloat16'
     if not (autocast and input.dtype.is_floating_point) and input.dtype not in dtypes:
         raise TypeError(f'input.dtype={input.dtype} expected {names}')
-    for tensor, name in ((weight, 'weight'), (stride, 'stride'), (bias, 'bias')):
+    for tensor, name in ((weight, 'weight'), (stride, 'stride'), (bias, 'bias'),
+                         (phase, 'phase')):
         if tensor is not None:
-            _check_tensor(tensor, name, input, same_dtype=not autocast and name != 'stride')
+            _check_tensor(tensor, name, input,
+                          same_dtype=not autocast and name in ('weight', 'bias'))
     if input.dim() != 4:
         raise ValueError(f'input.dim()={input.dim()} expected 4 (N, C, H, W)')
     if weight.dim() != 4:
@@ -95,6 +99,8 @@ def _check_arguments(input: Tensor, weight: Tensor, stride: Tensor, bias: Option
                          '(out_channels, in_channels / groups, kernel_h, kernel_w)')
     if stride.shape != (2, ):
         raise ValueError(f'stride.shape={tuple(stride.shape)} expected (2,) = (stride_h, stride_w)')
+    if phase is not None and phase.shape != (2, ):
+        raise ValueError(f'phase.shape={tuple(phase.shape)} expected (2,) = (phase_h, phase_w)')
     if not isinstance(groups, int) or groups < 1:
         raise ValueError(f'groups={groups!r} expected an int >= 1')
     channels, out_channels = input.shape[1], weight.shape[0]
@@ -122,6 +128,22 @@ def _stride_values(stride: Tensor) -> Tuple[float, float]:
     return values
 
 
+def _check_phase_values(phase: Tensor) -> None:
+    """A ValueError unless both values of the phase are finite."""
+    values = tuple(phase.detach().cpu().double().tolist())
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f'phase={values} expected finite values')
+
+
+def _as_tensor(value, input: Tensor) -> Tensor:
+    """A stride or phase given as numbers, as a tensor on input's device (float64 for float64
+    input, else float32)."""
+    if isinstance(value, Tensor) or not isinstance(input, Tensor):
+        return value
+    dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    return torch.as_tensor(value, dtype=dtype, device=input.device)
+
+
 def default_output_size(input_size: Sequence[int], kernel_size: Sequence[int],
                         stride: Sequence[float], padding: Sequence[int],
                         dilation: Sequence[int]) -> Tuple[int, int]:
@@ -138,8 +160,9 @@ def ls_conv2d(input: Tensor,
               padding: IntPair = 0,
               dilation: IntPair = 1,
               groups: int = 1,
-              output_size: Optional[IntPair] = None) -> Tensor:
-    """Learnable-stride 2-D convolution, differentiable in input, weight, bias and stride.
+              output_size: Optional[IntPair] = None,
+              phase: Optional[Union[Tensor, Sequence[float]]] = None) -> Tensor:
+    """Learnable-stride 2-D convolution, differentiable in input, weight, bias, stride and phase.
 
     Args:
         input: (N, C, H, W): float32 or float64; float16 and bfloat16 too on CUDA.
@@ -154,16 +177,19 @@ def ls_conv2d(input: Tensor,
         output_size: (H_out, W_out). None means floor((H + 2p - d(k - 1) - 1) / s) + 1
             per axis from the current stride values (which reads them: pass it
             explicitly under torch.compile, as LSConv2d does).
+        phase: None (no translation, the default), or a (2,) tensor (t_h, t_w) of finite
+            reals, any floating dtype, or a pair of numbers: output pixel (a, b) samples at
+            (a * s_h + t_h, b * s_w + t_w) before padding and taps. The output size does
+            not depend on it.
 
     Returns:
         (N, O, H_out, W_out) tensor.
     """
-    if not isinstance(stride, Tensor) and isinstance(input, Tensor):
-        dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-        stride = torch.as_tensor(stride, dtype=dtype, device=input.device)
+    stride = _as_tensor(stride, input)
+    phase = None if phase is None else _as_tensor(phase, input)
     padding = _int_pair(padding, 'padding', 0)
     dilation = _int_pair(dilation, 'dilation', 1)
-    _check_arguments(input, weight, stride, bias, padding, dilation, groups)
+    _check_arguments(input, weight, stride, bias, padding, dilation, groups, phase)
     stride_checked = output_size is None
     if output_size is None:
         output_size = default_output_size(input.shape[2:], weight.shape[2:],
@@ -173,39 +199,47 @@ def ls_conv2d(input: Tensor,
     if torch.onnx.is_in_onnx_export():  # standard operators only
         _check_onnx_opset()
         return ls_conv2d_by_sampling(input, weight, stride, bias, padding, dilation, groups,
-                                     output_size)
-    if has_kernel(input.device):  # the compiled op checks the stride values itself
+                                     output_size, phase)
+    if has_kernel(input.device):  # the compiled op checks the stride and phase values itself
         return torch.ops.mmlstride.ls_conv2d(input, weight, bias, stride, padding, dilation, groups,
-                                             output_size)
-    if not stride_checked and not torch.compiler.is_compiling():
-        _stride_values(stride)
-    return ls_conv2d_reference(input, weight, stride, bias, padding, dilation, groups, output_size)
+                                             output_size, phase)
+    if not torch.compiler.is_compiling():
+        if not stride_checked:
+            _stride_values(stride)
+        if phase is not None:
+            _check_phase_values(phase)
+    return ls_conv2d_reference(input, weight, stride, bias, padding, dilation, groups, output_size,
+                               phase)
 
 
 def _register_torch_library() -> None:
     """Fake (shape) and autograd implementations of the compiled ops."""
 
     @torch.library.register_fake('mmlstride::ls_conv2d')
-    def _(input, weight, bias, stride, padding, dilation, groups, output_size):
+    def _(input, weight, bias, stride, padding, dilation, groups, output_size, phase=None):
         return input.new_empty((input.shape[0], weight.shape[0], *output_size))
 
     @torch.library.register_fake('mmlstride::ls_conv2d_backward')
-    def _(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+    def _(grad_output, input, weight, stride, phase, padding, dilation, groups, output_mask):
         grads = (input.new_empty(input.shape), weight.new_empty(weight.shape),
-                 weight.new_empty(weight.shape[0]), stride.new_empty(stride.shape))
+                 weight.new_empty(weight.shape[0]), stride.new_empty(stride.shape),
+                 phase.new_empty(phase.shape) if phase is not None else None)
         return tuple(grad if needed else None for grad, needed in zip(grads, output_mask))
 
     def setup_context(ctx, inputs, output):
-        input, weight, bias, stride, padding, dilation, groups, _ = inputs
-        ctx.save_for_backward(input, weight, stride)
+        input, weight, bias, stride, padding, dilation, groups, _, phase = inputs
+        ctx.save_for_backward(input, weight, stride, phase)
         ctx.conv_args = (padding, dilation, groups)
 
     def backward(ctx, grad_output):
-        input, weight, stride = ctx.saved_tensors
-        output_mask = list(ctx.needs_input_grad[:4])
-        grads = torch.ops.mmlstride.ls_conv2d_backward(grad_output, input, weight, stride,
-                                                       *ctx.conv_args, output_mask)
-        return (*grads, None, None, None, None)
+        input, weight, stride, phase = ctx.saved_tensors
+        # (input, weight, bias, stride, phase): the schema's tensors.
+        needs = ctx.needs_input_grad
+        output_mask = [*needs[:4], phase is not None and needs[8]]
+        grad_input, grad_weight, grad_bias, grad_stride, grad_phase = \
+            torch.ops.mmlstride.ls_conv2d_backward(grad_output, input, weight, stride, phase,
+                                                   *ctx.conv_args, output_mask)
+        return grad_input, grad_weight, grad_bias, grad_stride, None, None, None, None, grad_phase
 
     torch.library.register_autograd('mmlstride::ls_conv2d', backward, setup_context=setup_context)
 

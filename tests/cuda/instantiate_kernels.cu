@@ -30,7 +30,8 @@ namespace cuda {
   LSCONV_INSTANTIATE_INDEX(T, int64_t)
 
 #define LSCONV_INSTANTIATE_TABLES(S, Acc) \
-  template __global__ void ls_conv_tables_kernel<S, Acc>(const S*, LSConvGeometry, SamplingTables<Acc>);
+  template __global__ void ls_conv_tables_kernel<S, Acc>(const S*, const S*, LSConvGeometry, \
+                                                         SamplingTables<Acc>);
 
 LSCONV_INSTANTIATE_TABLES(float, float)
 LSCONV_INSTANTIATE_TABLES(double, float)

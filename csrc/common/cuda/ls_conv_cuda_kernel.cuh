@@ -6,9 +6,10 @@
 // CPU backend. Launch decisions: ls_conv_cuda_launch.cuh; launchers:
 // csrc/pytorch/cuda/ls_conv_cuda.cu.
 //
-// The stride stays on the device. ls_conv_tables_kernel reads it once per call, checks
-// it (a device-side assertion: no host synchronisation) and computes, in float64, every
-// sample's two neighbours and weights per axis into small tables (SamplingTables); the
+// The stride (and the phase, when given) stays on the device. ls_conv_tables_kernel reads
+// it once per call, checks it (a device-side assertion: no host synchronisation) and
+// computes, in float64, every sample's two neighbours and weights per axis into small
+// tables (SamplingTables); the
 // per-element kernels read those and do their arithmetic in Accumulate<T>::type (float
 // for float, half and bfloat16; double for double), with no integer division (the
 // index arithmetic divides by multiplying: FastDivider), but the gather's one.
@@ -123,9 +124,14 @@ struct IndexRange {
 //   h_sources[i * height + y], w_sources[j * width + x]: the output indices whose tap-i
 //     (tap-j) sample lies within one pixel of input index y (x), with one of margin;
 //   row_reach[a]: the input rows that output row a's samples reach, with one of margin;
-//   stride_sum[0..1]: the stride gradient in float64, summed over tiles;
-//   block_partials[2 * block + k]: the backward kernel's per-block sums of a tile;
+//   stride_sum[0..3]: the gradients of (stride_h, stride_w, phase_h, phase_w) in float64,
+//     summed over tiles (kGradientSums of them);
+//   block_partials[kGradientSums * block + k]: the backward kernel's per-block sums of a tile;
 //   blocks_done: how many of a tile's backward blocks have written theirs.
+// The sums of the stride gradient's reduction: d/ds_h, d/ds_w, d/dt_h, d/dt_w (the phase's
+// are the stride's without the output index factor).
+constexpr int kGradientSums = 4;
+
 template <typename Acc>
 struct SamplingTables {
   AxisSample<Acc>* h;
@@ -153,47 +159,55 @@ LSCONV_HOST_DEVICE inline IndexRange sources_of(int64_t pixel, double offset, do
                     int(clip(ceil((centre + 1) / stride) + 2, 0, double(outs)))};
 }
 
-// Fills the tables of one call from stride[0..1] (on the device), zeroes the stride
-// gradient's scratch, and asserts (on the device) that both strides are finite and > 0.
+// Fills the tables of one call from stride[0..1] and phase[0..1] (on the device; a null
+// phase is 0), zeroes the gradients' scratch, and asserts (on the device) that both
+// strides are finite and > 0 and the phase finite.
 template <typename S, typename Acc>
 __global__ void __launch_bounds__(kThreads)
-    ls_conv_tables_kernel(const S* __restrict__ stride, LSConvGeometry g,
-                          SamplingTables<Acc> t) {
+    ls_conv_tables_kernel(const S* __restrict__ stride, const S* __restrict__ phase,
+                          LSConvGeometry g, SamplingTables<Acc> t) {
   const double s_h = double(stride[0]);
   const double s_w = double(stride[1]);
+  const double t_h = phase ? double(phase[0]) : 0.0;
+  const double t_w = phase ? double(phase[1]) : 0.0;
   const bool valid = s_h > 0 && s_w > 0 && s_h < INFINITY && s_w < INFINITY;  // false on NaN
+  const bool phase_valid = fabs(t_h) < INFINITY && fabs(t_w) < INFINITY;      // false on NaN
   const int64_t index = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   if (index == 0) {
     if (!valid) LSCONV_ASSERT_FAIL("stride expected finite values > 0 (mmlstride::ls_conv2d)");
-    t.stride_sum[0] = 0.0;
-    t.stride_sum[1] = 0.0;
+    if (!phase_valid) LSCONV_ASSERT_FAIL("phase expected finite values (mmlstride::ls_conv2d)");
+    for (int k = 0; k < kGradientSums; ++k) t.stride_sum[k] = 0.0;
     *t.blocks_done = 0;
   }
-  // An invalid stride has stopped the kernel above; the tables stay defined regardless.
+  // An invalid stride or phase has stopped the kernel above; the tables stay defined
+  // regardless.
   const double stride_h = valid ? s_h : 1.0;
   const double stride_w = valid ? s_w : 1.0;
+  const double phase_h = phase_valid ? t_h : 0.0;
+  const double phase_w = phase_valid ? t_w : 0.0;
   if (index < g.kernel_h * g.out_h) {
     const int64_t i = index / g.out_h, a = index % g.out_h;
-    t.h[index] = axis_sample<Acc>(sample_position(a, i, stride_h, g.pad_h, g.dilation_h),
-                                  g.height);
+    t.h[index] = axis_sample<Acc>(
+        sample_position(a, i, stride_h, phase_h, g.pad_h, g.dilation_h), g.height);
   }
   if (index < g.kernel_w * g.out_w) {
     const int64_t j = index / g.out_w, b = index % g.out_w;
-    t.w[index] = axis_sample<Acc>(sample_position(b, j, stride_w, g.pad_w, g.dilation_w),
-                                  g.width);
+    t.w[index] = axis_sample<Acc>(
+        sample_position(b, j, stride_w, phase_w, g.pad_w, g.dilation_w), g.width);
   }
   if (index < g.kernel_h * g.height) {
     const int64_t i = index / g.height, y = index % g.height;
     t.h_sources[index] =
-        sources_of(y, double(i * g.dilation_h - g.pad_h), stride_h, g.out_h);
+        sources_of(y, double(i * g.dilation_h - g.pad_h) + phase_h, stride_h, g.out_h);
   }
   if (index < g.kernel_w * g.width) {
     const int64_t j = index / g.width, x = index % g.width;
-    t.w_sources[index] = sources_of(x, double(j * g.dilation_w - g.pad_w), stride_w, g.out_w);
+    t.w_sources[index] =
+        sources_of(x, double(j * g.dilation_w - g.pad_w) + phase_w, stride_w, g.out_w);
   }
   if (index < g.out_h) {
-    const double lowest = sample_position(index, 0, stride_h, g.pad_h, g.dilation_h);
-    const double highest = sample_position(index, g.kernel_h - 1, stride_h, g.pad_h,
+    const double lowest = sample_position(index, 0, stride_h, phase_h, g.pad_h, g.dilation_h);
+    const double highest = sample_position(index, g.kernel_h - 1, stride_h, phase_h, g.pad_h,
                                            g.dilation_h);
     t.row_reach[index] = IndexRange{int(clip(floor(lowest) - 1, 0, double(g.height))),
                                     int(clip(floor(highest) + 3, 0, double(g.height)))};
@@ -277,42 +291,38 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Adds shared[0..kThreads) of two shared-memory arrays into their entry 0, in a fixed tree
-// order. Every thread of the block calls it once it has written its own entries.
+// Adds shared[k][0..kThreads) into shared[k][0] for each of the kGradientSums arrays, in a
+// fixed tree order. Every thread of the block calls it once it has written its own entries.
 template <typename V>
-__device__ inline void block_tree_sum(V* shared_h, V* shared_w) {
+__device__ inline void block_tree_sum(V (*shared)[kThreads]) {
   __syncthreads();
   for (int half = kThreads / 2; half > 0; half /= 2) {
     if (int(threadIdx.x) < half) {
-      shared_h[threadIdx.x] += shared_h[threadIdx.x + half];
-      shared_w[threadIdx.x] += shared_w[threadIdx.x + half];
+      for (int k = 0; k < kGradientSums; ++k) {
+        shared[k][threadIdx.x] += shared[k][threadIdx.x + half];
+      }
     }
     __syncthreads();
   }
 }
 
-// stride_sum[k] += the sum over `blocks` of block_partials[2 * block + k], in float64 and
-// in a fixed order (thread t sums blocks t, t + kThreads, ... in turn, then a tree in
-// shared memory), so the stride gradient repeats bit for bit. Called by every thread of
+// stride_sum[k] += the sum over `blocks` of block_partials[kGradientSums * block + k], in
+// float64 and in a fixed order (thread t sums blocks t, t + kThreads, ... in turn, then a
+// tree in shared memory), so the gradients repeat bit for bit. Called by every thread of
 // one block. The partials are read through volatile loads: other blocks wrote them.
 template <typename Acc>
 __device__ inline void sum_block_partials(const Acc* block_partials, int64_t blocks,
                                           double* stride_sum) {
-  __shared__ double partial_h[kThreads];
-  __shared__ double partial_w[kThreads];
+  __shared__ double partial[kGradientSums][kThreads];
   const volatile Acc* partials = block_partials;
-  double sum_h = 0.0;
-  double sum_w = 0.0;
+  double sum[kGradientSums] = {};
   for (int64_t block = threadIdx.x; block < blocks; block += kThreads) {
-    sum_h += double(partials[2 * block]);
-    sum_w += double(partials[2 * block + 1]);
+    for (int k = 0; k < kGradientSums; ++k) sum[k] += double(partials[kGradientSums * block + k]);
   }
-  partial_h[threadIdx.x] = sum_h;
-  partial_w[threadIdx.x] = sum_w;
-  block_tree_sum(partial_h, partial_w);
+  for (int k = 0; k < kGradientSums; ++k) partial[k][threadIdx.x] = sum[k];
+  block_tree_sum(partial);
   if (threadIdx.x == 0) {
-    stride_sum[0] += partial_h[0];
-    stride_sum[1] += partial_w[0];
+    for (int k = 0; k < kGradientSums; ++k) stride_sum[k] += partial[k][0];
   }
 }
 
@@ -320,8 +330,9 @@ __device__ inline void sum_block_partials(const Acc* block_partials, int64_t blo
 //   kInput:   adds each element's pull-back onto its four neighbours of grad_input
 //             (atomicAdd: overlapping samples of different taps and pixels meet, so
 //             the summation order, and the rounding, varies between runs);
-//   kStride:  reduces sum(grad * a * dX/dh) and sum(grad * b * dX/dw) per block into
-//             s.block_partials; the last block to finish adds them all, in a fixed
+//   kStride:  reduces sum(grad * a * dX/dh), sum(grad * b * dX/dw) (the stride's
+//             gradient), sum(grad * dX/dh) and sum(grad * dX/dw) (the phase's) per block
+//             into s.block_partials; the last block to finish adds them all, in a fixed
 //             order, to s.stride_sum (sum_block_partials) and re-arms s.blocks_done;
 //   kColumns: writes the tile's columns (as ls_conv_im2col_kernel) for the weight gradient.
 // grad_columns and grad_input (with the layout of input) are in the accumulation type.
@@ -333,8 +344,10 @@ __global__ void __launch_bounds__(kThreads)
                             typename Accumulate<T>::type* grad_input, T* __restrict__ columns) {
   using Acc = typename Accumulate<T>::type;
   const Index plane = t.height * t.width;
-  Acc sum_h = Acc(0);
+  Acc sum_h = Acc(0);  // the stride's
   Acc sum_w = Acc(0);
+  Acc phase_sum_h = Acc(0);  // the phase's
+  Acc phase_sum_w = Acc(0);
   LSCONV_CUDA_KERNEL_LOOP(Index, index, t.total) {
     const ColumnElement<Index> e = column_element(index, t);
     const AxisSample<Acc> h = s.h[e.i * t.out_h + e.a];
@@ -359,22 +372,28 @@ __global__ void __launch_bounds__(kThreads)
     if (kStride || kColumns) {
       const T* im = input + plane_offset;
       if (kStride) {
-        sum_h += grad * Acc(e.a) * coordinate_weight_h(im, t.width, h, w);
-        sum_w += grad * Acc(e.b) * coordinate_weight_w(im, t.width, h, w);
+        const Acc slope_h = coordinate_weight_h(im, t.width, h, w);
+        const Acc slope_w = coordinate_weight_w(im, t.width, h, w);
+        sum_h += grad * Acc(e.a) * slope_h;
+        sum_w += grad * Acc(e.b) * slope_w;
+        phase_sum_h += grad * slope_h;
+        phase_sum_w += grad * slope_w;
       }
       if (kColumns) columns[index] = convert<T>(bilinear_value(im, t.width, h, w));
     }
   }
   if (kStride) {
-    __shared__ Acc shared_h[kThreads];
-    __shared__ Acc shared_w[kThreads];
+    __shared__ Acc shared[kGradientSums][kThreads];
     __shared__ bool last_block;
-    shared_h[threadIdx.x] = sum_h;
-    shared_w[threadIdx.x] = sum_w;
-    block_tree_sum(shared_h, shared_w);
+    shared[0][threadIdx.x] = sum_h;
+    shared[1][threadIdx.x] = sum_w;
+    shared[2][threadIdx.x] = phase_sum_h;
+    shared[3][threadIdx.x] = phase_sum_w;
+    block_tree_sum(shared);
     if (threadIdx.x == 0) {
-      s.block_partials[2 * blockIdx.x] = shared_h[0];
-      s.block_partials[2 * blockIdx.x + 1] = shared_w[0];
+      for (int k = 0; k < kGradientSums; ++k) {
+        s.block_partials[kGradientSums * blockIdx.x + k] = shared[k][0];
+      }
       __threadfence();  // the partials are visible before this block counts as done
       last_block = atomicAdd(s.blocks_done, 1u) == gridDim.x - 1;
     }

@@ -51,10 +51,10 @@ TableLayout table_layout(const LSConvGeometry& g, int64_t max_blocks) {
     return offset;
   };
   TableLayout layout;
-  layout.stride_sum = place(2, sizeof(double));
+  layout.stride_sum = place(kGradientSums, sizeof(double));
   layout.h = place(g.kernel_h * g.out_h, sizeof(AxisSample<Acc>));
   layout.w = place(g.kernel_w * g.out_w, sizeof(AxisSample<Acc>));
-  layout.block_partials = place(2 * max_blocks, sizeof(Acc));
+  layout.block_partials = place(kGradientSums * max_blocks, sizeof(Acc));
   layout.h_sources = place(g.kernel_h * g.height, sizeof(IndexRange));
   layout.w_sources = place(g.kernel_w * g.width, sizeof(IndexRange));
   layout.row_reach = place(g.out_h, sizeof(IndexRange));
@@ -84,12 +84,13 @@ inline int64_t table_blocks(const LSConvGeometry& g) {
   return (entries + kThreads - 1) / kThreads;
 }
 
-// The call's tables from stride[0..1] (float or double, on the device).
+// The call's tables from stride[0..1] and phase[0..1] (float or double, on the device; the
+// phase may be null).
 template <typename S, typename Acc, typename Launch>
-void launch_tables(Launch& launch, const S* stride, const LSConvGeometry& g,
+void launch_tables(Launch& launch, const S* stride, const S* phase, const LSConvGeometry& g,
                    const SamplingTables<Acc>& tables) {
-  launch(KernelKind::kTables, 8, 0, table_blocks(g), ls_conv_tables_kernel<S, Acc>, stride, g,
-         tables);
+  launch(KernelKind::kTables, 8, 0, table_blocks(g), ls_conv_tables_kernel<S, Acc>, stride,
+         phase, g, tables);
 }
 
 // Blocks of a grid-stride launch over `total` elements, one element per thread.

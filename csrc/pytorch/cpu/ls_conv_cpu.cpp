@@ -34,13 +34,14 @@ struct AxisTable {
   std::vector<int> low, high;
   std::vector<T> weight_low, weight_high, slope_low, slope_high;
 
-  AxisTable(int64_t taps, int64_t outs, double stride, int64_t pad, int64_t dilation,
-            int64_t size)
+  AxisTable(int64_t taps, int64_t outs, double stride, double phase, int64_t pad,
+            int64_t dilation, int64_t size)
       : low(taps * outs), high(taps * outs), weight_low(taps * outs), weight_high(taps * outs),
         slope_low(taps * outs), slope_high(taps * outs) {
     for (int64_t tap = 0; tap < taps; ++tap) {
       for (int64_t out = 0; out < outs; ++out) {
-        const auto s = axis_sample<T>(sample_position(out, tap, stride, pad, dilation), size);
+        const auto s =
+            axis_sample<T>(sample_position(out, tap, stride, phase, pad, dilation), size);
         const int64_t k = tap * outs + out;
         low[k] = s.low;
         high[k] = s.high;
@@ -104,11 +105,12 @@ void rows_used(const AxisTable<T>& h, const LSConvGeometry& g, int64_t a_begin, 
 
 // Interpolation along w at kernel column j (table entries wk = j * out_w ...) of
 // the input rows r in [first, last]: value[r - first][b] with the weights, and
-// when kSlope b times its derivative, moment[r - first][b], from one gather (the
-// sample position moves by b per unit of s_w).
+// when kSlope its derivative along w, slope[r - first][b], and b times it,
+// moment[r - first][b], from one gather (the sample position moves by b per unit of s_w,
+// by 1 per unit of t_w).
 template <typename T, bool kSlope>
 void interpolate_rows(const T* im, const LSConvGeometry& g, int64_t first, int64_t last,
-                      const AxisTable<T>& w, int64_t wk, T* value, T* moment) {
+                      const AxisTable<T>& w, int64_t wk, T* value, T* slope, T* moment) {
   const int* low = &w.low[wk];
   const int* high = &w.high[wk];
   const T* wl = &w.weight_low[wk];
@@ -118,12 +120,16 @@ void interpolate_rows(const T* im, const LSConvGeometry& g, int64_t first, int64
   for (int64_t r = first; r <= last; ++r) {
     const T* row = im + r * g.width;
     T* value_row = value + (r - first) * g.out_w;
+    T* slope_row = kSlope ? slope + (r - first) * g.out_w : nullptr;
     T* moment_row = kSlope ? moment + (r - first) * g.out_w : nullptr;
     for (int64_t b = 0; b < g.out_w; ++b) {
       const T x_low = row[low[b]];
       const T x_high = row[high[b]];
       value_row[b] = wl[b] * x_low + wh[b] * x_high;
-      if (kSlope) moment_row[b] = T(b) * (sl[b] * x_low + sh[b] * x_high);
+      if (kSlope) {
+        slope_row[b] = sl[b] * x_low + sh[b] * x_high;
+        moment_row[b] = T(b) * slope_row[b];
+      }
     }
   }
 }
@@ -244,8 +250,8 @@ struct ChannelsLastRows {
   ChannelsLastRows(const T* input, const LSConvGeometry& geometry, const RealStride& stride,
                    int64_t row_begin_, int64_t row_end, at::Tensor& rows_buffer)
       : g(geometry),
-        h(g.kernel_h, g.out_h, stride.h, g.pad_h, g.dilation_h, g.height),
-        w(g.kernel_w, g.out_w, stride.w, g.pad_w, g.dilation_w, g.width),
+        h(g.kernel_h, g.out_h, stride.h, stride.phase_h, g.pad_h, g.dilation_h, g.height),
+        w(g.kernel_w, g.out_w, stride.w, stride.phase_w, g.pad_w, g.dilation_w, g.width),
         row_begin(row_begin_) {
     const int64_t channels = g.channels;
     const int64_t plane = g.height * g.width;
@@ -507,17 +513,21 @@ void backward_plane(const T* grad_columns, const T* im, const LSConvGeometry& g,
                     const AxisTable<T>& h, const AxisTable<T>& w, const ImageRows& part,
                     int64_t c, int64_t ncols, int64_t first, int64_t last, T* grad_im,
                     double* partial, T* columns, std::vector<T>& grad_w, std::vector<T>& value_w,
-                    std::vector<T>& moment_w) {
+                    std::vector<T>& slope_w, std::vector<T>& moment_w) {
   const int64_t rows = last - first + 1;
   grad_w.resize(rows * g.out_w);
   if (kStride || kColumns) value_w.resize(rows * g.out_w);
-  if (kStride) moment_w.resize(rows * g.out_w);
-  double sum_h = 0.0;
-  double sum_w = 0.0;
+  if (kStride) {
+    slope_w.resize(rows * g.out_w);
+    moment_w.resize(rows * g.out_w);
+  }
+  // d L / d (stride_h, stride_w, phase_h, phase_w) from this plane.
+  double sum_h = 0.0, sum_w = 0.0, phase_sum_h = 0.0, phase_sum_w = 0.0;
   for (int64_t j = 0; j < g.kernel_w; ++j) {
     const int64_t wk = j * g.out_w;
     if (kStride || kColumns) {
-      interpolate_rows<T, kStride>(im, g, first, last, w, wk, value_w.data(), moment_w.data());
+      interpolate_rows<T, kStride>(im, g, first, last, w, wk, value_w.data(), slope_w.data(),
+                                   moment_w.data());
     }
     // grad_w[r][b]: the tap column's gradient pulled back along h onto input row r.
     std::fill(grad_w.begin(), grad_w.end(), T(0));
@@ -534,8 +544,11 @@ void backward_plane(const T* grad_columns, const T* im, const LSConvGeometry& g,
             grad, g.out_w, h.weight_low[k], h.weight_high[k], h.slope_low[k], h.slope_high[k],
             grad_w.data() + lo, grad_w.data() + hi, value_w.data() + lo, value_w.data() + hi,
             column);
-        // The sample position moves by a per unit of s_h.
-        if (kStride) sum_h += double(a) * double(dot);
+        // The sample position moves by a per unit of s_h, by 1 per unit of t_h.
+        if (kStride) {
+          sum_h += double(a) * double(dot);
+          phase_sum_h += double(dot);
+        }
         if (kColumns) column += g.out_w;
       }
     }
@@ -543,11 +556,16 @@ void backward_plane(const T* grad_columns, const T* im, const LSConvGeometry& g,
       const T* grad = grad_w.data() + r * g.out_w;
       if (kStride) {
         // d sample / d w is the slope along w blended along h.
+        const T* slope = slope_w.data() + r * g.out_w;
         const T* moment = moment_w.data() + r * g.out_w;
         T dot = T(0);
 #pragma omp simd reduction(+ : dot)
         for (int64_t b = 0; b < g.out_w; ++b) dot += moment[b] * grad[b];
+        T phase_dot = T(0);
+#pragma omp simd reduction(+ : phase_dot)
+        for (int64_t b = 0; b < g.out_w; ++b) phase_dot += slope[b] * grad[b];
         sum_w += double(dot);
+        phase_sum_w += double(phase_dot);
       }
       if (grad_im) {
         T* grad_row = grad_im + (first + r) * g.width;
@@ -565,6 +583,8 @@ void backward_plane(const T* grad_columns, const T* im, const LSConvGeometry& g,
   if (kStride) {
     partial[0] += sum_h;
     partial[1] += sum_w;
+    partial[2] += phase_sum_h;
+    partial[3] += phase_sum_w;
   }
 }
 
@@ -572,8 +592,10 @@ template <typename T>
 void backward_kernel(const T* grad_columns, const T* input, const LSConvGeometry& g,
                      const RealStride& stride, int64_t row_begin, int64_t row_end, T* grad_input,
                      double* stride_partials, T* columns) {
-  const AxisTable<T> h(g.kernel_h, g.out_h, stride.h, g.pad_h, g.dilation_h, g.height);
-  const AxisTable<T> w(g.kernel_w, g.out_w, stride.w, g.pad_w, g.dilation_w, g.width);
+  const AxisTable<T> h(g.kernel_h, g.out_h, stride.h, stride.phase_h, g.pad_h, g.dilation_h,
+                       g.height);
+  const AxisTable<T> w(g.kernel_w, g.out_w, stride.w, stride.phase_w, g.pad_w, g.dilation_w,
+                       g.width);
   const std::vector<ImageRows> parts = split_by_image(g, row_begin, row_end);
   const int64_t plane = g.height * g.width;
   const int64_t ncols = (row_end - row_begin) * g.out_w;
@@ -582,7 +604,7 @@ void backward_kernel(const T* grad_columns, const T* input, const LSConvGeometry
   // grad_input and stride partial (a tile holds one part per image), so there
   // are no write conflicts.
   at::parallel_for(0, g.channels * nparts, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> grad_w, value_w, moment_w;
+    std::vector<T> grad_w, value_w, slope_w, moment_w;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t c = item / nparts;
       const ImageRows& part = parts[item % nparts];
@@ -600,10 +622,11 @@ void backward_kernel(const T* grad_columns, const T* input, const LSConvGeometry
       }
       const T* im = input + plane_index * plane;
       T* grad_im = grad_input ? grad_input + plane_index * plane : nullptr;
-      double* partial = stride_partials ? stride_partials + 2 * plane_index : nullptr;
+      double* partial = stride_partials ? stride_partials + 4 * plane_index : nullptr;
 #define LSCONV_BACKWARD_PLANE(kStride, kColumns)                                             \
   backward_plane<T, kStride, kColumns>(grad_columns, im, g, h, w, part, c, ncols, first, last, \
-                                       grad_im, partial, columns, grad_w, value_w, moment_w)
+                                       grad_im, partial, columns, grad_w, value_w, slope_w, \
+                                       moment_w)
       if (partial && columns) {
         LSCONV_BACKWARD_PLANE(true, true);
       } else if (partial) {
@@ -620,8 +643,9 @@ void backward_kernel(const T* grad_columns, const T* input, const LSConvGeometry
 
 }  // namespace
 
-PreparedStride ls_conv_prepare_cpu(const at::Tensor& stride, const LSConvGeometry& geometry,
-                                   int64_t batch, bool stride_gradient) {
+PreparedStride ls_conv_prepare_cpu(const at::Tensor& stride, const at::Tensor& phase,
+                                   const LSConvGeometry& geometry, int64_t batch,
+                                   bool stride_gradient) {
   const at::Tensor values = stride.detach().to(at::kCPU, at::kDouble).contiguous();
   const double stride_h = values.const_data_ptr<double>()[0];
   const double stride_w = values.const_data_ptr<double>()[1];
@@ -630,8 +654,18 @@ PreparedStride ls_conv_prepare_cpu(const at::Tensor& stride, const LSConvGeometr
       "stride=(", stride_h, ", ", stride_w, ") expected finite values > 0");
   PreparedStride prepared;
   prepared.values = RealStride{stride_h, stride_w};
+  if (phase.defined()) {
+    const at::Tensor phase_values = phase.detach().to(at::kCPU, at::kDouble).contiguous();
+    const double phase_h = phase_values.const_data_ptr<double>()[0];
+    const double phase_w = phase_values.const_data_ptr<double>()[1];
+    TORCH_CHECK_VALUE(std::isfinite(phase_h) && std::isfinite(phase_w), "phase=(", phase_h,
+                      ", ", phase_w, ") expected finite values");
+    prepared.values.phase_h = phase_h;
+    prepared.values.phase_w = phase_w;
+  }
   if (stride_gradient) {
-    prepared.partials = at::zeros({batch * geometry.channels, 2}, stride.options().dtype(at::kDouble));
+    prepared.partials =
+        at::zeros({batch * geometry.channels, 4}, stride.options().dtype(at::kDouble));
   }
   return prepared;
 }

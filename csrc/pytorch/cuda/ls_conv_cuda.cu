@@ -100,12 +100,18 @@ cuda::SamplingTables<Acc> tables_of(const PreparedStride& prepared, const LSConv
 
 }  // namespace
 
-PreparedStride ls_conv_prepare_cuda(const at::Tensor& stride, const at::Tensor& input,
-                                    const LSConvGeometry& g, bool stride_gradient) {
+PreparedStride ls_conv_prepare_cuda(const at::Tensor& stride, const at::Tensor& phase,
+                                    const at::Tensor& input, const LSConvGeometry& g,
+                                    bool stride_gradient) {
   const int device = input.device().index();
   // The tables kernel reads float or double; other floating dtypes convert exactly to float.
-  const at::Tensor values =
-      (stride.scalar_type() == at::kDouble ? stride : stride.to(at::kFloat)).contiguous();
+  // The phase is read in the stride's (a float64 phase with a float32 stride: in float64).
+  const bool in_double = stride.scalar_type() == at::kDouble ||
+                         (phase.defined() && phase.scalar_type() == at::kDouble);
+  const at::ScalarType table_input = in_double ? at::kDouble : at::kFloat;
+  const at::Tensor values = stride.to(table_input).contiguous();
+  const at::Tensor phase_values = phase.defined() ? phase.to(table_input).contiguous()
+                                                  : at::Tensor();
   StreamLaunch launch{c10::cuda::getCurrentCUDAStream(device)};
   PreparedStride prepared;
   auto make = [&](auto acc_tag) {
@@ -114,15 +120,20 @@ PreparedStride ls_conv_prepare_cuda(const at::Tensor& stride, const at::Tensor& 
     prepared.tables = at::empty({layout.bytes}, input.options().dtype(at::kByte));
     const cuda::SamplingTables<Acc> tables =
         cuda::tables_at<Acc>(prepared.tables.mutable_data_ptr<uint8_t>(), layout);
-    if (values.scalar_type() == at::kDouble) {
-      cuda::launch_tables(launch, values.const_data_ptr<double>(), g, tables);
+    if (in_double) {
+      cuda::launch_tables(launch, values.const_data_ptr<double>(),
+                          phase.defined() ? phase_values.const_data_ptr<double>() : nullptr, g,
+                          tables);
     } else {
-      cuda::launch_tables(launch, values.const_data_ptr<float>(), g, tables);
+      cuda::launch_tables(launch, values.const_data_ptr<float>(),
+                          phase.defined() ? phase_values.const_data_ptr<float>() : nullptr, g,
+                          tables);
     }
     if (stride_gradient) {
-      prepared.partials = prepared.tables.narrow(0, layout.stride_sum, 2 * sizeof(double))
-                              .view(at::kDouble)
-                              .view({1, 2});
+      prepared.partials =
+          prepared.tables.narrow(0, layout.stride_sum, cuda::kGradientSums * sizeof(double))
+              .view(at::kDouble)
+              .view({1, cuda::kGradientSums});
     }
   };
   if (accumulate_type(input) == at::kDouble) {

@@ -5,7 +5,9 @@
 //
 // dtype: 0 float, 1 double, 2 half, 3 bfloat16; index64: 0 int32_t, 1 int64_t.
 // geometry: channels, height, width, kernel_h, kernel_w, pad_h, pad_w,
-// dilation_h, dilation_w, out_h, out_w; stride: stride_h, stride_w (on the "device").
+// dilation_h, dilation_w, out_h, out_w; stride: stride_h, stride_w, and phase: phase_h,
+// phase_w or null (on the "device"); stride_sum: the gradients of (stride_h, stride_w,
+// phase_h, phase_w).
 #include "cuda_emulation.h"
 // clang-format off (the stand-in must come first)
 #include "common/cuda/ls_conv_cuda_kernel.cuh"
@@ -13,6 +15,7 @@
 // clang-format on
 
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -46,21 +49,23 @@ struct RecordingLaunch {
   }
 };
 
-// A call's sampling tables, made on the emulation from `stride` (S: float or double) by
-// ls_conv_tables_kernel, with scratch for `max_blocks` backward blocks.
+// A call's sampling tables, made on the emulation from `stride` and `phase` (S: float or
+// double; the phase may be null) by ls_conv_tables_kernel, with scratch for `max_blocks`
+// backward blocks.
 template <typename Acc>
 struct Tables {
   std::vector<double> storage;  // 8-byte aligned (table_layout aligns within it to 16)
   cuda::SamplingTables<Acc> tables;
 
   template <typename S>
-  Tables(const S* stride, const LSConvGeometry& g, int64_t max_blocks, RecordingLaunch& launch) {
+  Tables(const S* stride, const S* phase, const LSConvGeometry& g, int64_t max_blocks,
+         RecordingLaunch& launch) {
     const cuda::TableLayout layout = cuda::table_layout<Acc>(g, max_blocks);
     storage.assign(layout.bytes / 8 + 2, 0.0);
     auto* base = reinterpret_cast<unsigned char*>(storage.data());
     base += (16 - reinterpret_cast<uintptr_t>(base) % 16) % 16;
     tables = cuda::tables_at<Acc>(base, layout);
-    cuda::launch_tables(launch, stride, g, tables);
+    cuda::launch_tables(launch, stride, phase, g, tables);
   }
 };
 
@@ -118,14 +123,15 @@ __global__ void sum_partials_kernel(const Acc* partials, int64_t blocks, double*
 }  // namespace
 
 extern "C" int emulated_im2col(int dtype, int index64, const void* input,
-                               const int64_t* geometry, const double* stride, int64_t row_begin,
+                               const int64_t* geometry, const double* stride,
+                               const double* phase, int64_t row_begin,
                                int64_t row_end, void* columns, unsigned blocks) {
   const LSConvGeometry g = make_geometry(geometry);
   return dispatch(dtype, index64, [&](auto type_tag, auto index_tag) {
     using T = decltype(type_tag);
     using Index = decltype(index_tag);
     RecordingLaunch launch;
-    const Tables<typename cuda::Accumulate<T>::type> t(stride, g, blocks, launch);
+    const Tables<typename cuda::Accumulate<T>::type> t(stride, phase, g, blocks, launch);
     emulated_launch(blocks, cuda::kThreads, cuda::ls_conv_im2col_kernel<T, Index>,
                     static_cast<const T*>(input), t.tables,
                     cuda::make_tile_index<Index>(g, row_begin, row_end), static_cast<T*>(columns));
@@ -136,7 +142,8 @@ extern "C" int emulated_im2col(int dtype, int index64, const void* input,
 // Runs the gather of the input gradient over the tile's image parts.
 extern "C" int emulated_input_gradient(int dtype, int index64, const void* grad_columns,
                                        const int64_t* geometry, const double* stride,
-                                       int64_t row_begin, int64_t row_end, void* grad_input,
+                                       const double* phase, int64_t row_begin, int64_t row_end,
+                                       void* grad_input,
                                        unsigned blocks) {
   const LSConvGeometry g = make_geometry(geometry);
   return dispatch(dtype, index64, [&](auto type_tag, auto index_tag) {
@@ -144,7 +151,7 @@ extern "C" int emulated_input_gradient(int dtype, int index64, const void* grad_
     using Index = decltype(index_tag);
     using Acc = typename cuda::Accumulate<T>::type;
     RecordingLaunch launch;
-    const Tables<Acc> t(stride, g, blocks, launch);
+    const Tables<Acc> t(stride, phase, g, blocks, launch);
     cuda::ImageRows parts[3];
     const int count = cuda::tile_image_rows(g, row_begin, row_end, parts);
     for (int k = 0; k < count; ++k) {
@@ -158,10 +165,11 @@ extern "C" int emulated_input_gradient(int dtype, int index64, const void* grad_
 }
 
 // The backward kernel with flags (bit 0 input gradient, bit 1 stride, bit 2 columns); the
-// stride gradient its last block sums goes to stride_sum[0..1].
+// stride and phase gradients its last block sums go to stride_sum[0..3].
 extern "C" int emulated_backward(int dtype, int index64, int flags, const void* grad_columns,
                                  const void* input, const int64_t* geometry, const double* stride,
-                                 int64_t row_begin, int64_t row_end, void* grad_input,
+                                 const double* phase, int64_t row_begin, int64_t row_end,
+                                 void* grad_input,
                                  double* stride_sum, void* columns, unsigned blocks) {
   const LSConvGeometry g = make_geometry(geometry);
   return dispatch(dtype, index64, [&](auto type_tag, auto index_tag) {
@@ -169,19 +177,18 @@ extern "C" int emulated_backward(int dtype, int index64, int flags, const void* 
     using Index = decltype(index_tag);
     using Acc = typename cuda::Accumulate<T>::type;
     RecordingLaunch launch;
-    const Tables<Acc> t(stride, g, blocks, launch);
+    const Tables<Acc> t(stride, phase, g, blocks, launch);
     const int status = backward_variant<T, Index, Acc>(
         flags, static_cast<const Acc*>(grad_columns), static_cast<const T*>(input), t.tables,
         cuda::make_tile_index<Index>(g, row_begin, row_end), static_cast<Acc*>(grad_input),
         static_cast<T*>(columns), blocks);
-    stride_sum[0] = t.tables.stride_sum[0];
-    stride_sum[1] = t.tables.stride_sum[1];
+    for (int k = 0; k < cuda::kGradientSums; ++k) stride_sum[k] = t.tables.stride_sum[k];
     return status ? status : int(*t.tables.blocks_done);  // 0: re-armed for the next tile
   });
 }
 
-// stride_sum[k] += the sum of partials[2 * block + k] over `blocks` (dtype 0 float, 1 double),
-// by sum_block_partials.
+// stride_sum[k] += the sum of partials[kGradientSums * block + k] over `blocks` (dtype 0 float,
+// 1 double), by sum_block_partials.
 extern "C" int emulated_sum_partials(int dtype, const void* partials, int64_t blocks,
                                      double* stride_sum) {
   if (dtype == 0) {
@@ -196,13 +203,14 @@ extern "C" int emulated_sum_partials(int dtype, const void* partials, int64_t bl
   return 0;
 }
 
-// The tables kernel for a stride of dtype stride_dtype (0 float, 1 double) and tables in
+// The tables kernel for a stride and phase (or null) of dtype stride_dtype (0 float, 1 double)
+// and tables in
 // float (acc_dtype 0) or double (1). Writes the h and w samples' neighbours and weights
 // (low, high, weight_low, weight_high per entry) and the sources and reach ranges (begin,
 // end per entry) to the arrays given, and returns 1 when the kernel's device-side
 // assertion fired, 0 otherwise.
 extern "C" int emulated_tables(int acc_dtype, int stride_dtype, const void* stride,
-                               const int64_t* geometry, double* h, double* w,
+                               const void* phase, const int64_t* geometry, double* h, double* w,
                                int64_t* h_sources, int64_t* w_sources, int64_t* row_reach) {
   const LSConvGeometry g = make_geometry(geometry);
   emulation::assertion = nullptr;
@@ -222,8 +230,9 @@ extern "C" int emulated_tables(int acc_dtype, int stride_dtype, const void* stri
   };
   auto run = [&](auto acc_tag, const auto* typed_stride) {
     using Acc = decltype(acc_tag);
+    using S = std::remove_cv_t<std::remove_pointer_t<decltype(typed_stride)>>;
     RecordingLaunch launch;
-    const Tables<Acc> t(typed_stride, g, 1, launch);
+    const Tables<Acc> t(typed_stride, static_cast<const S*>(phase), g, 1, launch);
     copy_samples(t.tables.h, g.kernel_h * g.out_h, h);
     copy_samples(t.tables.w, g.kernel_w * g.out_w, w);
     copy_ranges(t.tables.h_sources, g.kernel_h * g.height, h_sources);
@@ -257,13 +266,13 @@ extern "C" int64_t emulated_grid_blocks(int64_t total, int multiprocessors) {
 // [row_begin, row_end) as `tiles` consecutive tiles of (row_end - row_begin) / tiles rows,
 // the last one taking the rest (want: bit 0 input gradient, bit 1 stride, bit 2 columns). input_numel is what
 // the index-width choice is told (a tensor larger than the one given makes it pick 64-bit
-// indices). stride_sum[0..1] gets the stride gradient. Returns the number of launches,
+// indices). stride_sum[0..3] gets the stride and phase gradients. Returns the number of launches,
 // recorded in record[4 * k ...] for k < capacity.
 extern "C" int emulated_backward_tile(int dtype, int want, int deterministic, int multiprocessors,
                                       const void* grad_columns, const void* input,
                                       int64_t input_numel, const int64_t* geometry,
-                                      const double* stride, int64_t row_begin, int64_t row_end,
-                                      int tiles, void* grad_input, double* stride_sum,
+                                      const double* stride, const double* phase,
+                                      int64_t row_begin, int64_t row_end, int tiles, void* grad_input, double* stride_sum,
                                       void* columns, int64_t* record, int capacity) {
   const LSConvGeometry g = make_geometry(geometry);
   const cuda::BackwardPlan plan =
@@ -272,7 +281,7 @@ extern "C" int emulated_backward_tile(int dtype, int want, int deterministic, in
   const int status = dispatch_type(dtype, [&](auto type_tag) {
     using T = decltype(type_tag);
     using Acc = typename cuda::Accumulate<T>::type;
-    const Tables<Acc> t(stride, g, cuda::max_grid_blocks(multiprocessors), launch);
+    const Tables<Acc> t(stride, phase, g, cuda::max_grid_blocks(multiprocessors), launch);
     // Each tile's columns and their gradient start at element 0 of their buffers, as
     // the host code's tile buffers do.
     const int64_t step = (row_end - row_begin) / tiles;
@@ -285,8 +294,7 @@ extern "C" int emulated_backward_tile(int dtype, int want, int deterministic, in
           static_cast<const T*>(input), input_numel, g, t.tables, begin, end,
           static_cast<Acc*>(grad_input), columns ? static_cast<T*>(columns) + offset : nullptr);
     }
-    stride_sum[0] = t.tables.stride_sum[0];
-    stride_sum[1] = t.tables.stride_sum[1];
+    for (int k = 0; k < cuda::kGradientSums; ++k) stride_sum[k] = t.tables.stride_sum[k];
     return 0;
   });
   return status ? status : launch.count;
@@ -296,14 +304,15 @@ extern "C" int emulated_backward_tile(int dtype, int want, int deterministic, in
 // emulated_backward_tile.
 extern "C" int emulated_im2col_tile(int dtype, int multiprocessors, const void* input,
                                     int64_t input_numel, const int64_t* geometry,
-                                    const double* stride, int64_t row_begin, int64_t row_end,
-                                    void* columns, int64_t* record, int capacity) {
+                                    const double* stride, const double* phase,
+                                    int64_t row_begin, int64_t row_end, void* columns,
+                                    int64_t* record, int capacity) {
   const LSConvGeometry g = make_geometry(geometry);
   RecordingLaunch launch{record, capacity};
   const int status = dispatch_type(dtype, [&](auto type_tag) {
     using T = decltype(type_tag);
     const Tables<typename cuda::Accumulate<T>::type> t(
-        stride, g, cuda::max_grid_blocks(multiprocessors), launch);
+        stride, phase, g, cuda::max_grid_blocks(multiprocessors), launch);
     cuda::launch_im2col_tile(launch, multiprocessors, static_cast<const T*>(input), input_numel,
                              g, t.tables, row_begin, row_end, static_cast<T*>(columns));
     return 0;
