@@ -12,25 +12,32 @@ from mmlstride.ops import LSConv2d, ls_conv2d
 from mmlstride.ops.ls_conv2d_export import ls_conv2d_by_sampling
 from mmlstride.testing import random_case, relative_error
 
-# (kernel, stride, padding, dilation, groups, learned stride): fractional asymmetric strides,
-# groups, dilation, rectangular kernels, asymmetric padding.
+# (kernel, stride, padding, dilation, groups, learned stride[, pivot, learned phase]):
+# fractional asymmetric strides, groups, dilation, rectangular kernels, asymmetric padding, a
+# grid anchored at the centre (its phase depends on the input size) with a learned phase.
 LAYERS = [
     dict(kernel_size=3, stride=2, padding=1, dilation=1, groups=1, learned=(1.7, 2.3)),
     dict(kernel_size=(3, 2), stride=2, padding=(1, 0), dilation=(1, 2), groups=2,
          learned=(2.6, 1.45)),
     dict(kernel_size=(1, 3), stride=(1, 2), padding=(0, 2), dilation=(1, 1), groups=4,
          learned=(0.8, 3.1)),
+    dict(kernel_size=3, stride=2, padding=1, dilation=1, groups=2, learned=(1.7, 2.3),
+         pivot='centre', phase=(0.35, -0.6)),
 ]
+LAYER_IDS = ['3x3', 'rect-groups-dilation', 'asym-pad', 'centre-phase']
 TRACED, OTHER_SIZES = (2, 8, 20, 24), [(3, 8, 33, 17), (1, 8, 48, 64)]
 
 
 def make_layer(spec) -> LSConv2d:
     spec = dict(spec)
     learned = spec.pop('learned')
+    phase = spec.pop('phase', None)
     torch.manual_seed(0)
-    layer = LSConv2d(8, 12, **spec).eval()
+    layer = LSConv2d(8, 12, **spec, learn_phase=phase is not None).eval()
     with torch.no_grad():
         layer.learnable_stride.copy_(torch.tensor(learned))
+        if phase is not None:
+            layer.learnable_phase.copy_(torch.tensor(phase))
     return layer
 
 
@@ -48,7 +55,13 @@ def test_sampling_decomposition_is_the_op(seed):
     assert relative_error(found, expected) < 1e-12
 
 
-@pytest.mark.parametrize('spec', LAYERS, ids=['3x3', 'rect-groups-dilation', 'asym-pad'])
+@pytest.mark.parametrize('seed', range(12))
+def test_sampling_decomposition_with_a_phase_is_the_op(seed):
+    args = random_case(seed, phase=True).args()
+    assert relative_error(ls_conv2d_by_sampling(*args), ls_conv2d(*args)) < 1e-12
+
+
+@pytest.mark.parametrize('spec', LAYERS, ids=LAYER_IDS)
 def test_torch_export_with_dynamic_batch_height_width(spec):
     """torch.export.export of an LSConv2d with dynamic batch, height and width; the exported
     program runs the compiled op at other sizes and gives the eager result."""
@@ -91,7 +104,7 @@ def assert_standard_operators(model, opset):
 
 
 @pytest.mark.parametrize('opset', [18, 19])
-@pytest.mark.parametrize('spec', LAYERS, ids=['3x3', 'rect-groups-dilation', 'asym-pad'])
+@pytest.mark.parametrize('spec', LAYERS, ids=LAYER_IDS)
 def test_onnx_export_runs_in_onnxruntime(spec, opset, tmp_path):
     """torch.onnx.export (the default exporter, dynamic batch, height and width) of an
     LSConv2d gives standard operators whose ONNX Runtime output matches PyTorch to 1e-4 at
@@ -105,10 +118,11 @@ def test_onnx_export_runs_in_onnxruntime(spec, opset, tmp_path):
             assert relative_error(run_onnx(session, x), layer(x)) < 1e-4
 
 
+@pytest.mark.parametrize('spec', [LAYERS[1], LAYERS[3]], ids=[LAYER_IDS[1], LAYER_IDS[3]])
 @pytest.mark.parametrize('opset', [16, 17])
-def test_onnx_export_torchscript_exporter(opset, tmp_path):
+def test_onnx_export_torchscript_exporter(opset, spec, tmp_path):
     """The TorchScript-based exporter (dynamo=False) at the traced size, opsets 16 and 17."""
-    layer = make_layer(LAYERS[1])
+    layer = make_layer(spec)
     x = torch.randn(TRACED)
     session, model = onnx_session(layer, x, tmp_path / 'layer.onnx', opset, dynamo=False)
     assert_standard_operators(model, opset)
@@ -123,19 +137,24 @@ def test_onnx_opset_below_16_is_refused(tmp_path):
                           opset_version=15, dynamo=False)
 
 
-def test_lsresnet_backbone_exports_to_onnx(tmp_path):
-    """An LSResNet-18 backbone with strides moved away from nominal exports (dynamic sizes
-    from 64 pixels, as mmdet's ResNet does) and its ONNX Runtime features match PyTorch at
-    two sizes other than the traced one; torch.export of it too."""
+@pytest.mark.parametrize('stage_conv', [None, dict(type='LSConv', pivot='centre',
+                                                    learn_phase=True)],
+                         ids=['corner', 'centre-phase'])
+def test_lsresnet_backbone_exports_to_onnx(stage_conv, tmp_path):
+    """An LSResNet-18 backbone with strides (and phases) moved away from nominal exports
+    (dynamic sizes from 64 pixels, as mmdet's ResNet does) and its ONNX Runtime features
+    match PyTorch at two sizes other than the traced one; torch.export of it too."""
     require_module('mmdet')
     from mmlstride.models import LSResNet
     torch.manual_seed(0)
-    backbone = LSResNet(depth=18, out_indices=(1, 2, 3))
+    backbone = LSResNet(depth=18, out_indices=(1, 2, 3), stage_conv=stage_conv)
     backbone.eval()  # mmdet's ResNet.train returns None
     with torch.no_grad():
         for k, layer in enumerate(m for m in backbone.modules()
                                   if isinstance(m, LSConv2d) and m.stride_leader is None):
             layer.learnable_stride.copy_(torch.tensor([1.8 + 0.1 * k, 2.25 - 0.05 * k]))
+            if layer.learnable_phase is not None:
+                layer.learnable_phase.copy_(torch.tensor([0.3 - 0.2 * k, 0.1 * k - 0.4]))
     session, _ = onnx_session(backbone, torch.randn(2, 3, 96, 128), tmp_path / 'backbone.onnx',
                               18, minimum=64)  # as mmdet's ResNet exports
     program = torch.export.export(backbone, (torch.randn(2, 3, 96, 128), ),

@@ -220,3 +220,147 @@ def test_mmdet_resnet_with_lsconv_as_dcn():
     assert not any(isinstance(m, LSConv2d) for m in backbone.layer1.modules())
     outs = backbone(torch.randn(1, 3, 64, 64))
     assert [tuple(o.shape) for o in outs] == [(1, 512, 8, 8), (1, 1024, 4, 4), (1, 2048, 2, 2)]
+
+
+# Where the grid is anchored: pivot='corner' | 'centre', learn_phase.
+
+
+@pytest.mark.parametrize('config', CONV_CONFIGS)
+def test_centre_pivot_at_the_nominal_stride_is_conv2d(config):
+    torch.manual_seed(0)
+    layer = LSConv2d(**config, pivot='centre', learn_phase=True).double()
+    conv = nn.Conv2d(**config).double()
+    conv.load_state_dict(layer.state_dict(), strict=False)
+    x = torch.randn(2, 4, 15, 12, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), conv(x))
+
+
+def centre_pivot_layer(stride, kernel_size=3, padding=1):
+    torch.manual_seed(0)
+    layer = LSConv2d(3, 4, kernel_size, stride=2, padding=padding, pivot='centre').double()
+    with torch.no_grad():
+        layer.learnable_stride.copy_(torch.tensor(stride, dtype=torch.float64))
+    return layer
+
+
+@pytest.mark.parametrize('size', [(21, 21), (20, 17)])
+def test_centre_pivot_samples_about_the_centre(size):
+    """With the stride moved, the centre pivot's grid is the corner grid translated by
+    c * (s0 - s): the centre output pixel samples where nn.Conv2d's does (odd sizes), and the
+    whole output equals the op with that phase."""
+    layer = centre_pivot_layer([1.63, 2.41])
+    x = torch.randn(1, 3, *size, dtype=torch.float64)
+    out = layer(x)
+    out_size = out.shape[2:]
+    centre = [(n - 1) / 2 for n in out_size]
+    phase = torch.tensor([c * (2 - s) for c, s in zip(centre, (1.63, 2.41))], dtype=torch.float64)
+    expected = ls_conv2d(x, layer.weight, layer.learnable_stride, layer.bias, 1, 1, 1, out_size,
+                         phase=phase)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    if all(n % 2 for n in out_size):
+        a, b = (n // 2 for n in out_size)
+        conv = F.conv2d(x, layer.weight, layer.bias, 2, 1)
+        torch.testing.assert_close(out[..., a, b], conv[..., a, b], rtol=1e-12, atol=1e-12)
+
+
+def test_centre_pivot_stride_gradient_includes_the_phase():
+    """The stride gradient of the centre pivot is the total derivative: through the sample
+    positions and through t = c (s0 - s) (finite differences)."""
+    layer = centre_pivot_layer([1.63, 2.41])
+    x = torch.randn(2, 3, 19, 22, dtype=torch.float64)
+    grad_out = torch.randn(layer(x).shape, dtype=torch.float64)
+    analytic, = torch.autograd.grad((layer(x) * grad_out).sum(), layer.learnable_stride)
+    step = 1e-6
+    for axis in range(2):
+        values = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                layer.learnable_stride[axis] += sign * step
+                values.append((layer(x) * grad_out).sum().item())
+                layer.learnable_stride[axis] -= sign * step
+        assert analytic[axis].item() == pytest.approx((values[0] - values[1]) / (2 * step),
+                                                      rel=1e-6, abs=1e-6)
+
+
+def test_learned_phase_is_a_parameter_that_moves_the_grid():
+    torch.manual_seed(0)
+    layer = LSConv2d(3, 4, 3, stride=2, padding=1, learn_phase=True).double()
+    assert [name for name, _ in layer.named_parameters()] == \
+        ['weight', 'bias', 'learnable_stride', 'learnable_phase']
+    assert layer.learnable_phase.tolist() == [0.0, 0.0]
+    with torch.no_grad():
+        layer.learnable_stride.copy_(torch.tensor([1.7, 2.2]))
+        layer.learnable_phase.copy_(torch.tensor([0.4, -0.9]))
+    x = torch.randn(2, 3, 16, 15, dtype=torch.float64)
+    out = layer(x)
+    expected = ls_conv2d(x, layer.weight, layer.learnable_stride, layer.bias, 1, 1, 1,
+                         out.shape[2:], phase=layer.learnable_phase)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    grad, = torch.autograd.grad(out.square().sum(), layer.learnable_phase)
+    assert grad.abs().min() > 0
+    assert 'learnable_phase=(0.4000, -0.9000)' in repr(layer)
+
+
+def test_centre_pivot_with_a_learned_phase_adds_them():
+    layer = centre_pivot_layer([1.63, 2.41])
+    both = LSConv2d(3, 4, 3, stride=2, padding=1, pivot='centre', learn_phase=True).double()
+    both.load_state_dict(layer.state_dict(), strict=False)
+    with torch.no_grad():
+        both.learnable_phase.copy_(torch.tensor([0.3, -0.2], dtype=torch.float64))
+    x = torch.randn(1, 3, 19, 19, dtype=torch.float64)
+    centre = 4.5  # (10 - 1) / 2
+    phase = torch.tensor([centre * (2 - 1.63) + 0.3, centre * (2 - 2.41) - 0.2],
+                         dtype=torch.float64)
+    expected = ls_conv2d(x, both.weight, both.learnable_stride, both.bias, 1, 1, 1, (10, 10),
+                         phase=phase)
+    torch.testing.assert_close(both(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_checkpoint_without_a_phase_loads_with_phase_zero():
+    corner = LSConv2d(3, 4, 3, stride=2, padding=1)
+    layer = LSConv2d(3, 4, 3, stride=2, padding=1, learn_phase=True)
+    with torch.no_grad():
+        layer.learnable_phase.fill_(0.7)
+    result = layer.load_state_dict(corner.state_dict())
+    assert not result.missing_keys and layer.learnable_phase.tolist() == [0.0, 0.0]
+    corner.load_state_dict(layer.state_dict(), strict=False)  # and back, the phase unexpected
+
+
+def test_follower_samples_on_the_leaders_grid():
+    """A shortcut following a centre-pivot leader with a learned phase samples with the
+    leader's stride and phase (its own are removed), so the two branches stay aligned."""
+    torch.manual_seed(0)
+    leader = LSConv2d(3, 4, 3, stride=2, padding=1, pivot='centre', learn_phase=True).double()
+    follower = LSConv2d(3, 4, 1, stride=2, learn_phase=True).double()
+    follower.follow_stride(leader)
+    assert follower.learnable_phase is None
+    assert [name for name, _ in follower.named_parameters()] == ['weight', 'bias']
+    with torch.no_grad():
+        leader.learnable_stride.copy_(torch.tensor([1.8, 2.3]))
+        leader.learnable_phase.copy_(torch.tensor([0.25, -0.5]))
+    x = torch.randn(1, 3, 17, 18, dtype=torch.float64)
+    out = follower(x)
+    phase = leader.sampling_phase(leader.sampling_stride(), out.shape[2:])
+    expected = ls_conv2d(x, follower.weight, leader.learnable_stride, follower.bias, 0, 1, 1,
+                         out.shape[2:], phase=phase)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    grads = torch.autograd.grad(out.sum(), (leader.learnable_stride, leader.learnable_phase))
+    assert all(g.abs().min() > 0 for g in grads)
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(pivot='center'), "pivot='center' expected 'corner' or 'centre'"),
+    (dict(learn_phase=1), 'learn_phase=1 expected True or False'),
+])
+def test_pivot_and_phase_arguments(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        LSConv2d(4, 4, 3, **kwargs)
+    assert message in str(info.value)
+
+
+def test_conv_cfg_passes_pivot_and_learn_phase():
+    from mmcv.cnn import build_conv_layer
+    layer = build_conv_layer(dict(type='LSConv', pivot='centre', learn_phase=True), 4, 8, 3,
+                             stride=2, padding=1)
+    assert isinstance(layer, LSConv2d) and layer.pivot == 'centre'
+    assert layer.learnable_phase is not None

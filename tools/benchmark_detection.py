@@ -36,7 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from mmlstride.engine import find_scalars_json, read_stride_trajectories
+from mmlstride.engine import PHASE_PREFIX, find_scalars_json, read_stride_trajectories
+from mmlstride.engine.stride_logger_hook import PREFIX as STRIDE_PREFIX
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,12 +47,14 @@ class Suite:
     """One comparison: settings (name -> (config in ``configs/<folder>``, description)) of
     one detector on one dataset. ``baseline`` draws the initial weights and every other
     setting is paired with it; ``controls`` pairs a learned setting with its frozen control
-    as well; ``paired`` are the main settings (``--seeds``), the others get ``--other-seeds``."""
+    as well, and ``against_corner`` each grid variant with the corner-pivot LSConv;
+    ``paired`` are the main settings (``--seeds``), the others get ``--other-seeds``."""
     folder: str
     title: str
     settings: Dict[str, Tuple[str, str]]
     paired: Tuple[str, ...]
     controls: Dict[str, str] = field(default_factory=dict)
+    against_corner: Tuple[str, ...] = ()
     baseline: str = 'fixed'
 
 
@@ -66,10 +69,15 @@ SUITES = {
                            'LSConv, strides start at 1.5, learned'),
         'frozen-badinit': ('retinanet_r18n-ls-badinit-frozen_digits.py',
                            'LSConv, strides start at 1.5, frozen'),
+        'lsconv-centre': ('retinanet_r18n-ls-centre_digits.py',
+                          'LSConv, grid stretching about the centre (pivot centre)'),
+        'lsconv-phase': ('retinanet_r18n-ls-phase_digits.py',
+                         'LSConv, corner grid with a learned phase'),
     }, paired=('fixed', 'lsconv', 'frozen'),
         # Learned strides against the same LSConv frozen at their start: only the learning
         # differs.
-        controls={'lsconv': 'frozen', 'lsconv-badinit': 'frozen-badinit'}),
+        controls={'lsconv': 'frozen', 'lsconv-badinit': 'frozen-badinit'},
+        against_corner=('lsconv-centre', 'lsconv-phase', 'dcn')),
     'digits-neck': Suite('digits', 'RetinaNet with P3-P7, digits (128 px)', {
         'fixed': ('retinanet_r18n-p6p7_digits_fixed.py', 'fixed integer strides'),
         'lsconv-neck': ('retinanet_r18n-ls-neck_digits.py',
@@ -84,7 +92,12 @@ SUITES = {
         'fixed': ('retinanet_r18n_scaled-digits_fixed.py', 'fixed integer strides (plain ResNet)'),
         'lsconv': ('retinanet_r18n-ls_scaled-digits.py', 'LSConv, strides learned'),
         'dcn': ('retinanet_r18n-dcn_scaled-digits.py', 'mmcv DCN, same places'),
-    }, paired=('fixed', 'lsconv', 'dcn')),
+        'lsconv-centre': ('retinanet_r18n-ls-centre_scaled-digits.py',
+                          'LSConv, grid stretching about the centre (pivot centre)'),
+        'lsconv-phase': ('retinanet_r18n-ls-phase_scaled-digits.py',
+                         'LSConv, corner grid with a learned phase'),
+    }, paired=('fixed', 'lsconv', 'dcn'),
+        against_corner=('lsconv-centre', 'lsconv-phase', 'dcn')),
 }
 DEFAULT_SUITE = 'digits'
 SETTINGS = SUITES[DEFAULT_SUITE].settings
@@ -201,7 +214,8 @@ def run_is_paired(run_dir: str, setting: str, seed: int, initial_weights: str,
 
 
 def read_run(work_dir: str) -> Optional[dict]:
-    """bbox mAP, seconds per training iteration and final strides of a finished run."""
+    """bbox mAP, seconds per training iteration, final strides and learned phases of a
+    finished run."""
     path = find_scalars_json(work_dir)
     if path is None:
         return None
@@ -219,12 +233,13 @@ def read_run(work_dir: str) -> Optional[dict]:
         if not os.path.exists(os.path.join(work_dir, 'last_checkpoint')):
             return None
         maps = [{'coco/bbox_mAP': 0.0, 'coco/bbox_mAP_50': 0.0}]
-    strides = {layer: (axes['h'][-1][1], axes['w'][-1][1])
-               for layer, axes in read_stride_trajectories(path).items()}
+    strides, phases = ({layer: (axes['h'][-1][1], axes['w'][-1][1])
+                        for layer, axes in read_stride_trajectories(path, prefix).items()}
+                       for prefix in (STRIDE_PREFIX, PHASE_PREFIX))
     return {'bbox_mAP': 100 * maps[-1]['coco/bbox_mAP'],
             'bbox_mAP_50': 100 * maps[-1]['coco/bbox_mAP_50'],
             'seconds_per_iter': statistics.median(times) if times else None,
-            'final_strides': strides, 'scalars': path}
+            'final_strides': strides, 'final_phases': phases, 'scalars': path}
 
 
 def t_quantile_975(dof: int) -> float:
@@ -274,6 +289,7 @@ def summarise(runs: Dict[str, Dict[int, dict]],
         maps = [r['bbox_mAP'] for r in results]
         times = [r['seconds_per_iter'] for r in results if r['seconds_per_iter'] is not None]
         layers = results[0]['final_strides'].keys()
+        phase_layers = results[0].get('final_phases', {}).keys()
         rows.append({
             'setting': setting, 'seeds': sorted(by_seed),
             'bbox_mAP_mean': statistics.mean(maps),
@@ -283,10 +299,14 @@ def summarise(runs: Dict[str, Dict[int, dict]],
             'final_strides_mean': {layer: [statistics.mean(r['final_strides'][layer][axis]
                                                            for r in results) for axis in (0, 1)]
                                    for layer in layers},
+            'final_phases_mean': {layer: [statistics.mean(r['final_phases'][layer][axis]
+                                                          for r in results) for axis in (0, 1)]
+                                  for layer in phase_layers},
         })
     baseline, controls = SUITES[suite].baseline, SUITES[suite].controls
     for against, settings in ((baseline, [s for s in runs if s != baseline]),
-                              *((control, [learned]) for learned, control in controls.items())):
+                              *((control, [learned]) for learned, control in controls.items()),
+                              ('lsconv', SUITES[suite].against_corner)):
         pairs += [p for p in (paired_difference(runs, s, against) for s in settings) if p]
     return rows, pairs
 
@@ -294,14 +314,18 @@ def summarise(runs: Dict[str, Dict[int, dict]],
 def markdown(rows: List[dict], pairs: List[dict], runs: Dict[str, Dict[int, dict]],
              suite: str = DEFAULT_SUITE) -> str:
     """The tables of the suite's README section."""
-    lines = ['| setting | seeds | bbox mAP (mean ± std) | mAP@50 | final strides (s_h, s_w), '
-             'stages 2-4 |', '|---|---|---|---|---|']
+    lines = ['| setting | seeds | bbox mAP (mean ± std) | mAP@50 | s/iter | final strides '
+             '(s_h, s_w), learned layers in order | final learned phases (t_h, t_w) |',
+             '|---|---|---|---|---|---|---|']
     for row in rows:
         strides = ' '.join(f'({h:.2f}, {w:.2f})' for h, w in row['final_strides_mean'].values())
+        phases = ' '.join(f'({h:+.2f}, {w:+.2f})'
+                          for h, w in row.get('final_phases_mean', {}).values())
+        seconds = '-' if row['seconds_per_iter'] is None else f"{row['seconds_per_iter']:.2f}"
         lines.append(f"| {SUITES[suite].settings[row['setting']][1]} (`{row['setting']}`) | "
                      f"{len(row['seeds'])} | {row['bbox_mAP_mean']:.1f} ± "
-                     f"{row['bbox_mAP_std']:.1f} | {row['bbox_mAP_50_mean']:.1f} | "
-                     f"{strides or '-'} |")
+                     f"{row['bbox_mAP_std']:.1f} | {row['bbox_mAP_50_mean']:.1f} | {seconds} | "
+                     f"{strides or '-'} | {phases or '-'} |")
     lines += ['', 'Paired on seed (same initial weights, same data order):', '',
               '| setting | minus | seeds | mean difference (bbox mAP) | 95% CI | p (paired t) '
               '| per seed |', '|---|---|---|---|---|---|---|']
@@ -348,7 +372,8 @@ def plot(rows: List[dict], pairs: List[dict], runs: Dict[str, Dict[int, dict]],
     axes[1].set_xlabel('bbox mAP difference, same seed')
     axes[1].set_title('paired differences, mean and 95% CI')
     for ax, setting in zip(axes[2:], learned):
-        trajectories = read_stride_trajectories(next(iter(runs[setting].values()))['scalars'])
+        scalars = next(iter(runs[setting].values()))['scalars']
+        trajectories = read_stride_trajectories(scalars)
         for index, (layer, series) in enumerate(trajectories.items()):
             colour = f'C{index}'
             label = layer.replace('backbone.', '')
@@ -356,7 +381,14 @@ def plot(rows: List[dict], pairs: List[dict], runs: Dict[str, Dict[int, dict]],
             ax.plot(*zip(*series['w']), color=colour, linestyle='--', label=f'{label} s_w')
         ax.set_xlabel('iteration')
         ax.set_ylabel('learned stride (pixels)')
-        ax.set_title(f'{setting}: strides (first seed)')
+        phases = read_stride_trajectories(scalars, PHASE_PREFIX)
+        if phases:  # on a second axis, dotted
+            twin = ax.twinx()
+            for index, (layer, series) in enumerate(phases.items()):
+                twin.plot(*zip(*series['h']), color=f'C{index}', linestyle=':')
+                twin.plot(*zip(*series['w']), color=f'C{index}', linestyle='-.')
+            twin.set_ylabel('learned phase (pixels): t_h dotted, t_w dash-dot')
+        ax.set_title(f'{setting}: strides{" and phases" if phases else ""} (first seed)')
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -1,6 +1,8 @@
 """Training utilities (importing registers them in mmengine's HOOKS and MODEL_WRAPPERS)."""
 from .cpu_distributed import CPUDistributedDataParallel, setup_cpu_distributed
-from .stride_logger_hook import (StrideLoggerHook, find_scalars_json, learned_strides,
-                                 read_stride_trajectories)
+from .stride_logger_hook import (PHASE_PREFIX, StrideLoggerHook, find_scalars_json,
+                                 learned_phases, learned_strides, read_stride_trajectories)
 
-__all__ = ['CPUDistributedDataParallel', 'setup_cpu_distributed', 'StrideLoggerHook', 'find_scalars_json', 'learned_strides', 'read_stride_trajectories']
+__all__ = ['CPUDistributedDataParallel', 'setup_cpu_distributed', 'StrideLoggerHook',
+           'find_scalars_json', 'learned_phases', 'learned_strides', 'read_stride_trajectories',
+           'PHASE_PREFIX']

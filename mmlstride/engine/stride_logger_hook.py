@@ -1,4 +1,4 @@
-"""``StrideLoggerHook``: every LSConv's learned stride as training scalars."""
+"""``StrideLoggerHook``: every LSConv's learned stride (and learned phase) as training scalars."""
 import json
 import os
 from typing import Dict, List, Optional, Tuple
@@ -13,6 +13,7 @@ from torch import nn
 from ..ops import LSConv2d
 
 PREFIX = 'stride/'
+PHASE_PREFIX = 'phase/'
 
 
 def learned_strides(model: nn.Module) -> Dict[str, Tuple[float, float]]:
@@ -25,17 +26,26 @@ def learned_strides(model: nn.Module) -> Dict[str, Tuple[float, float]]:
             if isinstance(m, LSConv2d) and m.stride_leader is None}
 
 
+def learned_phases(model: nn.Module) -> Dict[str, Tuple[float, float]]:
+    """{layer name: (t_h, t_w)} of every LSConv with a learned phase of its own."""
+    if is_model_wrapper(model):
+        model = model.module
+    return {name: tuple(m.learnable_phase.detach().cpu().tolist())
+            for name, m in model.named_modules()
+            if isinstance(m, LSConv2d) and m.learnable_phase is not None}
+
+
 @HOOKS.register_module()
 class StrideLoggerHook(Hook):
-    """Logs every LSConv's (s_h, s_w) during training.
+    """Logs every LSConv's (s_h, s_w), and learned phase (t_h, t_w), during training.
 
     At the start, every ``interval`` iterations and at the end, the strides go
     to the runner's visualizer as scalars ``stride/<layer>/h`` and
     ``stride/<layer>/w`` (with the iteration as step: the local backend writes
     them to ``vis_data/scalars.json``, TensorBoard or W&B backends show them
-    as curves), and one line of them to the runner's logger. In distributed
-    training it also checks that every rank holds the same strides, and
-    raises if they differ.
+    as curves), the learned phases as ``phase/<layer>/h`` and ``.../w``, and one
+    line of each to the runner's logger. In distributed training it also
+    checks that every rank holds the same strides, and raises if they differ.
     ``tools/plot_strides.py`` draws a run's trajectories.
 
     Args:
@@ -64,10 +74,12 @@ class StrideLoggerHook(Hook):
         strides = learned_strides(runner.model)
         if not strides:
             return
+        phases = learned_phases(runner.model)
         scalars = {}
-        for name, (s_h, s_w) in strides.items():
-            scalars[f'{PREFIX}{name}/h'] = s_h
-            scalars[f'{PREFIX}{name}/w'] = s_w
+        for prefix, values in ((PREFIX, strides), (PHASE_PREFIX, phases)):
+            for name, (value_h, value_w) in values.items():
+                scalars[f'{prefix}{name}/h'] = value_h
+                scalars[f'{prefix}{name}/w'] = value_w
         note = ''
         world_size = get_world_size()
         if world_size > 1:
@@ -81,19 +93,23 @@ class StrideLoggerHook(Hook):
         runner.visualizer.add_scalars(scalars, step=step)
         runner.logger.info(f'strides at iter {step}{note}: ' + ', '.join(
             f'{name} ({s_h:.3f}, {s_w:.3f})' for name, (s_h, s_w) in strides.items()))
+        if phases:
+            runner.logger.info(f'phases at iter {step}: ' + ', '.join(
+                f'{name} ({t_h:.3f}, {t_w:.3f})' for name, (t_h, t_w) in phases.items()))
 
 
-def read_stride_trajectories(scalars_json: str) -> Dict[str, Dict[str, List[Tuple[int, float]]]]:
+def read_stride_trajectories(scalars_json: str, prefix: str = PREFIX
+                             ) -> Dict[str, Dict[str, List[Tuple[int, float]]]]:
     """{layer: {'h': [(step, s_h)...], 'w': [...]}} from a local visualizer backend's
-    scalars.json (one JSON object per line)."""
+    scalars.json (one JSON object per line); the learned phases' with ``prefix=PHASE_PREFIX``."""
     trajectories: Dict[str, Dict[str, List[Tuple[int, float]]]] = {}
     with open(scalars_json) as f:
         for line in f:
             record = json.loads(line)
             step = record.get('step')
             for key, value in record.items():
-                if key.startswith(PREFIX):
-                    layer, axis = key[len(PREFIX):].rsplit('/', 1)
+                if key.startswith(prefix):
+                    layer, axis = key[len(prefix):].rsplit('/', 1)
                     trajectories.setdefault(layer, {'h': [], 'w': []})[axis].append((step, value))
     return trajectories
 

@@ -10,6 +10,7 @@ from .ls_conv2d_function import ls_conv2d
 
 IntPair = Union[int, Tuple[int, int]]
 FloatPair = Union[float, Tuple[float, float]]
+PIVOTS = ('corner', 'centre')
 
 
 class _BoundedStride(torch.autograd.Function):
@@ -49,8 +50,13 @@ class LSConv2d(nn.Conv2d):
     initialisation and output size (that of the nominal integer ``stride``), so
     nn.Conv2d state dicts load into it and networks keep their shapes. The
     learned stride only moves where the output pixels sample the input: output
-    (a, b) reads the input at (a * s_h - p_h, b * s_w - p_w) plus the kernel
-    taps, by bilinear interpolation (see :func:`mmlstride.ops.ls_conv2d`).
+    (a, b) reads the input at (a * s_h + t_h - p_h, b * s_w + t_w - p_w) plus the
+    kernel taps, by bilinear interpolation (see :func:`mmlstride.ops.ls_conv2d`),
+    where the phase t anchors the grid: 0 with ``pivot='corner'``, so the grid
+    stretches from the top-left corner; ``c * (s0 - s)`` per axis with
+    ``pivot='centre'`` (``c = (out - 1) / 2``, ``s0`` the nominal stride), so it
+    stretches about the output map's centre pixel, which samples where
+    nn.Conv2d's does; plus a learned offset with ``learn_phase=True``.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation,
@@ -64,6 +70,11 @@ class LSConv2d(nn.Conv2d):
         initial_stride: where the learned stride starts, a number or
             (s_h, s_w) in input pixels, within the bounds; default the nominal
             stride. See :meth:`set_initial_stride`.
+        pivot: ``'corner'`` (default, the op's own grid) or ``'centre'``: the
+            point the grid stretches about as the stride moves (above). At the
+            nominal stride both sample where nn.Conv2d does.
+        learn_phase: also learn a free translation of the grid,
+            ``learnable_phase`` (t_h, t_w) in input pixels, starting at 0.
 
     Attributes:
         learnable_stride: nn.Parameter tensor([s_h, s_w]) in input pixels,
@@ -71,6 +82,9 @@ class LSConv2d(nn.Conv2d):
             nn.Conv2d one) loads with it set to ``initial_stride``. A layer
             that follows another's stride (:meth:`follow_stride`) has none.
         initial_stride: (s_h, s_w) as floats, what :meth:`reset_stride` restores.
+        learnable_phase: nn.Parameter tensor([t_h, t_w]) with ``learn_phase``,
+            else None. A checkpoint without it loads with it set to 0.
+        pivot: ``'corner'`` or ``'centre'``.
     """
 
     def __init__(self,
@@ -86,7 +100,13 @@ class LSConv2d(nn.Conv2d):
                  device=None,
                  dtype=None,
                  stride_bounds: Tuple[float, float] = (0.25, 4.0),
-                 initial_stride: Optional[FloatPair] = None) -> None:
+                 initial_stride: Optional[FloatPair] = None,
+                 pivot: str = 'corner',
+                 learn_phase: bool = False) -> None:
+        if pivot not in PIVOTS:
+            raise ValueError(f"pivot={pivot!r} expected 'corner' or 'centre'")
+        if not isinstance(learn_phase, bool):
+            raise ValueError(f'learn_phase={learn_phase!r} expected True or False')
         if isinstance(padding, str):
             raise ValueError(f'padding={padding!r} expected an int or a pair of ints')
         if padding_mode != 'zeros':
@@ -102,6 +122,8 @@ class LSConv2d(nn.Conv2d):
         factory = dict(device=self.weight.device, dtype=self.weight.dtype)
         nominal = torch.tensor(self.stride, **factory)
         self.learnable_stride = nn.Parameter(nominal.clone())
+        self.pivot = pivot
+        self.learnable_phase = nn.Parameter(torch.zeros(2, **factory)) if learn_phase else None
         self.register_buffer('stride_min', nominal * low, persistent=False)
         self.register_buffer('stride_max', nominal * high, persistent=False)
         # (leader,) once this layer follows another's stride; a tuple keeps the
@@ -127,14 +149,15 @@ class LSConv2d(nn.Conv2d):
         return self._stride_leader[0] if self._stride_leader else None
 
     def follow_stride(self, leader: 'LSConv2d') -> None:
-        """Samples on ``leader``'s grid from now on, with its learned stride.
+        """Samples on ``leader``'s grid from now on: its learned stride, pivot and phase.
 
         For a residual block: the strided shortcut follows the strided main
         conv, so both branches read the input at the same positions and their
         sum stays aligned whatever the stride learns. This layer's own
-        ``learnable_stride`` is removed; the gradients of both layers reach the
-        leader's. The nominal strides and the kernel centres' offsets
-        (``dilation * (kernel_size - 1) / 2 - padding``) must be equal.
+        ``learnable_stride`` (and ``learnable_phase``) is removed; the gradients
+        of both layers reach the leader's. The nominal strides and the kernel
+        centres' offsets (``dilation * (kernel_size - 1) / 2 - padding``) must be
+        equal, and so are then the output sizes the centre pivot depends on.
         """
         if not isinstance(leader, LSConv2d) or leader is self:
             raise ValueError(f'leader={type(leader).__name__} expected another LSConv2d')
@@ -148,6 +171,7 @@ class LSConv2d(nn.Conv2d):
                              f'{self.centre_offset()}: the kernel centres must sample the same grid')
         if not self._stride_leader:
             del self.learnable_stride
+        self.learnable_phase = None
         self._stride_leader = (leader,)
 
     def centre_offset(self) -> Tuple[float, float]:
@@ -169,6 +193,21 @@ class LSConv2d(nn.Conv2d):
             return self.stride_leader.sampling_stride()
         return _BoundedStride.apply(self.learnable_stride, self.stride_min, self.stride_max)
 
+    def sampling_phase(self, stride: Tensor, output_size: Tuple[int, int]) -> Optional[Tensor]:
+        """The phase the forward pass samples with, for the sampling ``stride`` and the output
+        size: None for a corner pivot without a learned phase (the op's own grid), else the
+        centre pivot's ``c * (s0 - s)`` and the learned phase, differentiable in both."""
+        if self.stride_leader is not None:
+            return self.stride_leader.sampling_phase(stride, output_size)
+        phase = None
+        if self.pivot == 'centre':
+            # Sizes may be symbolic (torch.export): one product per axis.
+            phase = torch.stack([(self.stride[k] - stride[k]) * ((output_size[k] - 1) / 2)
+                                 for k in range(2)])
+        if self.learnable_phase is not None:
+            phase = self.learnable_phase if phase is None else phase + self.learnable_phase
+        return phase
+
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() != 4:
             raise ValueError(f'input.dim()={input.dim()} expected 4 (N, C, H, W)')
@@ -182,7 +221,7 @@ class LSConv2d(nn.Conv2d):
                           (self.kernel_size[k] - 1) - 1) // self.stride[k] + 1
                          for k in range(2)))
         return ls_conv2d(input, self.weight, stride, self.bias, self.padding, self.dilation,
-                         self.groups, output_size)
+                         self.groups, output_size, self.sampling_phase(stride, output_size))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -192,9 +231,18 @@ class LSConv2d(nn.Conv2d):
         if key in missing_keys and self.stride_leader is None:  # an nn.Conv2d checkpoint
             missing_keys.remove(key)
             self.reset_stride()
+        key = prefix + 'learnable_phase'
+        if key in missing_keys:  # a checkpoint without a learned phase
+            missing_keys.remove(key)
+            with torch.no_grad():
+                self.learnable_phase.zero_()
 
     def extra_repr(self) -> str:
         source = self.stride_leader or self
         learned = ', '.join(f'{v:.4f}' for v in source.learnable_stride.detach().cpu().tolist())
         name = 'leader_stride' if self.stride_leader is not None else 'learnable_stride'
-        return f'{super().extra_repr()}, {name}=({learned})'
+        text = f'{super().extra_repr()}, {name}=({learned}), pivot={source.pivot}'
+        if source.learnable_phase is not None:
+            phase = ', '.join(f'{v:.4f}' for v in source.learnable_phase.detach().cpu().tolist())
+            text += f', learnable_phase=({phase})'
+        return text
