@@ -31,10 +31,11 @@ def cuda_kernels():
     require_cuda_kernels()
 
 
+@pytest.mark.parametrize('phase', [False, True], ids=['no_phase', 'phase'])
 @pytest.mark.parametrize('dtype,tolerance', [(torch.float64, 1e-10), (torch.float32, 2e-4)])
 @pytest.mark.parametrize('seed', range(20))
-def test_matches_cpu_kernels(seed, dtype, tolerance):
-    case = random_case(seed, dtype)
+def test_matches_cpu_kernels(seed, dtype, tolerance, phase):
+    case = random_case(seed, dtype, phase=phase)
     grad_output = output_gradient(case)
     on_cpu = evaluate(compiled_op, case, grad_output)
     on_cuda = evaluate(compiled_op, case.to(dtype, 'cuda', stride_dtype=dtype), grad_output)
@@ -42,10 +43,11 @@ def test_matches_cpu_kernels(seed, dtype, tolerance):
     assert max(found.values()) < tolerance, found
 
 
+@pytest.mark.parametrize('phase', [False, True], ids=['no_phase', 'phase'])
 @pytest.mark.parametrize('dtype', list(LOW_PRECISION_TOLERANCE))
 @pytest.mark.parametrize('seed', range(20))
-def test_against_float64_reference(seed, dtype):
-    found = float64_reference_errors(random_case(seed), dtype, 'cuda')
+def test_against_float64_reference(seed, dtype, phase):
+    found = float64_reference_errors(random_case(seed, phase=phase), dtype, 'cuda')
     assert max(found.values()) < LOW_PRECISION_TOLERANCE[dtype], found
 
 

@@ -388,6 +388,41 @@ def test_lsconv_neck_config_trains_the_fpn_strides(tmp_path):
     assert all(after[name] != before[name] for name in after if name != p7), after
 
 
+@pytest.mark.parametrize('config', ['retinanet_r18n-ls-centre_digits.py',
+                                    'retinanet_r18n-ls-phase_digits.py'])
+def test_grid_variant_configs_train(config, tmp_path):
+    """Two training iterations of the centre-pivot and learned-phase configs: the strides
+    (and the phases, from 0, in their own optimizer groups at the strides' learning rate
+    without decay) move, and the hook logs the phases."""
+    from mmlstride.engine import PHASE_PREFIX, learned_phases
+    cfg = tiny_run_config(tmp_path / 'work', tmp_path / 'data', config=str(DIGITS / config))
+    runner = Runner.from_cfg(cfg)
+    layers = [m for _, m in runner.model.backbone.learned_strides()]
+    assert {m.pivot for m in layers} == {'centre' if 'centre' in config else 'corner'}
+    before_strides = learned_strides(runner.model)
+    before = learned_phases(runner.model)
+    runner.train()
+    after_strides = learned_strides(runner.model)
+    assert all(after_strides[k] != before_strides[k] for k in before_strides), after_strides
+    after = learned_phases(runner.model)
+    if 'centre' in config:
+        assert not before and not after
+        return
+    assert len(before) == 3 and all(v == (0.0, 0.0) for v in before.values())
+    assert all(after[name] != (0.0, 0.0) for name in after), after
+    groups = [g for g in runner.optim_wrapper.optimizer.param_groups
+              if any(p is m.learnable_phase for m in layers for p in g['params'])]
+    assert len(groups) == 3
+    assert all(g['lr'] == pytest.approx(20 * cfg.optim_wrapper.optimizer.lr) and
+               g['weight_decay'] == 0 for g in groups)
+    trajectories = read_stride_trajectories(find_scalars_json(str(tmp_path / 'work')),
+                                            PHASE_PREFIX)
+    assert set(trajectories) == set(after)
+    for name, series in trajectories.items():
+        assert [step for step, _ in series['h']] == [0, 1, 2]
+        assert (series['h'][-1][1], series['w'][-1][1]) == pytest.approx(after[name])
+
+
 def test_detector_trains_and_the_hook_logs_strides(tmp_path):
     """Two training iterations of the LSConv benchmark detector through mmengine's Runner: the
     strides move, each strided block keeps one grid, and the hook logs every stride."""
@@ -488,10 +523,11 @@ class RecordStart(Hook):
 # 1 for the FPN's 6 others).
 SUITE_STRIDES = {
     'digits': {'lsconv': (3, 2.0), 'frozen': (3, 2.0), 'lsconv-badinit': (3, 1.5),
-               'frozen-badinit': (3, 1.5)},
+               'frozen-badinit': (3, 1.5), 'lsconv-centre': (3, 2.0),
+               'lsconv-phase': (3, 2.0)},
     'digits-neck': {'lsconv-neck': (11, {2.0: 5, 1.0: 6})},
     'digits-frcnn': {'lsconv': (3, 2.0)},
-    'scaled': {'lsconv': (3, 2.0)},
+    'scaled': {'lsconv': (3, 2.0), 'lsconv-centre': (3, 2.0), 'lsconv-phase': (3, 2.0)},
 }
 
 
@@ -534,6 +570,9 @@ def test_benchmark_settings_start_from_the_same_weights_and_data(tmp_path, suite
         assert collections.Counter(h for h, _ in values) == expected, (setting, values)
         for key in stride_keys:
             assert start.requires_grad[key] == setting.startswith('lsconv'), (setting, key)
+        phase_keys = [k for k in start.state if k.endswith('learnable_phase')]
+        assert len(phase_keys) == (3 if setting == 'lsconv-phase' else 0), setting
+        assert all(start.state[key].tolist() == [0.0, 0.0] for key in phase_keys), setting
     # The weights were drawn from this suite's fixed model: they are all of its start.
     checkpoint = torch.load(weights)
     assert checkpoint['meta']['drawn_by'] == tool.SUITES[suite].settings['fixed'][0]
@@ -547,7 +586,8 @@ def test_benchmark_settings_start_from_the_same_weights_and_data(tmp_path, suite
     assert not torch.equal(torch.load(tool.write_initial_weights(4, str(tmp_path / 's4.pth')))[
         'state_dict']['backbone.conv1.weight'], fixed.state['backbone.conv1.weight'])
     assert starts['frozen'].losses == pytest.approx(fixed.losses, rel=1e-5)
-    assert starts['lsconv'].losses[0] == pytest.approx(fixed.losses[0], rel=1e-5)
+    for setting in ('lsconv', 'lsconv-centre', 'lsconv-phase'):  # nn.Conv2d's grid at first
+        assert starts[setting].losses[0] == pytest.approx(fixed.losses[0], rel=1e-5), setting
 
 
 def test_benchmark_summary_pairs_seeds_with_a_confidence_interval(tmp_path):
@@ -577,6 +617,16 @@ def test_benchmark_summary_pairs_seeds_with_a_confidence_interval(tmp_path):
     assert [(p['setting'], p['against'], p['differences']) for p in pairs] == [
         ('lsconv', 'fixed', [1.0, 2.0, 3.0]), ('frozen', 'fixed', [0.5, -1.0]),
         ('lsconv', 'frozen', [0.5, 3.0])]
+    # Grid variants are paired with the corner grid too; learned phases and s/iter shown.
+    runs['lsconv-phase'] = {seed: dict(run(63.0), final_phases={'backbone.layer2.0.conv1':
+                                                                 (0.25 * seed, -0.5)})
+                            for seed in (0, 1)}
+    rows, pairs = tool.summarise(runs)
+    assert ('lsconv-phase', 'lsconv', [2.0, -1.0]) in [
+        (p['setting'], p['against'], p['differences']) for p in pairs]
+    row, = [line for line in tool.markdown(rows, pairs, runs).splitlines()
+            if line.startswith('| LSConv, corner grid with a learned phase (`lsconv-phase`) | 2 |')]
+    assert '| 0.10 |' in row and row.endswith('| (+0.12, -0.50) |')
     readme = tmp_path / 'README.md'
     readme.write_text(f'intro\n{tool.README_START}\nold\n{tool.README_END}\nrest\n')
     tool.rewrite_readme(str(readme), table)
@@ -602,7 +652,7 @@ def test_benchmark_suites_have_their_own_readme_sections_and_settings(tmp_path, 
                                   f'\n{end}\n')
     with pytest.raises(SystemExit):
         tool.main(['--suite', 'scaled', '--settings', 'frozen', '--work-dir', str(tmp_path)])
-    expected = "--settings frozen: expected some of ['fixed', 'lsconv', 'dcn']"
+    expected = "--settings frozen: expected some of ['fixed', 'lsconv', 'dcn', 'lsconv-centre'"
     assert expected in capsys.readouterr().err
 
 
