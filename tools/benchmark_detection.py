@@ -12,12 +12,15 @@ The ``digits`` suite (RetinaNet, 128 px digits canvases, ``configs/digits``): ``
 ResNet), ``lsconv`` (strides learned), ``frozen`` (LSConv frozen at the nominal stride: the
 control, equal to ``fixed`` up to float noise), ``dcn`` (mmcv DCN in the same places),
 ``lsconv-badinit`` and ``frozen-badinit`` (strides start at 1.5, learned or frozen). The others
-compare ``fixed`` with LSConv (and DCN): ``digits-neck`` (RetinaNet with P3-P7, LSConv in the
-backbone and the FPN), ``digits-frcnn`` (Faster R-CNN), ``scaled`` (RetinaNet on 256 px
-canvases of 12-96 px digits on photographs, ``configs/scaled_digits``). Prints and writes per-setting
-mean ± std, per-seed paired differences against ``fixed`` with 95% confidence intervals and
-the paired t-test's p-value, a plot, and the suite's README section (``--readme`` rewrites
-it in place). Runs whose results exist are reused (``--force`` retrains).
+compare ``fixed`` with LSConv (and DCN): ``digits-grid`` (the digits runs of fixed strides,
+the LSConv grid anchored at the corner, at the centre or with a learned phase, and DCN),
+``digits-neck`` (RetinaNet with P3-P7, LSConv in the backbone and the FPN), ``digits-frcnn``
+(Faster R-CNN), ``scaled`` (RetinaNet on 256 px canvases of 12-96 px digits on photographs,
+``configs/scaled_digits``, with the same grid variants). Prints and writes per-setting
+mean ± std and s/iter, per-seed paired differences against ``fixed`` (and the grid variants
+against the corner grid) with 95% confidence intervals and the paired t-test's p-value, a
+plot, and the suite's README section (``--readme`` rewrites it in place). Runs whose results
+exist are reused (``--force`` retrains).
 
     python tools/benchmark_detection.py --readme README.md       # the README's study
     python tools/benchmark_detection.py --settings fixed lsconv --seeds 0 --other-seeds
@@ -48,7 +51,9 @@ class Suite:
     one detector on one dataset. ``baseline`` draws the initial weights and every other
     setting is paired with it; ``controls`` pairs a learned setting with its frozen control
     as well, and ``against_corner`` each grid variant with the corner-pivot LSConv;
-    ``paired`` are the main settings (``--seeds``), the others get ``--other-seeds``."""
+    ``paired`` are the main settings (``--seeds``), the others get ``--other-seeds``. A suite
+    with ``runs_of`` trains and reads its runs (and initial weights) where that suite does,
+    so the two share the runs of the settings they have in common."""
     folder: str
     title: str
     settings: Dict[str, Tuple[str, str]]
@@ -56,6 +61,7 @@ class Suite:
     controls: Dict[str, str] = field(default_factory=dict)
     against_corner: Tuple[str, ...] = ()
     baseline: str = 'fixed'
+    runs_of: Optional[str] = None
 
 
 SUITES = {
@@ -69,15 +75,22 @@ SUITES = {
                            'LSConv, strides start at 1.5, learned'),
         'frozen-badinit': ('retinanet_r18n-ls-badinit-frozen_digits.py',
                            'LSConv, strides start at 1.5, frozen'),
+    }, paired=('fixed', 'lsconv', 'frozen'),
+        # Learned strides against the same LSConv frozen at their start: only the learning
+        # differs.
+        controls={'lsconv': 'frozen', 'lsconv-badinit': 'frozen-badinit'}),
+    # Where the learned grid is anchored (corner, centre, learned phase) against fixed strides
+    # and DCN, on the digits suite's runs.
+    'digits-grid': Suite('digits', 'RetinaNet, digits (128 px): where the grid is anchored', {
+        'fixed': ('retinanet_r18n_digits_fixed.py', 'fixed integer strides (plain ResNet)'),
+        'lsconv': ('retinanet_r18n-ls_digits.py', 'LSConv, corner grid (pivot corner)'),
         'lsconv-centre': ('retinanet_r18n-ls-centre_digits.py',
                           'LSConv, grid stretching about the centre (pivot centre)'),
         'lsconv-phase': ('retinanet_r18n-ls-phase_digits.py',
                          'LSConv, corner grid with a learned phase'),
-    }, paired=('fixed', 'lsconv', 'frozen'),
-        # Learned strides against the same LSConv frozen at their start: only the learning
-        # differs.
-        controls={'lsconv': 'frozen', 'lsconv-badinit': 'frozen-badinit'},
-        against_corner=('lsconv-centre', 'lsconv-phase', 'dcn')),
+        'dcn': ('retinanet_r18n-dcn_digits.py', 'mmcv DCN, same places'),
+    }, paired=('fixed', 'lsconv', 'dcn'), against_corner=('lsconv-centre', 'lsconv-phase', 'dcn'),
+        runs_of='digits'),
     'digits-neck': Suite('digits', 'RetinaNet with P3-P7, digits (128 px)', {
         'fixed': ('retinanet_r18n-p6p7_digits_fixed.py', 'fixed integer strides'),
         'lsconv-neck': ('retinanet_r18n-ls-neck_digits.py',
@@ -90,7 +103,7 @@ SUITES = {
     }, paired=('fixed', 'lsconv', 'dcn')),
     'scaled': Suite('scaled_digits', 'RetinaNet, scaled digits (256 px)', {
         'fixed': ('retinanet_r18n_scaled-digits_fixed.py', 'fixed integer strides (plain ResNet)'),
-        'lsconv': ('retinanet_r18n-ls_scaled-digits.py', 'LSConv, strides learned'),
+        'lsconv': ('retinanet_r18n-ls_scaled-digits.py', 'LSConv, corner grid (pivot corner)'),
         'dcn': ('retinanet_r18n-dcn_scaled-digits.py', 'mmcv DCN, same places'),
         'lsconv-centre': ('retinanet_r18n-ls-centre_scaled-digits.py',
                           'LSConv, grid stretching about the centre (pivot centre)'),
@@ -434,8 +447,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if unknown:
         parser.error(f'--settings {" ".join(unknown)}: expected some of {list(suite.settings)} '
                      f'for --suite {args.suite}')
-    work_dir = os.path.abspath(args.work_dir if args.suite == DEFAULT_SUITE
-                               else os.path.join(args.work_dir, args.suite))
+    runs_of = suite.runs_of or args.suite
+    work_dir = os.path.abspath(args.work_dir if runs_of == DEFAULT_SUITE
+                               else os.path.join(args.work_dir, runs_of))
     plan = [(setting, seed) for setting in settings
             for seed in (args.seeds if setting in suite.paired else args.other_seeds)]
     weights = {seed: os.path.join(work_dir, 'initial_weights', f'seed{seed}.pth')
