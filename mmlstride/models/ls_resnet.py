@@ -31,9 +31,10 @@ class LSResNet(ResNet):
             stride is 1), like ``stage_with_dcn`` does for DCN.
         stage_conv: config of the replacing layer, built with mmcv's
             ``build_conv_layer``: ``dict(type='LSConv')`` (default, with
-            ``stride_bounds`` if wanted), or e.g. ``dict(type='DCN',
-            deform_groups=1)`` to compare with deformable convs in the same
-            places (then shortcuts are left as they are).
+            ``stride_bounds``, ``pivot='centre'`` or ``learn_phase=True`` if
+            wanted: shortcuts follow the main conv's whole grid), or e.g.
+            ``dict(type='DCN', deform_groups=1)`` to compare with deformable
+            convs in the same places (then shortcuts are left as they are).
         initial_stride: start the learned stride of the strided convs here
             instead of at the nominal stride (e.g. 3.0 where it is 2); it
             stays there when a checkpoint without strides (a plain ResNet's)
