@@ -31,22 +31,28 @@ def test_opcheck_backward(phase, output_mask, device):
     torch.library.opcheck(torch.ops.mmlstride.ls_conv2d_backward.default, args)
 
 
-def small_net(device):
+def small_net(device, **grid):
     torch.manual_seed(0)
     return nn.Sequential(
-        LSConv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-        LSConv2d(8, 8, 3, stride=2, padding=1, groups=2), nn.ReLU(),
-        LSConv2d(8, 4, 1, stride=1)).double().to(device)
+        LSConv2d(3, 8, 3, stride=2, padding=1, **grid), nn.ReLU(),
+        LSConv2d(8, 8, 3, stride=2, padding=1, groups=2, **grid), nn.ReLU(),
+        LSConv2d(8, 4, 1, stride=1, **grid)).double().to(device)
 
 
-@pytest.mark.parametrize('backend,dynamic', [('aot_eager', True), ('inductor', False)])
-def test_torch_compile_fullgraph(backend, dynamic, device):
-    net = small_net(device)
+@pytest.mark.parametrize('backend,dynamic,grid', [
+    ('aot_eager', True, {}), ('inductor', False, {}),
+    ('aot_eager', True, dict(pivot='centre', learn_phase=True))],
+    ids=['aot_eager-dynamic', 'inductor', 'aot_eager-dynamic-centre-phase'])
+def test_torch_compile_fullgraph(backend, dynamic, grid, device):
+    net = small_net(device, **grid)
     with torch.no_grad():
         for module in net:
             if isinstance(module, LSConv2d):
                 module.learnable_stride.add_(
                     torch.tensor([0.137, -0.219], dtype=torch.float64, device=device))
+                if module.learnable_phase is not None:
+                    module.learnable_phase.add_(
+                        torch.tensor([0.31, -0.42], dtype=torch.float64, device=device))
     compiled = torch.compile(net, backend=backend, fullgraph=True, dynamic=dynamic)
     for size in (17, 23):
         x = torch.randn(2, 3, size, size + 2, dtype=torch.float64, device=device)
