@@ -720,3 +720,32 @@ def test_benchmark_reuses_only_runs_trained_as_planned(tmp_path):
     assert not tool.run_is_paired(str(run_dir), 'fixed', 3, weights + 'x', [])
     assert not tool.run_is_paired(str(run_dir), 'fixed', 3, weights, ['train_cfg.max_iters=300'])
     assert not tool.run_is_paired(str(run_dir), 'lsconv', 3, weights, [])  # nothing saved
+
+
+def test_benchmark_no_train_reports_the_finished_runs_only(tmp_path, monkeypatch, capsys):
+    """--no-train trains nothing and writes no initial weights: the tables hold the finished
+    runs of the plan that were trained as planned, and the others are named as left out."""
+    tool = load_benchmark_tool()
+    monkeypatch.setattr(tool, 'train', lambda *args: pytest.fail('trained with --no-train'))
+    monkeypatch.setattr(tool, 'write_initial_weights',
+                        lambda *args: pytest.fail('drew weights with --no-train'))
+    weights = str(tmp_path / 'initial_weights' / 'seed0.pth')
+    for setting, value in (('fixed', 0.61), ('lsconv-phase', 0.64)):
+        run_dir = tmp_path / setting / 'seed0'
+        (run_dir / '20260101_000000' / 'vis_data').mkdir(parents=True)
+        (run_dir / tool.SUITES['digits-grid'].settings[setting][0]).write_text(
+            f'load_from = {weights!r}\nrandomness = dict(seed=0)\n')
+        (run_dir / '20260101_000000' / 'vis_data' / 'scalars.json').write_text(
+            '{"loss": 1.0, "time": 0.2, "step": 50}\n'
+            f'{{"coco/bbox_mAP": {value}, "coco/bbox_mAP_50": 0.9, "step": 1200}}\n')
+    tool.main(['--suite', 'digits-grid', '--no-train', '--seeds', '0', '--other-seeds', '0',
+               '--work-dir', str(tmp_path)])
+    out = capsys.readouterr().out
+    for setting in ('lsconv', 'lsconv-centre', 'dcn'):
+        assert f'-- {setting}, seed 0: no finished run trained as planned, left out' in out
+    table = (tmp_path / 'detection_benchmark.md').read_text()
+    assert '| `lsconv-phase` | `fixed` | 1 | +3.00 |' in table
+    assert '(`fixed`) | 1 | 61.0 ± 0.0 | 90.0 | 0.20 |' in table
+    with pytest.raises(SystemExit):
+        tool.main(['--suite', 'digits-grid', '--no-train', '--force', '--work-dir',
+                   str(tmp_path)])

@@ -436,6 +436,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help='training processes at once (each gets cores / jobs threads)')
     parser.add_argument('--work-dir', default='work_dirs/detection_benchmark')
     parser.add_argument('--force', action='store_true', help='retrain runs that have results')
+    parser.add_argument('--no-train', action='store_true',
+                        help='train nothing: tables of the finished runs of the plan only')
     parser.add_argument('--readme', help='rewrite the benchmark section of this README')
     parser.add_argument('--figure', help='also copy the plot here (e.g. the README\'s figure)')
     parser.add_argument('--cfg-options', nargs='+', default=[],
@@ -454,8 +456,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             for seed in (args.seeds if setting in suite.paired else args.other_seeds)]
     weights = {seed: os.path.join(work_dir, 'initial_weights', f'seed{seed}.pth')
                for seed in sorted({seed for _, seed in plan})}
+    if args.no_train and args.force:
+        parser.error('--no-train and --force: expected one of them')
     for seed, path in weights.items():
-        if args.force or not os.path.exists(path):
+        if not args.no_train and (args.force or not os.path.exists(path)):
             write_initial_weights(seed, path, args.cfg_options, args.suite)
     run_dir = {key: os.path.join(work_dir, key[0], f'seed{key[1]}') for key in plan}
     # A finished run is reused only if it was trained as this plan would train it.
@@ -463,6 +467,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             if args.force or read_run(run_dir[key]) is None or not run_is_paired(
                 run_dir[key], key[0], key[1], weights[key[1]], args.cfg_options, args.suite)]
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    if args.no_train:
+        for key in todo:
+            print(f'-- {key[0]}, seed {key[1]}: no finished run trained as planned, left out')
+        plan = [key for key in plan if key not in todo]
+        todo = []
 
     def run(key):
         setting, seed = key
