@@ -26,7 +26,8 @@ from mmengine.runner import Runner  # noqa: E402
 import mmlstride  # noqa: E402,F401  (registrations)
 from mmlstride.datasets import (ensure_scaled_digits_detection, generate_digits_detection,  # noqa: E402
                                 generate_scaled_digits_detection)
-from mmlstride.engine import find_scalars_json, learned_strides, read_stride_trajectories  # noqa: E402
+from mmlstride.engine import (find_scalars_json, learned_phases, learned_strides,  # noqa: E402
+                              read_stride_trajectories)
 from mmlstride.models import LSResNet  # noqa: E402
 from mmlstride.ops import LSConv2d  # noqa: E402
 
@@ -73,6 +74,8 @@ def test_every_config_loads_and_builds(path):
         return
     assert strides, 'an LSConv config without a learned stride'
     assert cfg.optim_wrapper.paramwise_cfg.custom_keys['learnable_stride'].decay_mult == 0
+    if learned_phases(model):  # phases get their own group too, without decay
+        assert cfg.optim_wrapper.paramwise_cfg.custom_keys['learnable_phase'].decay_mult == 0
     for block in model.backbone.modules():
         downsample = getattr(block, 'downsample', None)
         if downsample is not None and isinstance(downsample[0], LSConv2d):
@@ -155,6 +158,21 @@ def test_ls_resnet_shortcuts_follow_their_block_stride(depth):
     # Blocks with stride 1 keep identity shortcuts and plain convs.
     assert backbone.layer2[1].downsample is None
     assert not isinstance(getattr(backbone.layer2[1], strided), LSConv2d)
+
+
+def test_ls_resnet_default_learns_a_phase():
+    """LSResNet's default stage conv learns a phase (the study's winner); dict(type='LSConv')
+    gives the corner grid alone; learn_stride=False freezes phases with the strides."""
+    default = LSResNet(depth=18)
+    layers = [m for _, m in default.learned_strides()]
+    assert len(layers) == 3 and all(m.learnable_phase is not None and m.pivot == 'corner'
+                                    for m in layers)
+    assert all(m.learnable_phase.requires_grad for m in layers)
+    corner = LSResNet(depth=18, stage_conv=dict(type='LSConv'))
+    assert all(m.learnable_phase is None for _, m in corner.learned_strides())
+    frozen = LSResNet(depth=18, learn_stride=False)
+    assert not any(p.requires_grad for _, m in frozen.learned_strides()
+                   for p in (m.learnable_stride, m.learnable_phase))
 
 
 def test_all_3x3_and_initial_stride():

@@ -137,9 +137,9 @@ def test_onnx_opset_below_16_is_refused(tmp_path):
                           opset_version=15, dynamo=False)
 
 
-@pytest.mark.parametrize('stage_conv', [None, dict(type='LSConv', pivot='centre',
-                                                    learn_phase=True)],
-                         ids=['corner', 'centre-phase'])
+@pytest.mark.parametrize('stage_conv', [None, dict(type='LSConv'),
+                                        dict(type='LSConv', pivot='centre', learn_phase=True)],
+                         ids=['default-phase', 'corner', 'centre-phase'])
 def test_lsresnet_backbone_exports_to_onnx(stage_conv, tmp_path):
     """An LSResNet-18 backbone with strides (and phases) moved away from nominal exports
     (dynamic sizes from 64 pixels, as mmdet's ResNet does) and its ONNX Runtime features

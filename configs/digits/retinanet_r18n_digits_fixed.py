@@ -75,8 +75,10 @@ optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4),
     clip_grad=dict(max_norm=5.0),
-    # Learned strides: their own learning rate (Adam steps of up to 0.02 px), no weight decay.
-    paramwise_cfg=dict(custom_keys={'learnable_stride': dict(lr_mult=20.0, decay_mult=0.0)}))
+    # Learned strides and phases: their own learning rate (Adam steps of up to 0.02 px), no
+    # weight decay.
+    paramwise_cfg=dict(custom_keys={'learnable_stride': dict(lr_mult=20.0, decay_mult=0.0),
+                                    'learnable_phase': dict(lr_mult=20.0, decay_mult=0.0)}))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=200),
     dict(type='CosineAnnealingLR', by_epoch=False, begin=200, end=max_iters, eta_min=1e-5),

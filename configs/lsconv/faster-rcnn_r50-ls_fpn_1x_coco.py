@@ -5,7 +5,8 @@ _base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
 custom_imports = dict(imports=['mmlstride'], allow_failed_imports=False)
 
 model = dict(backbone=dict(type='LSResNet', ls_stages=(False, True, True, True)))
-# The strides get their own learning rate and no weight decay.
+# The strides and phases get their own learning rate and no weight decay.
 optim_wrapper = dict(paramwise_cfg=dict(
-    custom_keys={'learnable_stride': dict(lr_mult=0.1, decay_mult=0.0)}))
+    custom_keys={'learnable_stride': dict(lr_mult=0.1, decay_mult=0.0),
+                 'learnable_phase': dict(lr_mult=0.1, decay_mult=0.0)}))
 custom_hooks = [dict(type='StrideLoggerHook', interval=50)]

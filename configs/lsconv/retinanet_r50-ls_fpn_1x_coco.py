@@ -5,5 +5,6 @@ custom_imports = dict(imports=['mmlstride'], allow_failed_imports=False)
 
 model = dict(backbone=dict(type='LSResNet', ls_stages=(False, True, True, True)))
 optim_wrapper = dict(paramwise_cfg=dict(
-    custom_keys={'learnable_stride': dict(lr_mult=0.1, decay_mult=0.0)}))
+    custom_keys={'learnable_stride': dict(lr_mult=0.1, decay_mult=0.0),
+                 'learnable_phase': dict(lr_mult=0.1, decay_mult=0.0)}))
 custom_hooks = [dict(type='StrideLoggerHook', interval=50)]

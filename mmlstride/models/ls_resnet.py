@@ -17,8 +17,9 @@ class LSResNet(ResNet):
 
     Every argument of mmdet's ``ResNet`` works as there (depth, styles,
     ``dcn``, ``init_cfg``...), and checkpoints of it load (the learned strides
-    start at the nominal stride). In each stage with ``ls_stages[i]`` True, the
-    strided conv of the main branch becomes ``stage_conv`` (default LSConv),
+    start at the nominal stride, the learned phases at 0). In each stage with
+    ``ls_stages[i]`` True, the strided conv of the main branch becomes
+    ``stage_conv`` (default LSConv with a learned phase),
     and when it is LSConv the block's strided 1x1 shortcut becomes an LSConv
     that follows the main conv's stride (:meth:`LSConv2d.follow_stride`): one
     learned stride per block, both branches on one grid, so the residual sum
@@ -30,16 +31,20 @@ class LSResNet(ResNet):
         all_3x3: also replace every 3x3 conv of those stages (their nominal
             stride is 1), like ``stage_with_dcn`` does for DCN.
         stage_conv: config of the replacing layer, built with mmcv's
-            ``build_conv_layer``: ``dict(type='LSConv')`` (default, with
-            ``stride_bounds``, ``pivot='centre'`` or ``learn_phase=True`` if
-            wanted: shortcuts follow the main conv's whole grid), or e.g.
+            ``build_conv_layer``: ``dict(type='LSConv', learn_phase=True)``
+            (default: the corner grid with a learned translation, which beat
+            the corner grid alone and the centre pivot in the README's study),
+            ``dict(type='LSConv')`` for the op's own corner grid, or with
+            ``stride_bounds`` or ``pivot='centre'`` (shortcuts follow the main
+            conv's whole grid), or e.g.
             ``dict(type='DCN', deform_groups=1)`` to compare with deformable
             convs in the same places (then shortcuts are left as they are).
         initial_stride: start the learned stride of the strided convs here
             instead of at the nominal stride (e.g. 3.0 where it is 2); it
             stays there when a checkpoint without strides (a plain ResNet's)
             is loaded.
-        learn_stride: False freezes the strides at their initial value.
+        learn_stride: False freezes the grid: the strides at their initial
+            value, and the learned phases at 0.
     """
 
     def __init__(self,
@@ -57,7 +62,8 @@ class LSResNet(ResNet):
         if initial_stride is not None and not initial_stride > 0:
             raise ValueError(f'initial_stride={initial_stride} expected a value > 0')
         self.ls_stages = tuple(bool(v) for v in ls_stages)
-        self.stage_conv = dict(type='LSConv') if stage_conv is None else dict(stage_conv)
+        self.stage_conv = (dict(type='LSConv', learn_phase=True) if stage_conv is None
+                           else dict(stage_conv))
         for stage, layer_name in enumerate(self.res_layers):
             if not self.ls_stages[stage]:
                 continue
@@ -68,6 +74,8 @@ class LSResNet(ResNet):
                 if initial_stride is not None and max(module.stride) > 1:
                     module.set_initial_stride(initial_stride)
                 module.learnable_stride.requires_grad_(learn_stride)
+                if module.learnable_phase is not None:
+                    module.learnable_phase.requires_grad_(learn_stride)
 
     def _convert_block(self, block: nn.Module, all_3x3: bool) -> None:
         """Replaces the block's strided (or 3x3) convs; aligns its shortcut with them."""
