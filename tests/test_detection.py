@@ -638,14 +638,16 @@ def test_benchmark_summary_pairs_seeds_with_a_confidence_interval(tmp_path):
     assert [(p['setting'], p['against'], p['differences']) for p in pairs] == [
         ('lsconv', 'fixed', [1.0, 2.0, 3.0]), ('frozen', 'fixed', [0.5, -1.0]),
         ('lsconv', 'frozen', [0.5, 3.0])]
-    # Grid variants are paired with the corner grid too; learned phases and s/iter shown.
+    # In the grid suite, grid variants are paired with the corner grid too; learned phases
+    # and s/iter shown.
+    del runs['frozen']
     runs['lsconv-phase'] = {seed: dict(run(63.0), final_phases={'backbone.layer2.0.conv1':
                                                                  (0.25 * seed, -0.5)})
                             for seed in (0, 1)}
-    rows, pairs = tool.summarise(runs)
+    rows, pairs = tool.summarise(runs, 'digits-grid')
     assert ('lsconv-phase', 'lsconv', [2.0, -1.0]) in [
         (p['setting'], p['against'], p['differences']) for p in pairs]
-    row, = [line for line in tool.markdown(rows, pairs, runs).splitlines()
+    row, = [line for line in tool.markdown(rows, pairs, runs, 'digits-grid').splitlines()
             if line.startswith('| LSConv, corner grid with a learned phase (`lsconv-phase`) | 2 |')]
     assert '| 0.10 |' in row and row.endswith('| (+0.12, -0.50) |')
     readme = tmp_path / 'README.md'
@@ -738,6 +740,36 @@ def test_benchmark_reuses_only_runs_trained_as_planned(tmp_path):
     assert not tool.run_is_paired(str(run_dir), 'fixed', 3, weights + 'x', [])
     assert not tool.run_is_paired(str(run_dir), 'fixed', 3, weights, ['train_cfg.max_iters=300'])
     assert not tool.run_is_paired(str(run_dir), 'lsconv', 3, weights, [])  # nothing saved
+
+
+def test_benchmark_trains_seed_by_seed(tmp_path, monkeypatch, capsys):
+    """The plan runs every setting of a seed before the next seed, so a study stopped
+    part-way holds whole pairs; the tables keep the suite's order of settings."""
+    tool = load_benchmark_tool()
+    trained = []
+
+    def fake_train(command, label, work_dir, threads):
+        options = dict(o.split('=', 1) for o in command[command.index('--cfg-options') + 1:])
+        setting = label.split(',')[0]
+        trained.append(label)
+        (Path(work_dir) / '20260101_000000' / 'vis_data').mkdir(parents=True)
+        (Path(work_dir) / tool.SUITES['digits-grid'].settings[setting][0]).write_text(
+            f"load_from = {options['load_from']!r}\n"
+            f"randomness = dict(seed={options['randomness.seed']})\n")
+        (Path(work_dir) / '20260101_000000' / 'vis_data' / 'scalars.json').write_text(
+            '{"loss": 1.0, "time": 0.2, "step": 50}\n'
+            '{"coco/bbox_mAP": 0.5, "coco/bbox_mAP_50": 0.9, "step": 1200}\n')
+
+    monkeypatch.setattr(tool, 'train', fake_train)
+    monkeypatch.setattr(tool, 'write_initial_weights', lambda seed, path, *args: path)
+    monkeypatch.setattr(tool, 'plot', lambda *args: None)
+    tool.main(['--suite', 'digits-grid', '--settings', 'fixed', 'lsconv', 'lsconv-centre',
+               '--seeds', '1', '0', '--other-seeds', '0', '--work-dir', str(tmp_path)])
+    assert trained == ['fixed, seed 0', 'lsconv, seed 0', 'lsconv-centre, seed 0',
+                       'fixed, seed 1', 'lsconv, seed 1']
+    table = (tmp_path / 'detection_benchmark.md').read_text()
+    rows = [table.index(f'(`{setting}`)') for setting in ('fixed', 'lsconv', 'lsconv-centre')]
+    assert rows == sorted(rows)
 
 
 def test_benchmark_no_train_reports_the_finished_runs_only(tmp_path, monkeypatch, capsys):

@@ -452,8 +452,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     runs_of = suite.runs_of or args.suite
     work_dir = os.path.abspath(args.work_dir if runs_of == DEFAULT_SUITE
                                else os.path.join(args.work_dir, runs_of))
-    plan = [(setting, seed) for setting in settings
-            for seed in (args.seeds if setting in suite.paired else args.other_seeds)]
+    # Seed by seed, so that a study stopped part-way holds whole pairs.
+    plan = sorted(((setting, seed) for setting in settings
+                   for seed in (args.seeds if setting in suite.paired else args.other_seeds)),
+                  key=lambda key: (key[1], settings.index(key[0])))
     weights = {seed: os.path.join(work_dir, 'initial_weights', f'seed{seed}.pth')
                for seed in sorted({seed for _, seed in plan})}
     if args.no_train and args.force:
@@ -485,7 +487,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(run, todo))
     runs: Dict[str, Dict[int, dict]] = {}
-    for key in plan:
+    for key in sorted(plan, key=lambda key: (settings.index(key[0]), key[1])):
         result = read_run(run_dir[key])
         if result is None:
             raise RuntimeError(f'{key[0]}, seed {key[1]}: no result in {run_dir[key]}')

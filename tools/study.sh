@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The grid-anchor study (README, "Where the learned grid is anchored"): trains its cells with
+# tools/benchmark_detection.py, two runs at a time, most important cells first, then rewrites
+# the suites' README sections from every finished run. Re-running it trains only what is
+# missing. STUDY_WORK_DIR sets where the runs go (default work_dirs/detection_benchmark).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${MMLSTRIDE_VENV:-.venv}/bin/python
+work_dir=${STUDY_WORK_DIR:-work_dirs/detection_benchmark}
+bench() { "$python" tools/benchmark_detection.py --jobs 2 --work-dir "$work_dir" "$@"; }
+five='0 1 2 3 4'
+# 1. Fixed strides, the corner grid and the learned phase, 5 seeds on both RetinaNet datasets.
+bench --suite digits-grid --settings fixed lsconv lsconv-phase --seeds $five --other-seeds $five
+bench --suite scaled --settings fixed lsconv lsconv-phase --seeds $five --other-seeds $five
+# 2. The centre pivot and DCN, 3 seeds.
+bench --suite digits-grid --settings lsconv-centre dcn --seeds 0 1 2 --other-seeds 0 1 2
+bench --suite scaled --settings lsconv-centre dcn --seeds 0 1 2 --other-seeds 0 1 2
+# 3. Faster R-CNN and the LSConv neck, 3 seeds.
+bench --suite digits-frcnn --seeds 0 1 2
+bench --suite digits-neck --seeds 0 1 2
+# The README sections, from every finished run.
+for suite in digits-grid scaled digits-frcnn digits-neck; do
+  bench --suite "$suite" --no-train --seeds $five --other-seeds $five --readme README.md \
+    --figure "docs/figures/study_$suite.png"
+done
