@@ -361,6 +361,35 @@ def test_phase_matches_every_reference(seed, dtype, device):
         assert_same_function(case, reference, TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize('far', [(-1.5, 0.3), (-0.7, -0.4), (0.6, 1.3)], ids=str)
+@pytest.mark.parametrize('seed', range(4))
+def test_phases_that_move_rows_outside_the_image(seed, far, device):
+    """Phases of about the image's size: whole rows or columns of outputs sample outside (or
+    partly outside) the image, the paths where a row's reach is empty or clipped."""
+    case = random_case(seed, device=device, phase=True)
+    height, width = case.input.shape[2:]
+    case.phase = torch.tensor((far[0] * height, far[1] * width), dtype=torch.float64,
+                              device=device, requires_grad=True)
+    assert_same_function(case, ls_conv2d_by_interpolation, TOLERANCE[torch.float64])
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_phase_gradient_alone(seed, device):
+    """The phase's gradient with nothing else requiring one equals the one computed with every
+    gradient (the backward's mask keeps the shared reduction)."""
+    case = random_case(seed, device=device, phase=True)
+    grad_output = output_gradient(case).to(device)
+    every = evaluate(compiled_op, case, grad_output)['grad_phase']
+    expected = evaluate(ls_conv2d_by_interpolation, case, grad_output)['grad_phase']
+    for leaf in (case.input, case.weight, case.bias, case.stride):
+        if leaf is not None:
+            leaf.requires_grad_(False)
+    out = compiled_op(*case.args())
+    alone, = torch.autograd.grad(out, case.phase, grad_output.to(out.dtype))
+    assert torch.equal(alone, every)
+    torch.testing.assert_close(alone, expected, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize('seed', range(6))
 def test_gradcheck_float64_with_phase(seed, device):
     case = random_case(seed, device=device, phase=True)
