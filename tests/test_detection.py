@@ -132,13 +132,16 @@ def test_ls_resnet_has_one_stride_per_strided_block(depth):
         LSResNet(depth=18, ls_stages=(True, True))
 
 
+@pytest.mark.parametrize('learn_phase', [False, True])
 @pytest.mark.parametrize('depth', [18, 50])
-def test_ls_resnet_shortcuts_follow_their_block_stride(depth):
+def test_ls_resnet_shortcuts_follow_their_block_stride(depth, learn_phase):
     """Each strided block's shortcut is an LSConv that follows the block's strided conv, and
-    after the stride moves both branches sample with it: each equals the pure-PyTorch
-    reference at the leader's moved stride (the kernel centres then sit on the same grid)."""
+    after the stride (and the learned phase) moves both branches sample with it: each equals
+    the pure-PyTorch reference at the leader's moved grid (the kernel centres then sit on the
+    same grid)."""
     from mmlstride.ops import ls_conv2d_reference
-    backbone = LSResNet(depth=depth, base_channels=8, out_indices=(1, 2, 3)).double()
+    backbone = LSResNet(depth=depth, base_channels=8, out_indices=(1, 2, 3),
+                        stage_conv=dict(type='LSConv', learn_phase=learn_phase)).double()
     strided = 'conv1' if depth == 18 else 'conv2'
     torch.manual_seed(0)
     for index, layer in enumerate(('layer2', 'layer3', 'layer4')):
@@ -147,13 +150,18 @@ def test_ls_resnet_shortcuts_follow_their_block_stride(depth):
         assert isinstance(leader, LSConv2d) and leader.stride_leader is None
         assert isinstance(shortcut, LSConv2d) and shortcut.stride_leader is leader
         assert 'learnable_stride' not in dict(shortcut.named_parameters())
+        assert 'learnable_phase' not in dict(shortcut.named_parameters())
         moved = torch.tensor([1.63 + 0.1 * index, 2.41 - 0.2 * index], dtype=torch.float64)
+        phase = torch.tensor([0.4, -0.7 + 0.1 * index], dtype=torch.float64)
         with torch.no_grad():
             leader.learnable_stride.copy_(moved)
+            if learn_phase:
+                leader.learnable_phase.copy_(phase)
         for conv in (leader, shortcut):
             x = torch.randn(2, conv.in_channels, 15, 13, dtype=torch.float64)
             expected = ls_conv2d_reference(x, conv.weight, moved, conv.bias, conv.padding,
-                                           conv.dilation, conv.groups, (8, 7))
+                                           conv.dilation, conv.groups, (8, 7),
+                                           phase if learn_phase else None)
             torch.testing.assert_close(conv(x), expected)
     # Blocks with stride 1 keep identity shortcuts and plain convs.
     assert backbone.layer2[1].downsample is None
