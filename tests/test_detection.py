@@ -731,6 +731,18 @@ def test_stride_hook_raises_when_ranks_disagree(monkeypatch):
     monkeypatch.setattr(stride_logger_hook, 'all_gather', lambda values: [values, values + 1e-6])
     with pytest.raises(RuntimeError, match='differ across ranks'):
         StrideLoggerHook(interval=1).before_train(runner)
+    # The learned phases are compared too: ranks that differ in a phase alone raise.
+    runner = StubRunner(torch.nn.Sequential(LSConv2d(2, 2, 3, stride=2, padding=1,
+                                                     learn_phase=True)))
+
+    def phase_differs(values):
+        other = values.clone()
+        other[-1] += 1e-6  # the last value is a phase (the strides come first)
+        return [values, other]
+
+    monkeypatch.setattr(stride_logger_hook, 'all_gather', phase_differs)
+    with pytest.raises(RuntimeError, match='strides and phases .* differ across ranks'):
+        StrideLoggerHook(interval=1).before_train(runner)
 
 
 def test_benchmark_reuses_only_runs_trained_as_planned(tmp_path):

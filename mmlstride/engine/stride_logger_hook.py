@@ -45,7 +45,8 @@ class StrideLoggerHook(Hook):
     them to ``vis_data/scalars.json``, TensorBoard or W&B backends show them
     as curves), the learned phases as ``phase/<layer>/h`` and ``.../w``, and one
     line of each to the runner's logger. In distributed training it also
-    checks that every rank holds the same strides, and raises if they differ.
+    checks that every rank holds the same strides and phases, and raises if they
+    differ.
     ``tools/plot_strides.py`` draws a run's trajectories.
 
     Args:
@@ -83,11 +84,12 @@ class StrideLoggerHook(Hook):
         note = ''
         world_size = get_world_size()
         if world_size > 1:
-            values = torch.tensor([v for pair in strides.values() for v in pair],
-                                  dtype=torch.float64)
+            values = torch.tensor([v for grid in (strides, phases) for pair in grid.values()
+                                   for v in pair], dtype=torch.float64)
             gathered = all_gather(values)
             if any(not torch.equal(other, gathered[0]) for other in gathered):
-                raise RuntimeError(f'learned strides at iter {step} differ across ranks: '
+                raise RuntimeError(f'learned strides and phases at iter {step} differ across '
+                                   'ranks: '
                                    f'{[g.tolist() for g in gathered]}, expected identical')
             note = f' (identical on {world_size} ranks)'
         runner.visualizer.add_scalars(scalars, step=step)
