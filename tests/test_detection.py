@@ -657,7 +657,7 @@ def test_benchmark_summary_pairs_seeds_with_a_confidence_interval(tmp_path):
         (p['setting'], p['against'], p['differences']) for p in pairs]
     row, = [line for line in tool.markdown(rows, pairs, runs, 'digits-grid').splitlines()
             if line.startswith('| LSConv, corner grid with a learned phase (`lsconv-phase`) | 2 |')]
-    assert '| 0.10 |' in row and row.endswith('| (+0.12, -0.50) |')
+    assert '| 0.10 |' in row and row.endswith('| (0.12, 0.50) |')
     readme = tmp_path / 'README.md'
     readme.write_text(f'intro\n{tool.README_START}\nold\n{tool.README_END}\nrest\n')
     tool.rewrite_readme(str(readme), table)

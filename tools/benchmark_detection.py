@@ -312,9 +312,10 @@ def summarise(runs: Dict[str, Dict[int, dict]],
             'final_strides_mean': {layer: [statistics.mean(r['final_strides'][layer][axis]
                                                            for r in results) for axis in (0, 1)]
                                    for layer in layers},
-            'final_phases_mean': {layer: [statistics.mean(r['final_phases'][layer][axis]
-                                                          for r in results) for axis in (0, 1)]
-                                  for layer in phase_layers},
+            # Their sign differs between seeds: the mean size says how far they move.
+            'final_phases_abs_mean': {layer: [statistics.mean(abs(r['final_phases'][layer][axis])
+                                                              for r in results) for axis in (0, 1)]
+                                      for layer in phase_layers},
         })
     baseline, controls = SUITES[suite].baseline, SUITES[suite].controls
     for against, settings in ((baseline, [s for s in runs if s != baseline]),
@@ -328,12 +329,13 @@ def markdown(rows: List[dict], pairs: List[dict], runs: Dict[str, Dict[int, dict
              suite: str = DEFAULT_SUITE) -> str:
     """The tables of the suite's README section."""
     lines = ['| setting | seeds | bbox mAP (mean ± std) | mAP@50 | s/iter | final strides '
-             '(s_h, s_w), learned layers in order | final learned phases (t_h, t_w) |',
+             '(s_h, s_w), learned layers in order | final learned phases, mean size '
+             '(\\|t_h\\|, \\|t_w\\|) |',
              '|---|---|---|---|---|---|---|']
     for row in rows:
         strides = ' '.join(f'({h:.2f}, {w:.2f})' for h, w in row['final_strides_mean'].values())
-        phases = ' '.join(f'({h:+.2f}, {w:+.2f})'
-                          for h, w in row.get('final_phases_mean', {}).values())
+        phases = ' '.join(f'({h:.2f}, {w:.2f})'
+                          for h, w in row.get('final_phases_abs_mean', {}).values())
         seconds = '-' if row['seconds_per_iter'] is None else f"{row['seconds_per_iter']:.2f}"
         lines.append(f"| {SUITES[suite].settings[row['setting']][1]} (`{row['setting']}`) | "
                      f"{len(row['seeds'])} | {row['bbox_mAP_mean']:.1f} ± "
