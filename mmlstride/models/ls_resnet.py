@@ -33,7 +33,8 @@ class LSResNet(ResNet):
         stage_conv: config of the replacing layer, built with mmcv's
             ``build_conv_layer``: ``dict(type='LSConv', learn_phase=True)``
             (default: the corner grid with a learned translation, which beat
-            the corner grid alone and the centre pivot in the README's study),
+            the corner grid alone on both RetinaNet datasets of the README's
+            study),
             ``dict(type='LSConv')`` for the op's own corner grid, or with
             ``stride_bounds`` or ``pivot='centre'`` (shortcuts follow the main
             conv's whole grid), or e.g.
