@@ -762,7 +762,7 @@ def test_benchmark_reuses_only_runs_trained_as_planned(tmp_path):
     assert not tool.run_is_paired(str(run_dir), 'lsconv', 3, weights, [])  # nothing saved
 
 
-def test_benchmark_trains_seed_by_seed(tmp_path, monkeypatch, capsys):
+def test_benchmark_trains_seed_by_seed(tmp_path, monkeypatch):
     """The plan runs every setting of a seed before the next seed, so a study stopped
     part-way holds whole pairs; the tables keep the suite's order of settings."""
     tool = load_benchmark_tool()

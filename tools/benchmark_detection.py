@@ -454,10 +454,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     runs_of = suite.runs_of or args.suite
     work_dir = os.path.abspath(args.work_dir if runs_of == DEFAULT_SUITE
                                else os.path.join(args.work_dir, runs_of))
-    # Seed by seed, so that a study stopped part-way holds whole pairs.
-    plan = sorted(((setting, seed) for setting in settings
-                   for seed in (args.seeds if setting in suite.paired else args.other_seeds)),
-                  key=lambda key: (key[1], settings.index(key[0])))
+    plan = [(setting, seed) for setting in settings
+            for seed in (args.seeds if setting in suite.paired else args.other_seeds)]
     weights = {seed: os.path.join(work_dir, 'initial_weights', f'seed{seed}.pth')
                for seed in sorted({seed for _, seed in plan})}
     if args.no_train and args.force:
@@ -466,8 +464,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if not args.no_train and (args.force or not os.path.exists(path)):
             write_initial_weights(seed, path, args.cfg_options, args.suite)
     run_dir = {key: os.path.join(work_dir, key[0], f'seed{key[1]}') for key in plan}
-    # A finished run is reused only if it was trained as this plan would train it.
-    todo = [key for key in plan
+    # A finished run is reused only if it was trained as this plan would train it. Training
+    # goes seed by seed, so that a study stopped part-way holds whole pairs.
+    todo = [key for key in sorted(plan, key=lambda key: (key[1], settings.index(key[0])))
             if args.force or read_run(run_dir[key]) is None or not run_is_paired(
                 run_dir[key], key[0], key[1], weights[key[1]], args.cfg_options, args.suite)]
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
@@ -489,7 +488,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(run, todo))
     runs: Dict[str, Dict[int, dict]] = {}
-    for key in sorted(plan, key=lambda key: (settings.index(key[0]), key[1])):
+    for key in plan:
         result = read_run(run_dir[key])
         if result is None:
             raise RuntimeError(f'{key[0]}, seed {key[1]}: no result in {run_dir[key]}')
