@@ -12,12 +12,12 @@ five='0 1 2 3 4'
 # 1. Fixed strides, the corner grid and the learned phase, 5 seeds on both RetinaNet datasets.
 bench --suite digits-grid --settings fixed lsconv lsconv-phase --seeds $five --other-seeds $five
 bench --suite scaled --settings fixed lsconv lsconv-phase --seeds $five --other-seeds $five
-# 2. The centre pivot and DCN, 3 seeds.
-bench --suite digits-grid --settings lsconv-centre dcn --seeds 0 1 2 --other-seeds 0 1 2
-bench --suite scaled --settings lsconv-centre dcn --seeds 0 1 2 --other-seeds 0 1 2
-# 3. Faster R-CNN and the LSConv neck, 3 seeds.
-bench --suite digits-frcnn --seeds 0 1 2
+# 2. The centre pivot (3 seeds) and DCN (5) on digits; the LSConv neck, 3 seeds.
+bench --suite digits-grid --settings lsconv-centre dcn --seeds $five --other-seeds 0 1 2
 bench --suite digits-neck --seeds 0 1 2
+# 3. Faster R-CNN, 3 seeds; the centre pivot and DCN on scaled digits, 3 seeds (DCN costs 2.3x).
+bench --suite digits-frcnn --seeds 0 1 2
+bench --suite scaled --settings lsconv-centre dcn --seeds 0 1 2 --other-seeds 0 1 2
 # The README sections, from every finished run.
 for suite in digits-grid scaled digits-frcnn digits-neck; do
   bench --suite "$suite" --no-train --seeds $five --other-seeds $five --readme README.md \
