@@ -391,6 +391,27 @@ def test_phase_gradient_alone(seed, device):
 
 
 @pytest.mark.parametrize('seed', range(6))
+def test_frozen_phase(seed, device):
+    """A phase that learns nothing (no gradient asked for, the backward skips its sums) still
+    moves the samples the other gradients see: they equal those computed with the phase's
+    gradient, and the reference's."""
+    case = random_case(seed, device=device, phase=True)
+    grad_output = output_gradient(case).to(device)
+    with_phase = evaluate(compiled_op, case, grad_output)
+    expected = evaluate(ls_conv2d_by_interpolation, case, grad_output)
+    case.phase.requires_grad_(False)
+    out = compiled_op(*case.args())
+    leaves = {'grad_' + name: t for name, t in (('input', case.input), ('weight', case.weight),
+                                                ('bias', case.bias), ('stride', case.stride))
+              if t is not None}
+    frozen = dict(zip(leaves, torch.autograd.grad(out, list(leaves.values()),
+                                                  grad_output.to(out.dtype))), output=out)
+    for name, value in frozen.items():
+        torch.testing.assert_close(value, with_phase[name], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(value, expected[name], rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize('seed', range(6))
 def test_gradcheck_float64_with_phase(seed, device):
     case = random_case(seed, device=device, phase=True)
     case.input = case.input.detach()[:2, :, :7, :7].clone().requires_grad_()

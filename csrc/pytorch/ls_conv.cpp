@@ -401,7 +401,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d
   at::Tensor grad_bias = output_mask[2]
       ? grad_output.sum(at::IntArrayRef{0, 2, 3}, false, accumulate_type(input.scalar_type()))
       : at::Tensor();
-  const PreparedStride prepared = prepare_stride(stride, phase, input, g, need_stride);
+  PreparedStride prepared = prepare_stride(stride, phase, input, g, need_stride);
+  prepared.phase_gradient = need_phase;
 
   const int64_t total_rows = batch * g.out_h;
   if (total_rows > 0 && (need_input || need_weight || need_stride)) {

@@ -33,6 +33,10 @@ struct PreparedStride {
   // parallel without atomics); CUDA: one row inside `tables` (each tile's blocks are summed
   // into it in a fixed order).
   at::Tensor partials;
+  // Whether the phase's gradient is wanted (set by the caller): without it the backward
+  // skips the phase's sums and leaves their partials 0, so that a call without a learned
+  // phase does the stride's work alone.
+  bool phase_gradient = false;
 };
 
 // Checks and reads the stride (finite values > 0, else a ValueError) and the phase when

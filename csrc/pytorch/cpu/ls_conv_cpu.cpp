@@ -104,11 +104,11 @@ void rows_used(const AxisTable<T>& h, const LSConvGeometry& g, int64_t a_begin, 
 }
 
 // Interpolation along w at kernel column j (table entries wk = j * out_w ...) of
-// the input rows r in [first, last]: value[r - first][b] with the weights, and
-// when kSlope its derivative along w, slope[r - first][b], and b times it,
-// moment[r - first][b], from one gather (the sample position moves by b per unit of s_w,
-// by 1 per unit of t_w).
-template <typename T, bool kSlope>
+// the input rows r in [first, last]: value[r - first][b] with the weights, and when kSlope
+// b times its derivative along w, moment[r - first][b], and when kPhase that derivative,
+// slope[r - first][b], from one gather (the sample position moves by b per unit of s_w, by
+// 1 per unit of t_w).
+template <typename T, bool kSlope, bool kPhase>
 void interpolate_rows(const T* im, const LSConvGeometry& g, int64_t first, int64_t last,
                       const AxisTable<T>& w, int64_t wk, T* value, T* slope, T* moment) {
   const int* low = &w.low[wk];
@@ -120,15 +120,16 @@ void interpolate_rows(const T* im, const LSConvGeometry& g, int64_t first, int64
   for (int64_t r = first; r <= last; ++r) {
     const T* row = im + r * g.width;
     T* value_row = value + (r - first) * g.out_w;
-    T* slope_row = kSlope ? slope + (r - first) * g.out_w : nullptr;
+    T* slope_row = kPhase ? slope + (r - first) * g.out_w : nullptr;
     T* moment_row = kSlope ? moment + (r - first) * g.out_w : nullptr;
     for (int64_t b = 0; b < g.out_w; ++b) {
       const T x_low = row[low[b]];
       const T x_high = row[high[b]];
       value_row[b] = wl[b] * x_low + wh[b] * x_high;
       if (kSlope) {
-        slope_row[b] = sl[b] * x_low + sh[b] * x_high;
-        moment_row[b] = T(b) * slope_row[b];
+        const T derivative = sl[b] * x_low + sh[b] * x_high;
+        moment_row[b] = T(b) * derivative;
+        if (kPhase) slope_row[b] = derivative;
       }
     }
   }
@@ -507,8 +508,10 @@ inline T pull_back_row(const T* grad, int64_t n, T wl, T wh, T sl, T sh, T* grad
   return dot;
 }
 
-// The backward sampling of one input plane (one channel of one image part).
-template <typename T, bool kStride, bool kColumns>
+// The backward sampling of one input plane (one channel of one image part); the phase's
+// sums only when kPhase (with kStride), so that a call without a phase gradient does the
+// stride's work alone.
+template <typename T, bool kStride, bool kPhase, bool kColumns>
 void backward_plane(const T* grad_columns, const T* im, const LSConvGeometry& g,
                     const AxisTable<T>& h, const AxisTable<T>& w, const ImageRows& part,
                     int64_t c, int64_t ncols, int64_t first, int64_t last, T* grad_im,
@@ -517,17 +520,15 @@ void backward_plane(const T* grad_columns, const T* im, const LSConvGeometry& g,
   const int64_t rows = last - first + 1;
   grad_w.resize(rows * g.out_w);
   if (kStride || kColumns) value_w.resize(rows * g.out_w);
-  if (kStride) {
-    slope_w.resize(rows * g.out_w);
-    moment_w.resize(rows * g.out_w);
-  }
+  if (kStride) moment_w.resize(rows * g.out_w);
+  if (kPhase) slope_w.resize(rows * g.out_w);
   // d L / d (stride_h, stride_w, phase_h, phase_w) from this plane.
   double sum_h = 0.0, sum_w = 0.0, phase_sum_h = 0.0, phase_sum_w = 0.0;
   for (int64_t j = 0; j < g.kernel_w; ++j) {
     const int64_t wk = j * g.out_w;
     if (kStride || kColumns) {
-      interpolate_rows<T, kStride>(im, g, first, last, w, wk, value_w.data(), slope_w.data(),
-                                   moment_w.data());
+      interpolate_rows<T, kStride, kPhase>(im, g, first, last, w, wk, value_w.data(),
+                                           slope_w.data(), moment_w.data());
     }
     // grad_w[r][b]: the tap column's gradient pulled back along h onto input row r.
     std::fill(grad_w.begin(), grad_w.end(), T(0));
@@ -545,10 +546,8 @@ void backward_plane(const T* grad_columns, const T* im, const LSConvGeometry& g,
             grad_w.data() + lo, grad_w.data() + hi, value_w.data() + lo, value_w.data() + hi,
             column);
         // The sample position moves by a per unit of s_h, by 1 per unit of t_h.
-        if (kStride) {
-          sum_h += double(a) * double(dot);
-          phase_sum_h += double(dot);
-        }
+        if (kStride) sum_h += double(a) * double(dot);
+        if (kPhase) phase_sum_h += double(dot);
         if (kColumns) column += g.out_w;
       }
     }
@@ -556,15 +555,17 @@ void backward_plane(const T* grad_columns, const T* im, const LSConvGeometry& g,
       const T* grad = grad_w.data() + r * g.out_w;
       if (kStride) {
         // d sample / d w is the slope along w blended along h.
-        const T* slope = slope_w.data() + r * g.out_w;
         const T* moment = moment_w.data() + r * g.out_w;
         T dot = T(0);
 #pragma omp simd reduction(+ : dot)
         for (int64_t b = 0; b < g.out_w; ++b) dot += moment[b] * grad[b];
+        sum_w += double(dot);
+      }
+      if (kPhase) {
+        const T* slope = slope_w.data() + r * g.out_w;
         T phase_dot = T(0);
 #pragma omp simd reduction(+ : phase_dot)
         for (int64_t b = 0; b < g.out_w; ++b) phase_dot += slope[b] * grad[b];
-        sum_w += double(dot);
         phase_sum_w += double(phase_dot);
       }
       if (grad_im) {
@@ -583,6 +584,8 @@ void backward_plane(const T* grad_columns, const T* im, const LSConvGeometry& g,
   if (kStride) {
     partial[0] += sum_h;
     partial[1] += sum_w;
+  }
+  if (kPhase) {
     partial[2] += phase_sum_h;
     partial[3] += phase_sum_w;
   }
@@ -591,7 +594,7 @@ void backward_plane(const T* grad_columns, const T* im, const LSConvGeometry& g,
 template <typename T>
 void backward_kernel(const T* grad_columns, const T* input, const LSConvGeometry& g,
                      const RealStride& stride, int64_t row_begin, int64_t row_end, T* grad_input,
-                     double* stride_partials, T* columns) {
+                     double* stride_partials, bool phase_gradient, T* columns) {
   const AxisTable<T> h(g.kernel_h, g.out_h, stride.h, stride.phase_h, g.pad_h, g.dilation_h,
                        g.height);
   const AxisTable<T> w(g.kernel_w, g.out_w, stride.w, stride.phase_w, g.pad_w, g.dilation_w,
@@ -623,18 +626,22 @@ void backward_kernel(const T* grad_columns, const T* input, const LSConvGeometry
       const T* im = input + plane_index * plane;
       T* grad_im = grad_input ? grad_input + plane_index * plane : nullptr;
       double* partial = stride_partials ? stride_partials + 4 * plane_index : nullptr;
-#define LSCONV_BACKWARD_PLANE(kStride, kColumns)                                             \
-  backward_plane<T, kStride, kColumns>(grad_columns, im, g, h, w, part, c, ncols, first, last, \
-                                       grad_im, partial, columns, grad_w, value_w, slope_w, \
-                                       moment_w)
-      if (partial && columns) {
-        LSCONV_BACKWARD_PLANE(true, true);
+#define LSCONV_BACKWARD_PLANE(kStride, kPhase, kColumns)                                   \
+  backward_plane<T, kStride, kPhase, kColumns>(grad_columns, im, g, h, w, part, c, ncols,    \
+                                               first, last, grad_im, partial, columns, grad_w, \
+                                               value_w, slope_w, moment_w)
+      if (partial && phase_gradient && columns) {
+        LSCONV_BACKWARD_PLANE(true, true, true);
+      } else if (partial && phase_gradient) {
+        LSCONV_BACKWARD_PLANE(true, true, false);
+      } else if (partial && columns) {
+        LSCONV_BACKWARD_PLANE(true, false, true);
       } else if (partial) {
-        LSCONV_BACKWARD_PLANE(true, false);
+        LSCONV_BACKWARD_PLANE(true, false, false);
       } else if (columns) {
-        LSCONV_BACKWARD_PLANE(false, true);
+        LSCONV_BACKWARD_PLANE(false, false, true);
       } else {
-        LSCONV_BACKWARD_PLANE(false, false);
+        LSCONV_BACKWARD_PLANE(false, false, false);
       }
 #undef LSCONV_BACKWARD_PLANE
     }
@@ -703,6 +710,7 @@ void ls_conv_backward_sampling_cpu(const at::Tensor& grad_columns, const at::Ten
         stride.values, row_begin, row_end,
         grad_input.defined() ? grad_input.mutable_data_ptr<scalar_t>() : nullptr,
         stride_gradient ? stride.partials.mutable_data_ptr<double>() : nullptr,
+        stride_gradient && stride.phase_gradient,
         columns.defined() ? columns.mutable_data_ptr<scalar_t>() : nullptr);
   });
 }
