@@ -104,6 +104,19 @@ def test_deterministic_mode_gathers_the_input_gradient(deterministic, needs):
     assert any('ls_conv_input_gradient_kernel' in name for name in deterministic_names)
 
 
+@pytest.mark.parametrize('learned', [True, False], ids=['learned', 'frozen'])
+def test_phase_sums_only_for_a_learned_phase(learned):
+    """The backward kernel reduces the phase's gradient (kPhase, its fifth template argument)
+    only when the phase requires one; the stride's is reduced either way."""
+    case = random_case(7, phase=True).to(torch.float32, 'cuda')
+    case.phase.requires_grad_(learned)
+    names = backward_kernel_names(case, output_gradient(case))
+    variants = {m.group(1) for name in names
+                for m in [re.search(r'ls_conv_backward_kernel<[^,]+, [^,]+, \w+, (\w+, \w+)', name)]
+                if m}
+    assert variants == {'true, true' if learned else 'true, false'}, names
+
+
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize('seed', range(4))
 def test_deterministic_mode_repeats_bit_for_bit(deterministic, seed, dtype):

@@ -137,9 +137,10 @@ def test_im2col_kernel(kernels, seed, dtype, index64, phase):
 PIXEL_STRIDES = [(2.0, 2.0), (1.0, 1.0), (1.5, 3.0)]
 
 
-@pytest.mark.parametrize('flags', [1, 2, 3, 5, 6, 7],
+@pytest.mark.parametrize('flags', [1, 2, 3, 5, 6, 7, 10, 11, 14, 15],
                          ids=['input', 'stride', 'input+stride', 'input+columns',
-                              'stride+columns', 'all'])
+                              'stride+columns', 'input+stride+columns', 'stride+phase',
+                              'input+stride+phase', 'stride+phase+columns', 'all'])
 @pytest.mark.parametrize('index64', [False, True], ids=['int32', 'int64'])
 @pytest.mark.parametrize('dtype', list(DTYPE_CODES), ids=str)
 @pytest.mark.parametrize('seed', range(4))
@@ -153,7 +154,7 @@ def test_backward_kernel(kernels, seed, dtype, index64, flags):
 @pytest.mark.parametrize('seed', range(4))
 def test_backward_kernel_on_pixels(kernels, seed, stride, dtype):
     """Without a phase (with one, samples leave the pixels)."""
-    check_backward_kernel(kernels, seed, dtype, False, 7, pixel_stride=stride)
+    check_backward_kernel(kernels, seed, dtype, False, 15, pixel_stride=stride)
 
 
 def check_backward_kernel(kernels, seed, dtype, index64, flags, pixel_stride=None,
@@ -174,6 +175,7 @@ def check_backward_kernel(kernels, seed, dtype, index64, flags, pixel_stride=Non
 
     blocks = 1 + seed % 3
     want_input, want_stride, want_columns = bool(flags & 1), bool(flags & 2), bool(flags & 4)
+    want_phase = bool(flags & 8)
     grad_input = torch.zeros(input.shape, dtype=accumulate) if want_input else None
     stride_sum = torch.zeros(4, dtype=torch.float64)
     columns = torch.full(columns64.shape, float('nan'), dtype=dtype) if want_columns else None
@@ -187,11 +189,14 @@ def check_backward_kernel(kernels, seed, dtype, index64, flags, pixel_stride=Non
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
     if want_input:
         assert_close(grad_input, expected_input, tolerance, 'grad_input')
-    if want_stride:  # the phase's gradient comes with the stride's (0 phase: still reduced)
+    if want_stride:
         assert_close(stride_sum[:2], expected_stride, tolerance, 'stride gradient')
-        assert_close(stride_sum[2:], expected_phase, tolerance, 'phase gradient')
     else:
-        assert not stride_sum.any()
+        assert not stride_sum[:2].any()
+    if want_phase:  # with the stride's (0 phase: still reduced)
+        assert_close(stride_sum[2:], expected_phase, tolerance, 'phase gradient')
+    else:  # not reduced: the stride's work alone
+        assert not stride_sum[2:].any()
     if want_columns:
         assert_close(columns, columns64.detach(), TOLERANCE[dtype], 'columns')
 
@@ -229,7 +234,7 @@ def test_input_gradient_kernel(kernels, seed, dtype, index64, stride):
 # The launch layer (csrc/common/cuda/ls_conv_cuda_launch.cuh): the decisions the CUDA
 # launchers make, run on the emulation, with a record of every launch.
 KINDS = {0: 'im2col', 1: 'backward', 2: 'input_gradient', 3: 'tables'}
-INPUT, STRIDE, COLUMNS = 1, 2, 4
+INPUT, STRIDE, COLUMNS, PHASE = 1, 2, 4, 8
 INT32_MAX = 2 ** 31 - 1
 
 
@@ -274,15 +279,17 @@ def tiled_reference(input64, stride64, phase64, case, bounds):
 
 @pytest.mark.parametrize('index64', [False, True], ids=['int32', 'int64'])
 @pytest.mark.parametrize('deterministic', [False, True], ids=['atomic', 'deterministic'])
-@pytest.mark.parametrize('want', [1, 2, 3, 5, 6, 7],
+@pytest.mark.parametrize('want', [1, 2, 3, 5, 6, 7, 8, 10, 15],
                          ids=['input', 'stride', 'input+stride', 'input+columns',
-                              'stride+columns', 'all'])
+                              'stride+columns', 'input+stride+columns', 'phase', 'stride+phase',
+                              'all'])
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32], ids=str)
 def test_backward_tile_launches(kernels, dtype, want, deterministic, index64):
     """The kernels launched for the gradients asked for (the tables first, then the variant,
     scatter or gather of the input gradient, the index width) and what they compute: the
     stride and phase gradients summed over every block by the last one, with no launch of
-    their own. (float32 samples with a phase.)"""
+    their own; the phase's only when asked for, and then the stride's with it (one
+    reduction). (float32 samples with a phase.)"""
     case, row_begin, row_end = launch_tile_case(
         phase=(0.61, -1.27) if dtype == torch.float32 else None)
     input = case.input.detach().to(dtype)
@@ -310,9 +317,10 @@ def test_backward_tile_launches(kernels, dtype, want, deterministic, index64):
 
     assert launches[0] == ('tables', 8, 0, 1)  # the stride read once, on the device
     scatter = bool(want & INPUT) and not deterministic
-    expected_variant = (INPUT if scatter else 0) | (want & STRIDE) | (want & COLUMNS)
+    reduced = STRIDE if want & (STRIDE | PHASE) else 0
+    expected_variant = (INPUT if scatter else 0) | reduced | (want & PHASE) | (want & COLUMNS)
     passes = [launch for launch in launches if launch[0] in ('backward', 'im2col')]
-    if scatter or want & STRIDE:
+    if scatter or reduced:
         assert [(kind, variant) for kind, _, variant, _ in passes] == [('backward',
                                                                         expected_variant)]
         assert passes[0][3] == 15  # 3780 column elements
@@ -329,11 +337,14 @@ def test_backward_tile_launches(kernels, dtype, want, deterministic, index64):
         assert_close(grad_input, expected_input, tolerance, 'grad_input')
     else:
         assert not grad_input.any()
-    if want & STRIDE:
+    if reduced:
         assert_close(stride_sum[:2], expected_stride, tolerance, 'stride gradient')
+    else:
+        assert stride_sum[:2].tolist() == [0.0] * 2  # zeroed by the tables kernel
+    if want & PHASE:
         assert_close(stride_sum[2:], expected_phase, tolerance, 'phase gradient')
     else:
-        assert stride_sum.tolist() == [0.0] * 4  # zeroed by the tables kernel
+        assert stride_sum[2:].tolist() == [0.0] * 2
     if want & COLUMNS:
         assert_close(columns, columns64.detach(), TOLERANCE[dtype], 'columns')
     else:
@@ -361,7 +372,8 @@ def test_tiles_accumulate_gradients(kernels, tiles, deterministic):
     record = (ctypes.c_int64 * 64)()
     ints, stride, phase = geometry_arguments(case)
     count = kernels.emulated_backward_tile(
-        DTYPE_CODES[torch.float64], INPUT | STRIDE, int(deterministic), 1, pointer(grad_columns),
+        DTYPE_CODES[torch.float64], INPUT | STRIDE | PHASE, int(deterministic), 1,
+        pointer(grad_columns),
         pointer(input64.detach()), ctypes.c_int64(input64.numel()), ints, stride, phase,
         ctypes.c_int64(row_begin), ctypes.c_int64(row_end), tiles, pointer(grad_input),
         pointer(stride_sum), None, record, 16)

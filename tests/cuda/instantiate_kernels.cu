@@ -6,8 +6,8 @@
 namespace mmlstride {
 namespace cuda {
 
-#define LSCONV_INSTANTIATE_BACKWARD(T, Index, kInput, kStride, kColumns)                 \
-  template __global__ void ls_conv_backward_kernel<T, Index, kInput, kStride, kColumns>( \
+#define LSCONV_INSTANTIATE_BACKWARD(T, Index, kInput, kStride, kPhase, kColumns)                 \
+  template __global__ void ls_conv_backward_kernel<T, Index, kInput, kStride, kPhase, kColumns>( \
       const typename Accumulate<T>::type*, const T*,                                      \
       SamplingTables<typename Accumulate<T>::type>, TileIndex<Index>,                     \
       typename Accumulate<T>::type*, T*);
@@ -18,12 +18,16 @@ namespace cuda {
   template __global__ void ls_conv_input_gradient_kernel<T, Index>(                        \
       const typename Accumulate<T>::type*, SamplingTables<typename Accumulate<T>::type>,   \
       TileIndex<Index>, ImageRows, typename Accumulate<T>::type*);                         \
-  LSCONV_INSTANTIATE_BACKWARD(T, Index, true, true, true)                                  \
-  LSCONV_INSTANTIATE_BACKWARD(T, Index, true, true, false)                                 \
-  LSCONV_INSTANTIATE_BACKWARD(T, Index, true, false, true)                                 \
-  LSCONV_INSTANTIATE_BACKWARD(T, Index, true, false, false)                                \
-  LSCONV_INSTANTIATE_BACKWARD(T, Index, false, true, true)                                 \
-  LSCONV_INSTANTIATE_BACKWARD(T, Index, false, true, false)
+  LSCONV_INSTANTIATE_BACKWARD(T, Index, true, true, true, true)                            \
+  LSCONV_INSTANTIATE_BACKWARD(T, Index, true, true, true, false)                           \
+  LSCONV_INSTANTIATE_BACKWARD(T, Index, true, true, false, true)                           \
+  LSCONV_INSTANTIATE_BACKWARD(T, Index, true, true, false, false)                          \
+  LSCONV_INSTANTIATE_BACKWARD(T, Index, true, false, false, true)                          \
+  LSCONV_INSTANTIATE_BACKWARD(T, Index, true, false, false, false)                         \
+  LSCONV_INSTANTIATE_BACKWARD(T, Index, false, true, true, true)                           \
+  LSCONV_INSTANTIATE_BACKWARD(T, Index, false, true, true, false)                          \
+  LSCONV_INSTANTIATE_BACKWARD(T, Index, false, true, false, true)                          \
+  LSCONV_INSTANTIATE_BACKWARD(T, Index, false, true, false, false)
 
 #define LSCONV_INSTANTIATE(T)          \
   LSCONV_INSTANTIATE_INDEX(T, int32_t) \

@@ -291,14 +291,14 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Adds shared[k][0..kThreads) into shared[k][0] for each of the kGradientSums arrays, in a
+// Adds shared[k][0..kThreads) into shared[k][0] for each of the first kSums arrays, in a
 // fixed tree order. Every thread of the block calls it once it has written its own entries.
-template <typename V>
+template <int kSums, typename V>
 __device__ inline void block_tree_sum(V (*shared)[kThreads]) {
   __syncthreads();
   for (int half = kThreads / 2; half > 0; half /= 2) {
     if (int(threadIdx.x) < half) {
-      for (int k = 0; k < kGradientSums; ++k) {
+      for (int k = 0; k < kSums; ++k) {
         shared[k][threadIdx.x] += shared[k][threadIdx.x + half];
       }
     }
@@ -320,7 +320,7 @@ __device__ inline void sum_block_partials(const Acc* block_partials, int64_t blo
     for (int k = 0; k < kGradientSums; ++k) sum[k] += double(partials[kGradientSums * block + k]);
   }
   for (int k = 0; k < kGradientSums; ++k) partial[k][threadIdx.x] = sum[k];
-  block_tree_sum(partial);
+  block_tree_sum<kGradientSums>(partial);
   if (threadIdx.x == 0) {
     for (int k = 0; k < kGradientSums; ++k) stride_sum[k] += partial[k][0];
   }
@@ -331,17 +331,20 @@ __device__ inline void sum_block_partials(const Acc* block_partials, int64_t blo
 //             (atomicAdd: overlapping samples of different taps and pixels meet, so
 //             the summation order, and the rounding, varies between runs);
 //   kStride:  reduces sum(grad * a * dX/dh), sum(grad * b * dX/dw) (the stride's
-//             gradient), sum(grad * dX/dh) and sum(grad * dX/dw) (the phase's) per block
-//             into s.block_partials; the last block to finish adds them all, in a fixed
-//             order, to s.stride_sum (sum_block_partials) and re-arms s.blocks_done;
+//             gradient) per block into s.block_partials, and when kPhase sum(grad * dX/dh)
+//             and sum(grad * dX/dw) (the phase's; 0 without kPhase, so that a call without
+//             a learned phase does the stride's work alone); the last block to finish adds
+//             them all, in a fixed order, to s.stride_sum (sum_block_partials) and re-arms
+//             s.blocks_done;
 //   kColumns: writes the tile's columns (as ls_conv_im2col_kernel) for the weight gradient.
 // grad_columns and grad_input (with the layout of input) are in the accumulation type.
-template <typename T, typename Index, bool kInput, bool kStride, bool kColumns>
+template <typename T, typename Index, bool kInput, bool kStride, bool kPhase, bool kColumns>
 __global__ void __launch_bounds__(kThreads)
     ls_conv_backward_kernel(const typename Accumulate<T>::type* __restrict__ grad_columns,
                             const T* __restrict__ input,
                             SamplingTables<typename Accumulate<T>::type> s, TileIndex<Index> t,
                             typename Accumulate<T>::type* grad_input, T* __restrict__ columns) {
+  static_assert(kStride || !kPhase, "the phase's sums come with the stride's");
   using Acc = typename Accumulate<T>::type;
   const Index plane = t.height * t.width;
   Acc sum_h = Acc(0);  // the stride's
@@ -376,8 +379,10 @@ __global__ void __launch_bounds__(kThreads)
         const Acc slope_w = coordinate_weight_w(im, t.width, h, w);
         sum_h += grad * Acc(e.a) * slope_h;
         sum_w += grad * Acc(e.b) * slope_w;
-        phase_sum_h += grad * slope_h;
-        phase_sum_w += grad * slope_w;
+        if (kPhase) {
+          phase_sum_h += grad * slope_h;
+          phase_sum_w += grad * slope_w;
+        }
       }
       if (kColumns) columns[index] = convert<T>(bilinear_value(im, t.width, h, w));
     }
@@ -385,14 +390,17 @@ __global__ void __launch_bounds__(kThreads)
   if (kStride) {
     __shared__ Acc shared[kGradientSums][kThreads];
     __shared__ bool last_block;
+    constexpr int kSums = kPhase ? 4 : 2;  // the phase's last
     shared[0][threadIdx.x] = sum_h;
     shared[1][threadIdx.x] = sum_w;
-    shared[2][threadIdx.x] = phase_sum_h;
-    shared[3][threadIdx.x] = phase_sum_w;
-    block_tree_sum(shared);
+    if (kPhase) {
+      shared[2][threadIdx.x] = phase_sum_h;
+      shared[3][threadIdx.x] = phase_sum_w;
+    }
+    block_tree_sum<kSums>(shared);
     if (threadIdx.x == 0) {
       for (int k = 0; k < kGradientSums; ++k) {
-        s.block_partials[kGradientSums * blockIdx.x + k] = shared[k][0];
+        s.block_partials[kGradientSums * blockIdx.x + k] = k < kSums ? shared[k][0] : Acc(0);
       }
       __threadfence();  // the partials are visible before this block counts as done
       last_block = atomicAdd(s.blocks_done, 1u) == gridDim.x - 1;

@@ -24,7 +24,12 @@ namespace cuda {
 enum class KernelKind : int { kIm2col = 0, kBackward = 1, kInputGradient = 2, kTables = 3 };
 
 // Bits of the backward kernel's variant (its template flags).
-enum LaunchVariant : int { kVariantInput = 1, kVariantStride = 2, kVariantColumns = 4 };
+enum LaunchVariant : int {
+  kVariantInput = 1,
+  kVariantStride = 2,
+  kVariantColumns = 4,
+  kVariantPhase = 8
+};
 
 // Blocks per multiprocessor at most: enough to fill it (threads then loop), so the
 // per-block stride partials stay few.
@@ -121,13 +126,17 @@ struct BackwardPlan {
   bool scatter_input;  // grad_input by atomicAdd in ls_conv_backward_kernel
   bool gather_input;   // grad_input by ls_conv_input_gradient_kernel: no atomics
   bool stride;         // the stride gradient
+  bool phase;          // the phase gradient (with the stride's: one reduction)
   bool columns;        // the tile's columns, for the weight gradient
 };
 
 // The input gradient is gathered under deterministic mode (bitwise repeatable), scattered
 // with atomics otherwise.
-inline BackwardPlan plan_backward(bool input, bool stride, bool columns, bool deterministic) {
-  return BackwardPlan{input && !deterministic, input && deterministic, stride, columns};
+// The phase's gradient is reduced with the stride's (asked for alone, both are).
+inline BackwardPlan plan_backward(bool input, bool stride, bool phase, bool columns,
+                                  bool deterministic) {
+  return BackwardPlan{input && !deterministic, input && deterministic, stride || phase, phase,
+                      columns};
 }
 
 // im2col of one tile: columns <- samples of input.
@@ -153,35 +162,43 @@ namespace detail {
 template <bool kValue>
 using Flag = std::integral_constant<bool, kValue>;
 
-// ls_conv_backward_kernel with the template flags of `plan` (scatter, stride, columns).
+// ls_conv_backward_kernel with the template flags of `plan` (scatter, stride, phase, columns).
 template <typename T, typename Index, typename Launch, typename Acc>
 void launch_backward_variant(Launch& launch, const BackwardPlan& plan, int64_t blocks,
                              const Acc* grad_columns, const T* input,
                              const SamplingTables<Acc>& tables, const TileIndex<Index>& tile,
                              Acc* grad_input, T* columns) {
-  auto run = [&](auto input_flag, auto stride_flag, auto columns_flag) {
+  auto run = [&](auto input_flag, auto stride_flag, auto phase_flag, auto columns_flag) {
     constexpr bool kInput = decltype(input_flag)::value;
     constexpr bool kStride = decltype(stride_flag)::value;
+    constexpr bool kPhase = decltype(phase_flag)::value;
     constexpr bool kColumns = decltype(columns_flag)::value;
     const int variant = (kInput ? kVariantInput : 0) | (kStride ? kVariantStride : 0) |
-                        (kColumns ? kVariantColumns : 0);
+                        (kPhase ? kVariantPhase : 0) | (kColumns ? kVariantColumns : 0);
     launch(KernelKind::kBackward, int(sizeof(Index)), variant, blocks,
-           ls_conv_backward_kernel<T, Index, kInput, kStride, kColumns>, grad_columns, input,
-           tables, tile, kInput ? grad_input : nullptr, kColumns ? columns : nullptr);
+           ls_conv_backward_kernel<T, Index, kInput, kStride, kPhase, kColumns>, grad_columns,
+           input, tables, tile, kInput ? grad_input : nullptr, kColumns ? columns : nullptr);
   };
-  auto with_columns = [&](auto input_flag, auto stride_flag) {
+  auto with_columns = [&](auto input_flag, auto stride_flag, auto phase_flag) {
     if (plan.columns) {
-      run(input_flag, stride_flag, Flag<true>());
+      run(input_flag, stride_flag, phase_flag, Flag<true>());
     } else {
-      run(input_flag, stride_flag, Flag<false>());
+      run(input_flag, stride_flag, phase_flag, Flag<false>());
+    }
+  };
+  auto with_stride = [&](auto input_flag) {
+    if (plan.phase) {
+      with_columns(input_flag, Flag<true>(), Flag<true>());
+    } else {
+      with_columns(input_flag, Flag<true>(), Flag<false>());
     }
   };
   if (plan.scatter_input && plan.stride) {
-    with_columns(Flag<true>(), Flag<true>());
+    with_stride(Flag<true>());
   } else if (plan.scatter_input) {
-    with_columns(Flag<true>(), Flag<false>());
+    with_columns(Flag<true>(), Flag<false>(), Flag<false>());
   } else {  // the caller runs this kernel only for a scatter or the stride
-    with_columns(Flag<false>(), Flag<true>());
+    with_stride(Flag<false>());
   }
 }
 

@@ -184,7 +184,8 @@ void ls_conv_backward_sampling_cuda(const at::Tensor& grad_columns, const at::Te
   // Under torch.use_deterministic_algorithms(True) the input gradient is gathered per
   // pixel instead of scattered with atomicAdd.
   const cuda::BackwardPlan plan =
-      cuda::plan_backward(grad_input.defined(), stride_gradient, columns.defined(),
+      cuda::plan_backward(grad_input.defined(), stride_gradient,
+                          stride_gradient && stride.phase_gradient, columns.defined(),
                           at::globalContext().deterministicAlgorithms());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "ls_conv_backward_sampling_cuda", [&] {

@@ -90,26 +90,32 @@ int dispatch(int dtype, int index64, Function&& function) {
 template <bool kValue>
 using Flag = std::integral_constant<bool, kValue>;
 
-// ls_conv_backward_kernel with the flags given as bits (input, stride, columns).
+// ls_conv_backward_kernel with the flags given as bits (input 1, stride 2, columns 4,
+// phase 8: with the stride).
 template <typename T, typename Index, typename Acc>
 int backward_variant(int flags, const Acc* grad_columns, const T* input,
                      const cuda::SamplingTables<Acc>& tables, const cuda::TileIndex<Index>& tile,
                      Acc* grad_input, T* columns, unsigned blocks) {
-  auto run = [&](auto input_flag, auto stride_flag, auto columns_flag) {
+  auto run = [&](auto input_flag, auto stride_flag, auto phase_flag, auto columns_flag) {
     emulated_launch(blocks, cuda::kThreads,
                     cuda::ls_conv_backward_kernel<T, Index, decltype(input_flag)::value,
                                                   decltype(stride_flag)::value,
+                                                  decltype(phase_flag)::value,
                                                   decltype(columns_flag)::value>,
                     grad_columns, input, tables, tile, grad_input, columns);
     return 0;
   };
   switch (flags) {
-    case 1: return run(Flag<true>(), Flag<false>(), Flag<false>());
-    case 2: return run(Flag<false>(), Flag<true>(), Flag<false>());
-    case 3: return run(Flag<true>(), Flag<true>(), Flag<false>());
-    case 5: return run(Flag<true>(), Flag<false>(), Flag<true>());
-    case 6: return run(Flag<false>(), Flag<true>(), Flag<true>());
-    case 7: return run(Flag<true>(), Flag<true>(), Flag<true>());
+    case 1: return run(Flag<true>(), Flag<false>(), Flag<false>(), Flag<false>());
+    case 2: return run(Flag<false>(), Flag<true>(), Flag<false>(), Flag<false>());
+    case 3: return run(Flag<true>(), Flag<true>(), Flag<false>(), Flag<false>());
+    case 5: return run(Flag<true>(), Flag<false>(), Flag<false>(), Flag<true>());
+    case 6: return run(Flag<false>(), Flag<true>(), Flag<false>(), Flag<true>());
+    case 7: return run(Flag<true>(), Flag<true>(), Flag<false>(), Flag<true>());
+    case 10: return run(Flag<false>(), Flag<true>(), Flag<true>(), Flag<false>());
+    case 11: return run(Flag<true>(), Flag<true>(), Flag<true>(), Flag<false>());
+    case 14: return run(Flag<false>(), Flag<true>(), Flag<true>(), Flag<true>());
+    case 15: return run(Flag<true>(), Flag<true>(), Flag<true>(), Flag<true>());
   }
   return -1;
 }
@@ -164,8 +170,8 @@ extern "C" int emulated_input_gradient(int dtype, int index64, const void* grad_
   });
 }
 
-// The backward kernel with flags (bit 0 input gradient, bit 1 stride, bit 2 columns); the
-// stride and phase gradients its last block sums go to stride_sum[0..3].
+// The backward kernel with flags (bit 0 input gradient, bit 1 stride, bit 2 columns, bit 3
+// phase); the stride and phase gradients its last block sums go to stride_sum[0..3].
 extern "C" int emulated_backward(int dtype, int index64, int flags, const void* grad_columns,
                                  const void* input, const int64_t* geometry, const double* stride,
                                  const double* phase, int64_t row_begin, int64_t row_end,
@@ -264,7 +270,8 @@ extern "C" int64_t emulated_grid_blocks(int64_t total, int multiprocessors) {
 
 // The launch layer for one call: the tables from `stride`, then the backward of the rows
 // [row_begin, row_end) as `tiles` consecutive tiles of (row_end - row_begin) / tiles rows,
-// the last one taking the rest (want: bit 0 input gradient, bit 1 stride, bit 2 columns). input_numel is what
+// the last one taking the rest (want: bit 0 input gradient, bit 1 stride, bit 2 columns,
+// bit 3 phase). input_numel is what
 // the index-width choice is told (a tensor larger than the one given makes it pick 64-bit
 // indices). stride_sum[0..3] gets the stride and phase gradients. Returns the number of launches,
 // recorded in record[4 * k ...] for k < capacity.
@@ -276,7 +283,7 @@ extern "C" int emulated_backward_tile(int dtype, int want, int deterministic, in
                                       void* columns, int64_t* record, int capacity) {
   const LSConvGeometry g = make_geometry(geometry);
   const cuda::BackwardPlan plan =
-      cuda::plan_backward(want & 1, want & 2, want & 4, deterministic != 0);
+      cuda::plan_backward(want & 1, want & 2, want & 8, want & 4, deterministic != 0);
   RecordingLaunch launch{record, capacity};
   const int status = dispatch_type(dtype, [&](auto type_tag) {
     using T = decltype(type_tag);
