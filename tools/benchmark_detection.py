@@ -98,9 +98,12 @@ SUITES = {
     }, paired=('fixed', 'lsconv-neck')),
     'digits-frcnn': Suite('digits', 'Faster R-CNN, digits (128 px)', {
         'fixed': ('faster-rcnn_r18n_digits_fixed.py', 'fixed integer strides (plain ResNet)'),
-        'lsconv': ('faster-rcnn_r18n-ls_digits.py', 'LSConv, strides learned'),
+        'lsconv': ('faster-rcnn_r18n-ls_digits.py', 'LSConv, corner grid (pivot corner)'),
+        'lsconv-phase': ('faster-rcnn_r18n-ls-phase_digits.py',
+                         'LSConv, corner grid with a learned phase'),
         'dcn': ('faster-rcnn_r18n-dcn_digits.py', 'mmcv DCN, same places'),
-    }, paired=('fixed', 'lsconv', 'dcn')),
+    }, paired=('fixed', 'lsconv', 'lsconv-phase', 'dcn'),
+        against_corner=('lsconv-phase', 'dcn')),
     'scaled': Suite('scaled_digits', 'RetinaNet, scaled digits (256 px)', {
         'fixed': ('retinanet_r18n_scaled-digits_fixed.py', 'fixed integer strides (plain ResNet)'),
         'lsconv': ('retinanet_r18n-ls_scaled-digits.py', 'LSConv, corner grid (pivot corner)'),
