@@ -397,6 +397,20 @@ def test_faster_rcnn_lsconv_config_trains(tmp_path):
     assert len(after) == 3 and all(after[name] != before[name] for name in before), after
 
 
+def test_frozen_half_phase_control_learns_its_strides_only(tmp_path):
+    """The anti-aliasing control of the study trains its strides and keeps every phase at
+    half a pixel."""
+    config = str(REPO / 'configs' / 'digits' / 'retinanet_r18n-ls-phase-half-frozen_digits.py')
+    runner = Runner.from_cfg(tiny_run_config(tmp_path / 'work', tmp_path / 'data', config=config))
+    before = learned_strides(runner.model)
+    runner.train()
+    after = learned_strides(runner.model)
+    assert len(after) == 3 and all(after[name] != before[name] for name in before), after
+    phases = [m.learnable_phase.tolist() for m in runner.model.modules()
+              if isinstance(m, LSConv2d) and m.learnable_phase is not None]
+    assert phases == [[0.5, 0.5]] * 3
+
+
 def test_lsconv_neck_config_trains_the_fpn_strides(tmp_path):
     """Two training iterations of the neck variant (LSConv backbone and FPN): every FPN conv
     learns its stride but P7's, whose 1 x 1 map on 128 px canvases gives its stride no
@@ -550,7 +564,8 @@ class RecordStart(Hook):
 SUITE_STRIDES = {
     'digits': {'lsconv': (3, 2.0), 'frozen': (3, 2.0), 'lsconv-badinit': (3, 1.5),
                'frozen-badinit': (3, 1.5)},
-    'digits-grid': {'lsconv': (3, 2.0), 'lsconv-centre': (3, 2.0), 'lsconv-phase': (3, 2.0)},
+    'digits-grid': {'lsconv': (3, 2.0), 'lsconv-centre': (3, 2.0), 'lsconv-phase': (3, 2.0),
+                    'lsconv-phase-half': (3, 2.0)},
     'digits-neck': {'lsconv-neck': (11, {2.0: 5, 1.0: 6})},
     'digits-frcnn': {'lsconv': (3, 2.0), 'lsconv-phase': (3, 2.0)},
     'scaled': {'lsconv': (3, 2.0), 'lsconv-centre': (3, 2.0), 'lsconv-phase': (3, 2.0)},
@@ -597,8 +612,9 @@ def test_benchmark_settings_start_from_the_same_weights_and_data(tmp_path, suite
         for key in stride_keys:
             assert start.requires_grad[key] == setting.startswith('lsconv'), (setting, key)
         phase_keys = [k for k in start.state if k.endswith('learnable_phase')]
-        assert len(phase_keys) == (3 if setting == 'lsconv-phase' else 0), setting
-        assert all(start.state[key].tolist() == [0.0, 0.0] for key in phase_keys), setting
+        assert len(phase_keys) == (3 if setting.startswith('lsconv-phase') else 0), setting
+        start_phase = [0.5, 0.5] if setting == 'lsconv-phase-half' else [0.0, 0.0]
+        assert all(start.state[key].tolist() == start_phase for key in phase_keys), setting
     # The weights were drawn from this suite's fixed model: they are all of its start.
     checkpoint = torch.load(weights)
     assert checkpoint['meta']['drawn_by'] == tool.SUITES[suite].settings['fixed'][0]
@@ -606,10 +622,12 @@ def test_benchmark_settings_start_from_the_same_weights_and_data(tmp_path, suite
     assert all(torch.equal(v, fixed.state[k]) for k, v in checkpoint['state_dict'].items())
     if 'dcn' in starts:
         assert any(k.endswith('conv_offset.weight') for k in starts['dcn'].state)
-    # Every LSConv grid starts as nn.Conv2d's: the same first loss (RetinaNet's; Faster R-CNN
-    # samples proposals at random, and building LSConv layers draws from the generator).
+    # Every LSConv grid but the moved ones starts as nn.Conv2d's: the same first loss
+    # (RetinaNet's; Faster R-CNN samples proposals at random, and building LSConv layers draws
+    # from the generator).
     for setting in starts if suite != 'digits-frcnn' else ():
-        if setting.startswith('lsconv') and setting != 'lsconv-badinit':
+        if setting.startswith('lsconv') and setting not in ('lsconv-badinit',
+                                                             'lsconv-phase-half'):
             assert starts[setting].losses[0] == pytest.approx(fixed.losses[0], rel=1e-5), setting
     if suite != 'digits':
         return

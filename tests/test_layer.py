@@ -326,6 +326,23 @@ def test_checkpoint_without_a_phase_loads_with_phase_zero():
     corner.load_state_dict(layer.state_dict(), strict=False)  # and back, the phase unexpected
 
 
+def test_initial_phase_is_where_the_phase_starts_and_returns():
+    """``initial_phase`` sets the learned phase, a checkpoint without one (nn.Conv2d's, the
+    corner grid's) loads it there, and the layer then samples as the op with that phase."""
+    torch.manual_seed(0)
+    layer = LSConv2d(3, 4, 3, stride=2, padding=1, learn_phase=True, initial_phase=(0.5, -0.25))
+    assert layer.initial_phase == (0.5, -0.25) and layer.learnable_phase.tolist() == [0.5, -0.25]
+    with torch.no_grad():
+        layer.learnable_phase.fill_(0.7)
+    layer.load_state_dict(nn.Conv2d(3, 4, 3, stride=2, padding=1).state_dict())
+    assert layer.learnable_phase.tolist() == [0.5, -0.25]
+    x = torch.randn(2, 3, 11, 12)
+    expected = ls_conv2d(x, layer.weight, layer.learnable_stride, layer.bias, 1, 1, 1, (6, 6),
+                         phase=torch.tensor([0.5, -0.25]))
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+    assert LSConv2d(3, 4, 3, learn_phase=True, initial_phase=0.5).initial_phase == (0.5, 0.5)
+
+
 def test_follower_samples_on_the_leaders_grid():
     """A shortcut following a centre-pivot leader with a learned phase samples with the
     leader's stride and phase (its own are removed), so the two branches stay aligned."""
@@ -351,6 +368,13 @@ def test_follower_samples_on_the_leaders_grid():
 @pytest.mark.parametrize('kwargs,message', [
     (dict(pivot='center'), "pivot='center' expected 'corner' or 'centre'"),
     (dict(learn_phase=1), 'learn_phase=1 expected True or False'),
+    (dict(initial_phase=0.5), 'initial_phase=0.5 expected None unless learn_phase=True'),
+    (dict(learn_phase=True, initial_phase=float('nan')),
+     'initial_phase=nan expected a finite number or a pair of them'),
+    (dict(learn_phase=True, initial_phase=(0.5, 0.5, 0.5)),
+     'initial_phase=(0.5, 0.5, 0.5) expected a finite number or a pair of them'),
+    (dict(learn_phase=True, initial_phase='half'),
+     "initial_phase='half' expected a finite number or a pair of them"),
 ])
 def test_pivot_and_phase_arguments(kwargs, message):
     with pytest.raises(ValueError) as info:

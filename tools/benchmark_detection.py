@@ -88,9 +88,13 @@ SUITES = {
                           'LSConv, grid stretching about the centre (pivot centre)'),
         'lsconv-phase': ('retinanet_r18n-ls-phase_digits.py',
                          'LSConv, corner grid with a learned phase'),
+        'lsconv-phase-half': ('retinanet_r18n-ls-phase-half-frozen_digits.py',
+                              'LSConv, phase frozen at half a pixel (control)'),
         'dcn': ('retinanet_r18n-dcn_digits.py', 'mmcv DCN, same places'),
-    }, paired=('fixed', 'lsconv', 'dcn'), against_corner=('lsconv-centre', 'lsconv-phase', 'dcn'),
-        runs_of='digits'),
+    }, paired=('fixed', 'lsconv', 'dcn'),
+        against_corner=('lsconv-centre', 'lsconv-phase', 'lsconv-phase-half', 'dcn'),
+        # The learned phase against the same phase frozen at half a pixel: anti-aliasing?
+        controls={'lsconv-phase': 'lsconv-phase-half'}, runs_of='digits'),
     'digits-neck': Suite('digits', 'RetinaNet with P3-P7, digits (128 px)', {
         'fixed': ('retinanet_r18n-p6p7_digits_fixed.py', 'fixed integer strides'),
         'lsconv-neck': ('retinanet_r18n-ls-neck_digits.py',

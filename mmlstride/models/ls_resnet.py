@@ -17,7 +17,8 @@ class LSResNet(ResNet):
 
     Every argument of mmdet's ``ResNet`` works as there (depth, styles,
     ``dcn``, ``init_cfg``...), and checkpoints of it load (the learned strides
-    start at the nominal stride, the learned phases at 0). In each stage with
+    start at the nominal stride, the learned phases at
+    ``initial_phase``, 0 by default). In each stage with
     ``ls_stages[i]`` True, the strided conv of the main branch becomes
     ``stage_conv`` (default LSConv with a learned phase),
     and when it is LSConv the block's strided 1x1 shortcut becomes an LSConv
@@ -45,7 +46,8 @@ class LSResNet(ResNet):
             stays there when a checkpoint without strides (a plain ResNet's)
             is loaded.
         learn_stride: False freezes the grid: the strides at their initial
-            value, and the learned phases at 0.
+            value, and the learned phases at theirs (0 unless
+            ``stage_conv`` sets ``initial_phase``).
     """
 
     def __init__(self,

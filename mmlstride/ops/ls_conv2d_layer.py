@@ -42,6 +42,19 @@ def _check_nominal_stride(stride, normalised: tuple) -> None:
         raise ValueError(f'stride={stride!r} expected an int >= 1 or a pair of ints >= 1')
 
 
+def _float_pair(value: FloatPair, name: str) -> Tuple[float, float]:
+    """``value`` (a number or a pair of finite numbers) as a pair of floats; ValueError naming
+    ``name`` otherwise."""
+    try:
+        pair = torch.as_tensor(value, dtype=torch.float64).flatten().tolist()
+    except (TypeError, ValueError, RuntimeError):
+        pair = []
+    pair = pair * 2 if len(pair) == 1 else pair
+    if len(pair) != 2 or not all(abs(v) < float('inf') for v in pair):
+        raise ValueError(f'{name}={value!r} expected a finite number or a pair of them')
+    return (pair[0], pair[1])
+
+
 @MODELS.register_module('LSConv')
 class LSConv2d(nn.Conv2d):
     """2-D convolution with a learnable real stride (s_h, s_w).
@@ -74,7 +87,10 @@ class LSConv2d(nn.Conv2d):
             point the grid stretches about as the stride moves (above). At the
             nominal stride both sample where nn.Conv2d does.
         learn_phase: also learn a free translation of the grid,
-            ``learnable_phase`` (t_h, t_w) in input pixels, starting at 0.
+            ``learnable_phase`` (t_h, t_w) in input pixels.
+        initial_phase: where the learned phase starts, a number or (t_h, t_w)
+            in input pixels, finite; default 0 (the grid of ``pivot``). Only
+            with ``learn_phase=True``.
 
     Attributes:
         learnable_stride: nn.Parameter tensor([s_h, s_w]) in input pixels,
@@ -83,7 +99,9 @@ class LSConv2d(nn.Conv2d):
             that follows another's stride (:meth:`follow_stride`) has none.
         initial_stride: (s_h, s_w) as floats, what :meth:`reset_stride` restores.
         learnable_phase: nn.Parameter tensor([t_h, t_w]) with ``learn_phase``,
-            else None. A checkpoint without it loads with it set to 0.
+            else None, starting at ``initial_phase``. A checkpoint without it
+            loads with it set to ``initial_phase``.
+        initial_phase: (t_h, t_w) as floats, what :meth:`reset_phase` restores.
         pivot: ``'corner'`` or ``'centre'``.
     """
 
@@ -102,11 +120,15 @@ class LSConv2d(nn.Conv2d):
                  stride_bounds: Tuple[float, float] = (0.25, 4.0),
                  initial_stride: Optional[FloatPair] = None,
                  pivot: str = 'corner',
-                 learn_phase: bool = False) -> None:
+                 learn_phase: bool = False,
+                 initial_phase: Optional[FloatPair] = None) -> None:
         if pivot not in PIVOTS:
             raise ValueError(f"pivot={pivot!r} expected 'corner' or 'centre'")
         if not isinstance(learn_phase, bool):
             raise ValueError(f'learn_phase={learn_phase!r} expected True or False')
+        if initial_phase is not None and not learn_phase:
+            raise ValueError(f'initial_phase={initial_phase!r} expected None unless '
+                             'learn_phase=True')
         if isinstance(padding, str):
             raise ValueError(f'padding={padding!r} expected an int or a pair of ints')
         if padding_mode != 'zeros':
@@ -124,12 +146,15 @@ class LSConv2d(nn.Conv2d):
         self.learnable_stride = nn.Parameter(nominal.clone())
         self.pivot = pivot
         self.learnable_phase = nn.Parameter(torch.zeros(2, **factory)) if learn_phase else None
+        self.initial_phase = _float_pair(0.0 if initial_phase is None else initial_phase,
+                                         'initial_phase')
         self.register_buffer('stride_min', nominal * low, persistent=False)
         self.register_buffer('stride_max', nominal * high, persistent=False)
         # (leader,) once this layer follows another's stride; a tuple keeps the
         # leader out of this module's children and parameters.
         self._stride_leader: Tuple['LSConv2d', ...] = ()
         self.set_initial_stride(self.stride if initial_stride is None else initial_stride)
+        self.reset_phase()
 
     def set_initial_stride(self, value: FloatPair) -> None:
         """Sets where the learned stride starts (a number or (s_h, s_w), finite, within
@@ -186,6 +211,13 @@ class LSConv2d(nn.Conv2d):
                 self.learnable_stride.copy_(torch.tensor(self.initial_stride,
                                                          dtype=self.learnable_stride.dtype))
 
+    def reset_phase(self) -> None:
+        """Sets the learned phase back to ``initial_phase`` (a no-op without one)."""
+        if self.learnable_phase is not None:
+            with torch.no_grad():
+                self.learnable_phase.copy_(torch.tensor(self.initial_phase,
+                                                        dtype=self.learnable_phase.dtype))
+
     def sampling_stride(self) -> Tensor:
         """The stride the forward pass samples with: the learned one (this layer's or its
         leader's) clamped to the bounds, differentiable."""
@@ -234,8 +266,7 @@ class LSConv2d(nn.Conv2d):
         key = prefix + 'learnable_phase'
         if key in missing_keys:  # a checkpoint without a learned phase
             missing_keys.remove(key)
-            with torch.no_grad():
-                self.learnable_phase.zero_()
+            self.reset_phase()
 
     def extra_repr(self) -> str:
         source = self.stride_leader or self

@@ -1,0 +1,10 @@
+# The control of the learned phase: the same layers with the phase frozen at half a pixel on
+# both axes (strides still learned). A sample half a pixel between pixels averages them, so
+# this grid low-passes by a 2 x 2 box before subsampling, a fixed anti-aliasing; if the
+# learned phase helps by anti-aliasing, this control should gain as much.
+_base_ = './retinanet_r18n-ls-phase_digits.py'
+
+model = dict(backbone=dict(stage_conv=dict(type='LSConv', learn_phase=True, initial_phase=0.5)))
+# Frozen: no learning rate and no decay for the phase (its gradient is computed, and unused).
+optim_wrapper = dict(paramwise_cfg=dict(
+    custom_keys={'learnable_phase': dict(lr_mult=0.0, decay_mult=0.0)}))
