@@ -637,6 +637,13 @@ def test_benchmark_settings_start_from_the_same_weights_and_data(tmp_path, suite
     assert starts['frozen'].losses == pytest.approx(fixed.losses, rel=1e-5)
 
 
+def test_benchmark_tables_of_no_runs_is_a_clear_error(tmp_path, capsys):
+    tool = load_benchmark_tool()
+    with pytest.raises(SystemExit):
+        tool.main(['--suite', 'scaled', '--no-train', '--work-dir', str(tmp_path)])
+    assert '--no-train: no finished run of fixed lsconv' in capsys.readouterr().err
+
+
 def test_benchmark_summary_pairs_seeds_with_a_confidence_interval(tmp_path):
     tool = load_benchmark_tool()
 

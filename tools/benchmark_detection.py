@@ -482,6 +482,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             print(f'-- {key[0]}, seed {key[1]}: no finished run trained as planned, left out')
         plan = [key for key in plan if key not in todo]
         todo = []
+        if not plan:
+            parser.error(f'--no-train: no finished run of {" ".join(settings)} in {work_dir}')
 
     def run(key):
         setting, seed = key
