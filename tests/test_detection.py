@@ -568,7 +568,8 @@ SUITE_STRIDES = {
                     'lsconv-phase-half': (3, 2.0)},
     'digits-neck': {'lsconv-neck': (11, {2.0: 5, 1.0: 6})},
     'digits-frcnn': {'lsconv': (3, 2.0), 'lsconv-phase': (3, 2.0)},
-    'scaled': {'lsconv': (3, 2.0), 'lsconv-centre': (3, 2.0), 'lsconv-phase': (3, 2.0)},
+    'scaled': {'lsconv': (3, 2.0), 'lsconv-centre': (3, 2.0), 'lsconv-phase': (3, 2.0),
+               'lsconv-phase-half': (3, 2.0)},
 }
 
 

@@ -116,8 +116,11 @@ SUITES = {
                           'LSConv, grid stretching about the centre (pivot centre)'),
         'lsconv-phase': ('retinanet_r18n-ls-phase_scaled-digits.py',
                          'LSConv, corner grid with a learned phase'),
+        'lsconv-phase-half': ('retinanet_r18n-ls-phase-half-frozen_scaled-digits.py',
+                              'LSConv, phase frozen at half a pixel (control)'),
     }, paired=('fixed', 'lsconv'),  # DCN costs 2.3x LSConv at 256 px: --other-seeds
-        against_corner=('lsconv-centre', 'lsconv-phase', 'dcn')),
+        against_corner=('lsconv-centre', 'lsconv-phase', 'lsconv-phase-half', 'dcn'),
+        controls={'lsconv-phase': 'lsconv-phase-half'}),
 }
 DEFAULT_SUITE = 'digits'
 SETTINGS = SUITES[DEFAULT_SUITE].settings
