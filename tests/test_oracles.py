@@ -1,5 +1,6 @@
 """The compiled op against independent references: values and every gradient, on every device
 (``device`` fixture, tests/conftest.py)."""
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -252,21 +253,36 @@ def test_batch_split_into_tiles(shape, stride, device):
     assert max(errors.values()) < 1e-10, errors
 
 
-def forward_sampling_kernels(case: Case) -> set:
-    """The CPU sampling kernels that the compiled forward of ``case`` calls."""
+@contextlib.contextmanager
+def onednn_enabled(enabled: bool):
+    """``torch.backends.mkldnn.enabled`` set to ``enabled`` within the block."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+def forward_kernels(case: Case) -> set:
+    """The CPU sampling kernels, and oneDNN's matmul if used, that the compiled forward of
+    ``case`` calls."""
     from torch.profiler import profile
     with torch.no_grad(), profile() as prof:
         compiled_op(*case.args())
-    return {e.name for e in prof.events()} & {'mmlstride::forward_pixels', 'mmlstride::im2col'}
+    return {e.name for e in prof.events()} & {
+        'mmlstride::forward_pixels', 'mmlstride::im2col', 'mkldnn::_linear_pointwise'}
 
 
-@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('dtype,onednn', [(torch.float64, True), (torch.float32, True),
+                                          (torch.float32, False)])
 @pytest.mark.parametrize('seed', range(12))
-def test_both_cpu_forward_layouts_match_the_reference(seed, dtype):
+def test_both_cpu_forward_layouts_match_the_reference(seed, dtype, onednn):
     """The CPU forward samples pixel-major columns from channels-last input rows where the
     weight is no larger than the input, and channel-major columns (the CUDA layout) where it
     is larger: both give the reference's output and gradients, on the same random cases made
-    to take one or the other (the batch repeated, or each group's filters)."""
+    to take one or the other (the batch repeated, or each group's filters). float32 products
+    go through oneDNN's matmul, or ATen's (MKL) with torch.backends.mkldnn disabled."""
     case = random_case(seed, torch.float64)
     repeats = -(-case.weight.numel() // case.input.numel())
     pixel_major = dataclasses.replace(case, input=case.input.detach().repeat(repeats, 1, 1, 1))
@@ -276,34 +292,47 @@ def test_both_cpu_forward_layouts_match_the_reference(seed, dtype):
         weight=group_filters.repeat(1, repeats, 1, 1, 1).flatten(0, 1),
         bias=None if case.bias is None else case.bias.detach().unflatten(
             0, (case.groups, -1)).repeat(1, repeats).flatten())
-    for forced, kernel in ((pixel_major, 'mmlstride::forward_pixels'),
-                           (channel_major, 'mmlstride::im2col')):
-        forced = forced.to(dtype)
-        assert forward_sampling_kernels(forced) == {kernel}
-        assert_same_function(forced, ls_conv2d_reference, TOLERANCE[dtype])
+    products = {'mkldnn::_linear_pointwise'} if dtype == torch.float32 and onednn else set()
+    with onednn_enabled(onednn):
+        for forced, kernel in ((pixel_major, 'mmlstride::forward_pixels'),
+                               (channel_major, 'mmlstride::im2col')):
+            forced = forced.to(dtype)
+            assert forward_kernels(forced) == {kernel} | products
+            assert_same_function(forced, ls_conv2d_reference, TOLERANCE[dtype])
 
 
 def test_cpu_is_bitwise_deterministic_across_runs_and_threads():
     """On the CPU every output and gradient repeats bit for bit, whatever the thread count
-    (README: determinism)."""
+    (README: determinism), with both forward layouts (a weight smaller or larger than the
+    input) and both float32 products (oneDNN's, ATen's)."""
     gen = torch.Generator().manual_seed(0)
-    case = Case(input=torch.randn(4, 16, 40, 37, generator=gen),
-                weight=torch.randn(24, 8, 3, 3, generator=gen),
-                stride=torch.tensor([1.73, 2.21]), bias=torch.randn(24, generator=gen),
-                padding=(1, 1), dilation=(1, 2), groups=2, output_size=(20, 17))
-    case = case.to(torch.float32)
-    grad_output = output_gradient(case, torch.float32)
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for count in (1, 2, 3, 1):
-            torch.set_num_threads(count)
-            results.append(evaluate(compiled_op, case, grad_output))
-    finally:
-        torch.set_num_threads(threads)
-    for result in results[1:]:
-        for name, value in result.items():
-            assert torch.equal(value, results[0][name]), name
+    pixel_major = Case(input=torch.randn(4, 16, 40, 37, generator=gen),
+                       weight=torch.randn(24, 8, 3, 3, generator=gen),
+                       stride=torch.tensor([1.73, 2.21]), bias=torch.randn(24, generator=gen),
+                       padding=(1, 1), dilation=(1, 2), groups=2, output_size=(20, 17))
+    channel_major = Case(input=torch.randn(2, 96, 9, 11, generator=gen),
+                         weight=torch.randn(160, 48, 3, 3, generator=gen),
+                         stride=torch.tensor([1.37, 0.81]),
+                         bias=torch.randn(160, generator=gen), padding=(1, 0),
+                         dilation=(1, 1), groups=2, output_size=(6, 12))
+    for case, kernel in ((pixel_major, 'mmlstride::forward_pixels'),
+                         (channel_major, 'mmlstride::im2col')):
+        case = case.to(torch.float32)
+        grad_output = output_gradient(case, torch.float32)
+        for onednn in (True, False):
+            with onednn_enabled(onednn):
+                assert kernel in forward_kernels(case)
+                threads = torch.get_num_threads()
+                results = []
+                try:
+                    for count in (1, 2, 3, 1):
+                        torch.set_num_threads(count)
+                        results.append(evaluate(compiled_op, case, grad_output))
+                finally:
+                    torch.set_num_threads(threads)
+            for result in results[1:]:
+                for name, value in result.items():
+                    assert torch.equal(value, results[0][name]), (name, kernel, onednn)
 
 
 GEMM_AS_CONVOLUTION_CHECK = '''

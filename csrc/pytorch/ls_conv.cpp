@@ -347,7 +347,13 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
                    .view({groups, out_channels / groups, cols});
     }
     const at::Tensor columns_g = columns.view({groups, col_rows / groups, cols});
-    if (bias) {  // target <- bias + weight @ columns
+    if (ls_conv_onednn_matmul_cpu(input)) {  // per group, then the bias
+      for (int64_t group = 0; group < groups; ++group) {
+        ls_conv_matmul_nt_cpu(target.select(0, group), weight_g.select(0, group),
+                              columns_g.select(0, group).t(), std::nullopt);
+      }
+      if (bias) target.add_(bias->view({groups, out_channels / groups, 1}));
+    } else if (bias) {  // target <- bias + weight @ columns
       at::baddbmm_out(target, bias->view({groups, out_channels / groups, 1}).expand_as(target),
                       weight_g, columns_g);
     } else {

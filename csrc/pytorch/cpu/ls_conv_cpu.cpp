@@ -461,18 +461,13 @@ void forward_pixels_kernel(const at::Tensor& input, const at::Tensor& weight_tap
         const int64_t end = std::min(ncols, begin + block);
         sample(rows, groups, begin, end, columns.mutable_data_ptr<T>());
         for (int64_t group = 0; group < groups; ++group) {
-          at::Tensor target = product.narrow(0, 0, end - begin)
-                                  .narrow(1, group * group_out, group_out);
           const at::Tensor columns_g =
               columns.narrow(0, 0, end - begin).narrow(1, group * group_cols, group_cols);
-          const at::Tensor weight_g = weight_taps.narrow(0, group * group_out, group_out).t();
-          if (bias) {
-            at::addmm_out(target,
-                          bias->narrow(0, group * group_out, group_out).expand_as(target),
-                          columns_g, weight_g);
-          } else {
-            at::mm_out(target, columns_g, weight_g);
-          }
+          ls_conv_matmul_nt_cpu(
+              product.narrow(0, 0, end - begin).narrow(1, group * group_out, group_out),
+              columns_g, weight_taps.narrow(0, group * group_out, group_out),
+              bias ? std::optional<at::Tensor>(bias->narrow(0, group * group_out, group_out))
+                   : std::nullopt);
         }
         // Pixel p of the band is output position (row_begin * out_w + p) of the batch.
         const T* from = product.const_data_ptr<T>();
