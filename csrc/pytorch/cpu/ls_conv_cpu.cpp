@@ -436,14 +436,18 @@ void forward_pixels_kernel(const at::Tensor& input, const at::Tensor& weight_tap
   const int64_t out_plane = g.out_h * g.out_w;
   const int64_t total_rows = input.size(0) * g.out_h;
   // Bands of about 2048 pixels, a multiple of 8 of them (as many for 2, 4 or 8 threads),
-  // and blocks of about 256 pixels: the same GEMMs, so the same sums, whatever the thread
-  // count. (Blocks of 128-512 and bands of 1024-4096 pixels ran within noise of these.)
-  constexpr int64_t kBandPixels = 2048, kBlockPixels = 256;
+  // and blocks of about 1024 pixels, fewer where their columns would pass 4 MiB (at least
+  // 256): the same GEMMs, so the same sums, whatever the thread count. (With oneDNN's
+  // products, blocks of 512-1024 pixels ran 4-8% faster than 256 on det-200, r50-s2 and
+  // r50-s3; bands of 1024 or 4096 pixels no faster.)
+  constexpr int64_t kBandPixels = 2048;
+  const int64_t block_pixels = std::clamp<int64_t>(
+      (int64_t(4) << 20) / (col_size * static_cast<int64_t>(sizeof(T))), 256, 1024);
   const int64_t bands = std::min(
       total_rows, (std::max<int64_t>(1, total_rows * g.out_w / kBandPixels) + 7) / 8 * 8);
   const int64_t band_cols = (total_rows + bands - 1) / bands * g.out_w;  // at most
   const int64_t band_blocks =
-      std::max<int64_t>(1, (band_cols + kBlockPixels / 2) / kBlockPixels);
+      std::max<int64_t>(1, (band_cols + block_pixels / 2) / block_pixels);
   const int64_t block = (band_cols + band_blocks - 1) / band_blocks;
   T* out = output.mutable_data_ptr<T>();
   at::parallel_for(0, bands, 1, [&](int64_t band_begin, int64_t band_end) {
