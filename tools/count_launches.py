@@ -3,8 +3,10 @@ calls, counted with torch.profiler; on CUDA also the kernels launched.
 
 On the CPU this shows the host-side part that both backends share (tiling, GEMMs, copies,
 bias, buffers): each memory-touching ATen call is a kernel launch and a pass over memory on
-CUDA, each sampling call one or more kernels (see README, "Speed"). Prints one table row per
-layer shape and the ATen calls by name.
+CUDA, each sampling call one or more kernels (see README, "Speed"). The CPU forward's float32
+products through oneDNN (a copy and a bias add each, CPU only) are turned off meanwhile, so
+that the CPU counts are those of the host code CUDA runs. Prints one table row per layer
+shape and the ATen calls by name.
 
     python tools/count_launches.py                  # CPU, float32
     python tools/count_launches.py --device cuda
@@ -65,12 +67,17 @@ def count(name: str, batch: int, channels: int, size: int, device: str) -> Dict[
     x = torch.randn(batch, channels, size, size, device=device, requires_grad=True)
     layer(x).sum().backward()  # warm-up
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == 'cuda' else [])
-    with profile(activities=activities) as prof:
-        out = layer(x)
-        grad = torch.ones_like(out)
-        out.backward(grad)
-        if device == 'cuda':
-            torch.cuda.synchronize()
+    onednn = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False  # the host code CUDA shares (module docstring)
+    try:
+        with profile(activities=activities) as prof:
+            out = layer(x)
+            grad = torch.ones_like(out)
+            out.backward(grad)
+            if device == 'cuda':
+                torch.cuda.synchronize()
+    finally:
+        torch.backends.mkldnn.enabled = onednn
     events = prof.events()
     # The op's own work: events inside the forward and backward ops, not the loss or the
     # layer's stride clamp around them.
