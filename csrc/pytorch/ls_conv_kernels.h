@@ -75,14 +75,16 @@ void ls_conv_backward_sampling_cpu(const at::Tensor& grad_columns, const at::Ten
                                    const at::Tensor& grad_input, bool stride_gradient,
                                    const at::Tensor& columns);
 
-// Whether the CPU forward's float32 products go through oneDNN's matmul (a float32 CPU
-// tensor `like`, a torch with oneDNN, torch.backends.mkldnn enabled).
+// Whether the CPU's float32 products of the forward and of the weight gradient go through
+// oneDNN's matmul (a float32 CPU tensor `like`, a torch with oneDNN, torch.backends.mkldnn
+// enabled).
 bool ls_conv_onednn_matmul_cpu(const at::Tensor& like);
 
-// out (M, N) <- a @ b^T, plus bias (N) on every row when given: a (M, K) and b (N, K), any
-// strides. oneDNN's matmul where ls_conv_onednn_matmul_cpu, else ATen's (MKL).
+// out (M, N) <- a @ b^T, plus bias (N) on every row when given, or out += a @ b^T when
+// `accumulate` (then no bias): a (M, K) and b (N, K), any strides. oneDNN's matmul where
+// ls_conv_onednn_matmul_cpu, else ATen's (MKL).
 void ls_conv_matmul_nt_cpu(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
-                           const std::optional<at::Tensor>& bias);
+                           const std::optional<at::Tensor>& bias, bool accumulate = false);
 
 #ifdef WITH_CUDA
 // The CUDA counterparts of the three functions above, on the current stream, with no
