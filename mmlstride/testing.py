@@ -1,8 +1,9 @@
 """Independent references for LSConv (DESIGN.md section 3) and random cases, for tests and tools."""
+import contextlib
 import math
 import random
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -202,6 +203,18 @@ def random_case(seed: int, dtype=torch.float64, batch: Optional[int] = None,
                   for _ in range(2)]
         case.phase = torch.tensor(values, dtype=dtype, device=device, requires_grad=True)
     return case
+
+
+@contextlib.contextmanager
+def onednn_enabled(enabled: bool) -> Iterator[None]:
+    """``torch.backends.mkldnn.enabled`` set to ``enabled`` within the block: whether the
+    CPU op's float32 products go through oneDNN (else ATen's, as the host code CUDA shares)."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def compiled_op(input: Tensor, weight: Tensor, stride: Tensor, bias: Optional[Tensor],

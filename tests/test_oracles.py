@@ -1,6 +1,5 @@
 """The compiled op against independent references: values and every gradient, on every device
 (``device`` fixture, tests/conftest.py)."""
-import contextlib
 import dataclasses
 import os
 import subprocess
@@ -16,7 +15,7 @@ from conftest import require_module
 from mmlstride.ops import ls_conv2d, ls_conv2d_reference
 from mmlstride.testing import (FRACTIONAL_STRIDES, Case, compiled_errors, compiled_op, errors,
                                evaluate, ls_conv2d_by_deform_conv, ls_conv2d_by_interpolation,
-                               output_gradient, random_case)
+                               onednn_enabled, output_gradient, random_case)
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-4}
 
@@ -251,17 +250,6 @@ def test_batch_split_into_tiles(shape, stride, device):
                 dilation=(1, 1), groups=1, output_size=shape[2:]).to(torch.float64, device)
     errors = compiled_errors(case, ls_conv2d_reference)
     assert max(errors.values()) < 1e-10, errors
-
-
-@contextlib.contextmanager
-def onednn_enabled(enabled: bool):
-    """``torch.backends.mkldnn.enabled`` set to ``enabled`` within the block."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = enabled
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
 
 
 def forward_kernels(case: Case) -> set:

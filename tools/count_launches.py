@@ -19,6 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from mmlstride.ops import LSConv2d
+from mmlstride.testing import onednn_enabled
 
 # ATen calls that only describe memory (views, allocations, metadata): no kernel, no pass.
 NO_MEMORY_TRAFFIC = {
@@ -67,17 +68,13 @@ def count(name: str, batch: int, channels: int, size: int, device: str) -> Dict[
     x = torch.randn(batch, channels, size, size, device=device, requires_grad=True)
     layer(x).sum().backward()  # warm-up
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == 'cuda' else [])
-    onednn = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False  # the host code CUDA shares (module docstring)
-    try:
-        with profile(activities=activities) as prof:
-            out = layer(x)
-            grad = torch.ones_like(out)
-            out.backward(grad)
-            if device == 'cuda':
-                torch.cuda.synchronize()
-    finally:
-        torch.backends.mkldnn.enabled = onednn
+    # The host code CUDA shares (module docstring).
+    with onednn_enabled(False), profile(activities=activities) as prof:
+        out = layer(x)
+        grad = torch.ones_like(out)
+        out.backward(grad)
+        if device == 'cuda':
+            torch.cuda.synchronize()
     events = prof.events()
     # The op's own work: events inside the forward and backward ops, not the loss or the
     # layer's stride clamp around them.

@@ -349,8 +349,8 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
     const at::Tensor columns_g = columns.view({groups, col_rows / groups, cols});
     if (ls_conv_onednn_matmul_cpu(input)) {  // per group, then the bias
       for (int64_t group = 0; group < groups; ++group) {
-        ls_conv_matmul_nt_cpu(target.select(0, group), weight_g.select(0, group),
-                              columns_g.select(0, group).t(), std::nullopt);
+        target.select(0, group).copy_(ls_conv_onednn_linear_cpu(
+            weight_g.select(0, group), columns_g.select(0, group).t(), std::nullopt));
       }
       if (bias) target.add_(bias->view({groups, out_channels / groups, 1}));
     } else if (bias) {  // target <- bias + weight @ columns
@@ -428,6 +428,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d
     const at::Tensor weight_t = need_grad_columns && by_convolution
         ? weight_g.transpose(1, 2).contiguous().view({col_rows, out_channels / groups})
         : at::Tensor();
+    // The weight gradient's products through oneDNN (4-15% off the backward of r50-s2 and
+    // r50-s3, level on det-200) where the weight is no larger than the input: each is a
+    // temporary of the weight's size (r50-s4: 9 MiB more at the peak, 1.7x conv2d's).
+    // Elsewhere ATen's accumulate in place. The columns gradient's products stay ATen's:
+    // oneDNN's ran 15% slower on r50-s3 and r50-s4.
+    const bool onednn_weight_gradient = need_weight && !by_convolution &&
+                                        ls_conv_onednn_matmul_cpu(input) &&
+                                        weight.numel() <= input.numel();
     at::Tensor grad_output_buffer;  // for tiles whose grad_output cannot be read in place
     for (int64_t begin = 0, end = 0; begin < total_rows; begin = end) {
       end = tile_end(begin, step, g, total_rows);
@@ -482,16 +490,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d
           continue;
         }
         const at::Tensor columns_g = columns.view({groups, col_rows / groups, cols});
-        // oneDNN's product, per group, each tile's added (4-15% off the backward of r50-s2 and
-        // r50-s3, level on det-200), where the weight is no larger than the input: its
-        // product is a temporary of the weight's size (r50-s4: 9 MiB more at the peak, 1.7x
-        // conv2d's). Elsewhere ATen's accumulates in place. The columns gradient's product
-        // above stays ATen's: oneDNN's ran 15% slower on r50-s3 and r50-s4.
-        if (ls_conv_onednn_matmul_cpu(input) && weight.numel() <= input.numel()) {
+        if (onednn_weight_gradient) {  // per group, each tile's product added
           for (int64_t group = 0; group < groups; ++group) {
-            ls_conv_matmul_nt_cpu(grad_weight_g.select(0, group), grad_output_g.select(0, group),
-                                  columns_g.select(0, group), std::nullopt,
-                                  /*accumulate=*/true);
+            grad_weight_g.select(0, group).add_(ls_conv_onednn_linear_cpu(
+                grad_output_g.select(0, group), columns_g.select(0, group), std::nullopt));
           }
           continue;
         }

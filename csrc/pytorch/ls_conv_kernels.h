@@ -80,11 +80,10 @@ void ls_conv_backward_sampling_cpu(const at::Tensor& grad_columns, const at::Ten
 // enabled).
 bool ls_conv_onednn_matmul_cpu(const at::Tensor& like);
 
-// out (M, N) <- a @ b^T, plus bias (N) on every row when given, or out += a @ b^T when
-// `accumulate` (then no bias): a (M, K) and b (N, K), any strides. oneDNN's matmul where
-// ls_conv_onednn_matmul_cpu, else ATen's (MKL).
-void ls_conv_matmul_nt_cpu(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
-                           const std::optional<at::Tensor>& bias, bool accumulate = false);
+// a @ b^T, plus bias (N) on every row when given, through oneDNN's matmul (only where
+// ls_conv_onednn_matmul_cpu): a (M, K) and b (N, K), any strides; a new (M, N) tensor.
+at::Tensor ls_conv_onednn_linear_cpu(const at::Tensor& a, const at::Tensor& b,
+                                     const std::optional<at::Tensor>& bias);
 
 #ifdef WITH_CUDA
 // The CUDA counterparts of the three functions above, on the current stream, with no

@@ -449,6 +449,7 @@ void forward_pixels_kernel(const at::Tensor& input, const at::Tensor& weight_tap
   const int64_t band_blocks =
       std::max<int64_t>(1, (band_cols + block_pixels / 2) / block_pixels);
   const int64_t block = (band_cols + band_blocks - 1) / band_blocks;
+  const bool onednn = ls_conv_onednn_matmul_cpu(input);
   T* out = output.mutable_data_ptr<T>();
   at::parallel_for(0, bands, 1, [&](int64_t band_begin, int64_t band_end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // in every thread of the call
@@ -465,13 +466,21 @@ void forward_pixels_kernel(const at::Tensor& input, const at::Tensor& weight_tap
         const int64_t end = std::min(ncols, begin + block);
         sample(rows, groups, begin, end, columns.mutable_data_ptr<T>());
         for (int64_t group = 0; group < groups; ++group) {
+          at::Tensor target = product.narrow(0, 0, end - begin)
+                                  .narrow(1, group * group_out, group_out);
           const at::Tensor columns_g =
               columns.narrow(0, 0, end - begin).narrow(1, group * group_cols, group_cols);
-          ls_conv_matmul_nt_cpu(
-              product.narrow(0, 0, end - begin).narrow(1, group * group_out, group_out),
-              columns_g, weight_taps.narrow(0, group * group_out, group_out),
+          const at::Tensor weight_g = weight_taps.narrow(0, group * group_out, group_out);
+          const std::optional<at::Tensor> bias_g =
               bias ? std::optional<at::Tensor>(bias->narrow(0, group * group_out, group_out))
-                   : std::nullopt);
+                   : std::nullopt;
+          if (onednn) {
+            target.copy_(ls_conv_onednn_linear_cpu(columns_g, weight_g, bias_g));
+          } else if (bias_g) {
+            at::addmm_out(target, bias_g->expand_as(target), columns_g, weight_g.t());
+          } else {
+            at::mm_out(target, columns_g, weight_g.t());
+          }
         }
         // Pixel p of the band is output position (row_begin * out_w + p) of the batch.
         const T* from = product.const_data_ptr<T>();

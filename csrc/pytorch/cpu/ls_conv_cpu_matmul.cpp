@@ -3,7 +3,8 @@
 // through the dispatcher (mkldnn::_linear_pointwise, torch's prepacking-free linear): about
 // 10-20% faster than MKL's sgemm at these shapes on this project's CPUs, and, like it, bit
 // for bit the same whatever the thread count (tests/test_oracles.py). Other dtypes, a torch
-// built without oneDNN, and torch.backends.mkldnn disabled take ATen's products (MKL).
+// built without oneDNN, and torch.backends.mkldnn disabled take ATen's products (MKL), at
+// the callers.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -38,21 +39,8 @@ bool ls_conv_onednn_matmul_cpu(const at::Tensor& like) {
          at::globalContext().userEnabledMkldnn() && onednn_linear().has_value();
 }
 
-void ls_conv_matmul_nt_cpu(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
-                           const std::optional<at::Tensor>& bias, bool accumulate) {
-  TORCH_CHECK(!(bias && accumulate), "bias=", bias.has_value(), ", accumulate=", accumulate,
-              " expected not both");
-  if (!ls_conv_onednn_matmul_cpu(a)) {
-    at::Tensor target = out;
-    if (accumulate) {
-      target.addmm_(a, b.t());
-    } else if (bias) {
-      at::addmm_out(target, bias->expand_as(out), a, b.t());
-    } else {
-      at::mm_out(target, a, b.t());
-    }
-    return;
-  }
+at::Tensor ls_conv_onednn_linear_cpu(const at::Tensor& a, const at::Tensor& b,
+                                     const std::optional<at::Tensor>& bias) {
   torch::jit::Stack stack;
   stack.reserve(6);
   stack.emplace_back(a);
@@ -62,11 +50,7 @@ void ls_conv_matmul_nt_cpu(const at::Tensor& out, const at::Tensor& a, const at:
   stack.emplace_back(c10::IValue(c10::List<std::optional<at::Scalar>>()));
   stack.emplace_back(c10::IValue());
   onednn_linear()->callBoxed(&stack);
-  if (accumulate) {
-    out.add_(stack.at(0).toTensor());
-  } else {
-    out.copy_(stack.at(0).toTensor());
-  }
+  return stack.at(0).toTensor();
 }
 
 }  // namespace mmlstride
