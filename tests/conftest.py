@@ -2,6 +2,7 @@
 CPU and, where a GPU is visible, on CUDA), the rule that CI fails instead of skipping when a
 tool it expects is missing, and one summary line per group of skipped tests."""
 import collections
+import contextlib
 import os
 
 import pytest
@@ -78,3 +79,19 @@ def full_precision_float32():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@contextlib.contextmanager
+def bitwise_repeatable(device: torch.device):
+    """Deterministic mode on CUDA, where the input gradient's atomic scatter otherwise sums in
+    an order that varies between runs (the gather replaces it); nothing on the CPU, whose
+    kernels repeat bit for bit."""
+    if device.type != 'cuda':
+        yield
+        return
+    saved = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved)

@@ -174,3 +174,51 @@ def test_deploy_exports_a_detector_that_onnxruntime_runs(tmp_path, capsys):
     assert all(a == b for a, b in (pair.split('/') for pair in pairs)), printed
     for name in ('detector.onnx', 'detector_fixed_strides.onnx', 'detections.jpg'):
         assert (tmp_path / 'out' / name).stat().st_size > 0
+
+
+CUDA_CHECK = TOOLS / 'cuda_check.sh'
+GPU_VISIBLE = shutil.which('nvidia-smi') is not None and subprocess.run(
+    ['nvidia-smi', '-L'], capture_output=True).returncode == 0
+
+
+def run_cuda_check(tmp_path, *args):
+    env = dict(os.environ, OUT=str(tmp_path / 'out'), PYTHON=sys.executable)
+    return subprocess.run(['bash', str(CUDA_CHECK), *args], capture_output=True, text=True,
+                          env=env, timeout=900)
+
+
+@pytest.mark.skipif(GPU_VISIBLE, reason='a GPU is visible: the dry run is for machines without')
+def test_cuda_check_dry_run_builds_then_stops(tmp_path):
+    result = run_cuda_check(tmp_path, '--dry-run')
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'dry run: stopped after the build step' in result.stdout
+    out = tmp_path / 'out'
+    summary = (out / 'summary.txt').read_text().splitlines()
+    assert [line.split('  ')[0] for line in summary] == ['build', 'sanitizer cases on the CPU']
+    assert all(' passed ' in line for line in summary), summary
+    assert list((out / 'dry_run_build' / 'mmlstride').glob('_ext*.so'))
+    assert 'torch' in (out / 'environment.txt').read_text()
+    assert '14 calls on cpu, 0 failures' in (out / 'sanitizer.log').read_text()
+
+
+@pytest.mark.skipif(GPU_VISIBLE, reason='a GPU is visible')
+def test_cuda_check_without_a_gpu_says_so(tmp_path):
+    result = run_cuda_check(tmp_path)
+    assert result.returncode == 1
+    assert 'no GPU visible' in result.stderr and '--dry-run' in result.stderr
+
+
+def test_cuda_check_rejects_an_unknown_argument(tmp_path):
+    result = run_cuda_check(tmp_path, '--dryrun')
+    assert result.returncode == 2 and "usage: bash tools/cuda_check.sh [--dry-run]; got '--dryrun'" \
+        in result.stderr
+
+
+def test_cuda_sanitizer_cases_compare_with_float64(monkeypatch, capsys):
+    tool = load_tool('cuda_sanitizer_cases')
+    assert tool.main(['--device', 'cpu']) == 0
+    assert '14 calls on cpu, 0 failures' in capsys.readouterr().out
+    op = tool.compiled_op
+    monkeypatch.setattr(tool, 'compiled_op', lambda *args: op(*args) * (1 + 1e-3))
+    assert tool.main(['--device', 'cpu']) == 1
+    assert 'FAILED float32 all output: error 1.00e-03' in capsys.readouterr().out

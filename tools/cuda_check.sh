@@ -1,32 +1,153 @@
 #!/usr/bin/env bash
-# The CUDA checks, on a machine with a GPU, a CUDA build of torch and nvcc: builds
-# mmlstride with its CUDA kernels in place, runs the device-parametrised tests
-# (CUDA cases included), the accuracy sweep on the GPU, the kernel launches per
-# forward+backward, and the op benchmark in
-# float32 and bfloat16 against cuDNN, torchvision's deform conv and pure PyTorch.
-# Logs go to $OUT (default work_dirs/cuda_check). Uses the python3 it finds;
-# mmengine must be importable. On the lent GPU machines (torch, pytest, numpy,
-# pyyaml, rich, opencv and torchvision there; no network) carry these wheels,
-# fetched here with the device tool's pip download recipe into .whl/:
+# The CUDA checks, as one command on a machine with a GPU, a CUDA build of torch and nvcc,
+# sized for about 8 minutes on 16 cores:
+#   1. environment: GPU, driver, CUDA, torch (environment.txt);
+#   2. build: the extension in place, for the visible GPU's architecture only (build.log);
+#   3. tests: the CUDA tests and the device-parametrised ones (pytest.log; tests that need
+#      mmcv or mmdet skip where those are missing);
+#   4. compute-sanitizer memcheck, racecheck, synccheck and initcheck on small calls that
+#      launch every kernel and backward variant (tools/cuda_sanitizer_cases.py; sanitizer.log);
+#   5. accuracy against the float64 and CPU references (accuracy.log);
+#   6. kernel launches per forward+backward (launches.log);
+#   7. speed against cuDNN, torchvision's deform conv and pure PyTorch: float32 with TF32
+#      off and on, bfloat16 (benchmark.log).
+# Each step has a time limit; a failed or timed-out step is reported and the next runs.
+# Logs go to $OUT (default work_dirs/cuda_check), a summary table to summary.txt and last
+# on stdout. Exit status: 0 when every step passed.
+#
+#   bash tools/cuda_check.sh             # on the GPU machine
+#   bash tools/cuda_check.sh --dry-run   # anywhere: the steps up to the build, then stops
+#
+# Uses $PYTHON (default python3); mmengine must be importable. On a machine without network
+# (torch, torchvision, pytest, numpy, pyyaml, rich and opencv there), carry these wheels:
 #   mmengine==0.10.7 addict yapf platformdirs termcolor
-#   TORCH_CUDA_ARCH_LIST=9.0 bash tools/cuda_check.sh
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
+
+dry_run=0
+case "${1:-}" in
+  '') ;;
+  --dry-run) dry_run=1 ;;
+  *) echo "usage: bash tools/cuda_check.sh [--dry-run]; got '$1'" >&2; exit 2 ;;
+esac
+
 out=${OUT:-work_dirs/cuda_check}
 mkdir -p "$out"
 python=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
-FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-8} "$python" setup.py build_ext --inplace 2>&1 \
-  | tail -n 20 | tee "$out/build.log"
-"$python" -c "import torch, mmlstride.ops.extension as e; assert e.has_kernel(torch.device('cuda'))"
-set +e
-"$python" -m pytest -q -rs tests/test_cuda.py tests/test_autocast.py tests/test_oracles.py \
-  tests/test_torch_library.py tests/test_errors.py 2>&1 | tee "$out/pytest.log" | tail -n 30
-status=${PIPESTATUS[0]}
-set -e
-"$python" tools/check_accuracy.py --device cuda --cases 100 2>&1 | tee "$out/accuracy.txt"
-"$python" tools/count_launches.py --device cuda 2>&1 | tee "$out/launches.txt"
-"$python" tools/benchmark_op.py --device cuda --dtype float32 bfloat16 --warmup 10 --repeats 50 \
-  --json "$out/benchmark_op.json" --png "$out/benchmark_op.png" 2>&1 | tee "$out/benchmark.txt"
-exit "$status"
+# The extension is built in place: the checkout's mmlstride is the one imported.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+jobs=${MAX_JOBS:-$(nproc)}
+summary="$out/summary.txt"
+: > "$summary"
+failures=0
+
+# step NAME LIMIT_SECONDS LOG COMMAND...: runs COMMAND with a time limit, its output
+# appended to $out/LOG and to stdout, and adds a line to the summary.
+step() {
+  local name=$1 limit=$2 log="$out/$3" start=$SECONDS status verdict
+  shift 3
+  echo "== $name (at most ${limit} s): $*" | tee -a "$log"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log"
+  status=${PIPESTATUS[0]}
+  case $status in
+    0) verdict=passed ;;
+    124 | 137) verdict="timed out after ${limit} s" ;;
+    *) verdict="failed (exit $status)" ;;
+  esac
+  [ "$status" -eq 0 ] || failures=$((failures + 1))
+  printf '%-34s %-26s %5d s\n' "$name" "$verdict" $((SECONDS - start)) | tee -a "$summary"
+  return "$status"
+}
+
+finish() {
+  echo
+  echo "== summary ($out)"
+  cat "$summary"
+  exit $((failures > 0))
+}
+
+# 1. The environment.
+gpu_visible=0
+if command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then
+  gpu_visible=1
+fi
+{
+  date -u '+%Y-%m-%d %H:%M UTC'
+  if [ "$gpu_visible" = 1 ]; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
+  else
+    echo 'no GPU visible (nvidia-smi absent or sees none)'
+  fi
+  command -v nvcc > /dev/null && nvcc --version | tail -n 2
+  "$python" -c "import sys, torch; print('python', sys.version.split()[0], '| torch',
+torch.__version__, '| CUDA', torch.version.cuda, '| cuDNN', torch.backends.cudnn.version(),
+'| GPU', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
+} 2>&1 | tee "$out/environment.txt"
+
+if [ "$gpu_visible" = 0 ] && [ "$dry_run" = 0 ]; then
+  echo "no GPU visible: the CUDA checks need one (bash tools/cuda_check.sh --dry-run checks" \
+       "the script's steps up to the build here)" >&2
+  exit 1
+fi
+
+# 2. The build: the visible GPU's architecture only, unless TORCH_CUDA_ARCH_LIST says.
+if [ "$gpu_visible" = 1 ]; then
+  export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(nvidia-smi --query-gpu=compute_cap \
+    --format=csv,noheader | head -n 1)}
+  echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST" | tee -a "$out/environment.txt"
+  build=(env FORCE_CUDA=1 MAX_JOBS="$jobs" "$python" setup.py build_ext --inplace)
+else
+  # What this machine can check: the CPU build, into a scratch folder (replacing the
+  # extension in place could break a process that has it loaded).
+  build=(env MAX_JOBS="$jobs" "$python" setup.py build_ext --build-lib "$out/dry_run_build"
+         --build-temp "$out/dry_run_build/temp")
+fi
+step build 300 build.log "${build[@]}" || finish
+step 'sanitizer cases on the CPU' 60 sanitizer.log \
+  "$python" tools/cuda_sanitizer_cases.py --device cpu
+if [ "$dry_run" = 1 ]; then
+  echo "dry run: stopped after the build step; on a GPU machine the CUDA tests," \
+       "compute-sanitizer, the accuracy sweep, the launch count and the benchmark follow"
+  finish
+fi
+step 'extension has CUDA kernels' 60 build.log "$python" -c "import torch, \
+mmlstride.ops.extension as e; assert e.has_kernel(torch.device('cuda')), e.EXTENSION_ERROR" \
+  || finish
+
+# 3. The tests: in parallel processes where pytest-xdist is installed.
+parallel=()
+"$python" -c 'import xdist' 2> /dev/null && parallel=(-n "$(( jobs < 8 ? jobs : 8 ))")
+step 'CUDA tests' 240 pytest.log "$python" -m pytest -q -rs -p no:cacheprovider \
+  "${parallel[@]}" tests/test_cuda.py tests/test_autocast.py tests/test_oracles.py \
+  tests/test_torch_library.py tests/test_errors.py
+
+# 4. compute-sanitizer without the caching allocator (so that an access past a tensor's end
+# lands outside an allocation); memcheck, racecheck and synccheck on the op's kernels alone
+# (names containing ls_conv), initcheck on every kernel, since it counts memory written by a
+# kernel it does not check (cuBLAS's products, torch's fills) as uninitialised.
+if command -v compute-sanitizer > /dev/null; then
+  for tool in memcheck racecheck synccheck initcheck; do
+    filter=(--kernel-name kns=ls_conv)
+    [ "$tool" = initcheck ] && filter=()
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 step "compute-sanitizer $tool" 90 sanitizer.log \
+      compute-sanitizer --tool "$tool" "${filter[@]}" --error-exitcode 1 \
+      --print-limit 20 "$python" tools/cuda_sanitizer_cases.py
+  done
+else
+  echo 'compute-sanitizer not found: its step skipped' | tee -a "$out/sanitizer.log" "$summary"
+  failures=$((failures + 1))
+fi
+
+# 5-7. Accuracy, launches, speed.
+step 'accuracy sweep' 90 accuracy.log "$python" tools/check_accuracy.py --device cuda --cases 50
+step 'kernel launches' 60 launches.log "$python" tools/count_launches.py --device cuda
+bench=(tools/benchmark_op.py --device cuda --warmup 10 --repeats 30)
+mkdir -p work_dirs
+step 'benchmark float32, TF32 off' 90 benchmark.log "$python" "${bench[@]}" --dtype float32 \
+  --json work_dirs/cuda_benchmark_fp32.json --png work_dirs/cuda_benchmark_fp32.png
+step 'benchmark float32, TF32 on' 90 benchmark.log "$python" "${bench[@]}" --dtype float32 --tf32 \
+  --json work_dirs/cuda_benchmark_tf32.json --png work_dirs/cuda_benchmark_tf32.png
+step 'benchmark bfloat16' 90 benchmark.log "$python" "${bench[@]}" --dtype bfloat16 \
+  --json work_dirs/cuda_benchmark_bf16.json --png work_dirs/cuda_benchmark_bf16.png
+finish
