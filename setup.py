@@ -86,18 +86,23 @@ def make_extensions():
 
     sources = sorted(glob.glob('csrc/pytorch/*.cpp') + glob.glob('csrc/pytorch/cpu/*.cpp'))
     compile_args = {'cxx': ['-O3', '-fopenmp']}
+    # The C++ runtime linked dynamically, as torch links it, also where the compiler is set to
+    # link it statically (-static-libstdc++, as on some CUDA images): a second, static copy
+    # breaks number formatting in the messages of the errors the op raises (the number and
+    # what follows go missing, or the process crashes).
+    link_args = ['-fopenmp', '-lstdc++']
     if build_cuda():
         extension = CUDAExtension(
             'mmlstride._ext',
             sources + sorted(glob.glob('csrc/pytorch/cuda/*.cu')),
             define_macros=[('WITH_CUDA', None)],
             extra_compile_args={**compile_args, 'nvcc': ['-O3']},
-            extra_link_args=['-fopenmp'],
+            extra_link_args=link_args,
         )
     else:
         extension = CppExtension(
             'mmlstride._ext', sources, extra_compile_args=compile_args,
-            extra_link_args=['-fopenmp'])
+            extra_link_args=link_args)
     return [extension], {'build_ext': BuildExtension}
 
 

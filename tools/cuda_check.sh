@@ -92,18 +92,35 @@ if [ "$gpu_visible" = 0 ] && [ "$dry_run" = 0 ]; then
 fi
 
 # 2. The build: the visible GPU's architecture only, unless TORCH_CUDA_ARCH_LIST says.
+echo "CC=${CC:-} CXX=${CXX:-}" | tee -a "$out/environment.txt"
 if [ "$gpu_visible" = 1 ]; then
   export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(nvidia-smi --query-gpu=compute_cap \
     --format=csv,noheader | head -n 1)}
   echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST" | tee -a "$out/environment.txt"
+  build_lib=.
   build=(env FORCE_CUDA=1 MAX_JOBS="$jobs" "$python" setup.py build_ext --inplace)
 else
   # What this machine can check: the CPU build, into a scratch folder (replacing the
   # extension in place could break a process that has it loaded).
-  build=(env MAX_JOBS="$jobs" "$python" setup.py build_ext --build-lib "$out/dry_run_build"
-         --build-temp "$out/dry_run_build/temp")
+  build_lib="$out/dry_run_build"
+  build=(env MAX_JOBS="$jobs" "$python" setup.py build_ext --build-lib "$build_lib"
+         --build-temp "$build_lib/temp")
 fi
 step build 300 build.log "${build[@]}" || finish
+# The built library alone (loaded by path, not through the package), so that the dry run
+# checks its scratch build: an error the op raises reaches Python with its numbers.
+extension=$(ls "$build_lib"/mmlstride/_ext*.so)
+step 'errors raised with their values' 60 build.log "$python" -c "
+import sys, torch
+torch.ops.load_library(sys.argv[1])
+try:
+    torch.ops.mmlstride.ls_conv2d(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3), None,
+                                  torch.tensor([0.0, 2.0]), [0, 0], [1, 1], 1, [1, 1], None)
+except ValueError as error:
+    assert 'stride=(0, 2) expected finite values > 0' in str(error), repr(str(error))
+    print('ValueError:', error)
+else:
+    sys.exit('stride=(0, 2) raised no error')" "$extension"
 step 'sanitizer cases on the CPU' 60 sanitizer.log \
   "$python" tools/cuda_sanitizer_cases.py --device cpu
 if [ "$dry_run" = 1 ]; then
