@@ -1,14 +1,17 @@
 """The CUDA kernels of csrc/common/cuda, run on the CPU through a stand-in for the CUDA execution
-model (tests/cuda/emulation): the sampling tables made from the stride on the "device" and its
-check, the index arithmetic, grid-stride loops, block reductions (the last block's sum of the
-stride gradient), atomics and dtype conversions against an autograd reference, on machines
-without a GPU. Launchers, streams and real-GPU concurrency are left to tests/test_cuda.py on a
-GPU."""
+model (tests/cuda/emulation: blocks at once on a pool of workers, the threads of a block
+interleaved at its barriers, both in orders drawn from a seed that changes with each test):
+the sampling tables made from the stride on the "device" and its check, the index arithmetic,
+grid-stride loops, block reductions (the last block's sum of the stride gradient), atomics and
+dtype conversions against an autograd reference, and the same results under any schedule, on
+machines without a GPU. tests/test_cuda_kernels_tsan.py checks the same kernels for races;
+launchers and streams are left to tests/test_cuda.py on a GPU."""
 import ctypes
 import os
 import random
 import shutil
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -49,6 +52,12 @@ def kernels(tmp_path_factory):
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     return ctypes.CDLL(str(library))
+
+
+@pytest.fixture(autouse=True)
+def schedule(request, kernels):
+    """A schedule of its own for each test (4 workers, a seed from its name)."""
+    kernels.emulated_schedule(ctypes.c_uint(zlib.crc32(request.node.nodeid.encode())), 4)
 
 
 def pointer(tensor):
@@ -383,6 +392,38 @@ def test_tiles_accumulate_gradients(kernels, tiles, deterministic):
     assert_close(grad_input, expected_input, 1e-12, 'grad_input')
     assert_close(stride_sum[:2], expected_stride, 1e-12, 'stride gradient')
     assert_close(stride_sum[2:], expected_phase, 1e-12, 'phase gradient')
+
+
+@pytest.mark.parametrize('deterministic', [False, True], ids=['atomic', 'deterministic'])
+def test_same_gradients_under_any_schedule(kernels, deterministic):
+    """Blocks in other orders and on 1 to 4 workers at once, the threads of each block in other
+    orders: the stride and phase gradients (every block's partial summed by whichever block
+    finishes last, in a fixed order) and the gathered input gradient repeat bit for bit; the
+    scattered one (atomics in any order) to rounding."""
+    case, row_begin, row_end = launch_tile_case(phase=(0.37, -0.8))
+    input = case.input.detach()
+    grad_columns = torch.randn(case.weight.shape[1] * case.weight.shape[2] * case.weight.shape[3]
+                               * (row_end - row_begin) * case.output_size[1],
+                               generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ints, stride, phase = geometry_arguments(case)
+    results = []
+    for seed, workers in [(0, 1), (1, 2), (2, 4), (3, 4), (4, 3)]:
+        kernels.emulated_schedule(ctypes.c_uint(seed), workers)
+        grad_input = torch.zeros(input.shape, dtype=torch.float64)
+        stride_sum = torch.zeros(4, dtype=torch.float64)
+        record = (ctypes.c_int64 * 64)()
+        kernels.emulated_backward_tile(
+            DTYPE_CODES[torch.float64], INPUT | STRIDE | PHASE, int(deterministic), 1,
+            pointer(grad_columns), pointer(input), ctypes.c_int64(input.numel()), ints, stride,
+            phase, ctypes.c_int64(row_begin), ctypes.c_int64(row_end), 2, pointer(grad_input),
+            pointer(stride_sum), None, record, 16)
+        results.append((grad_input, stride_sum))
+    for grad_input, stride_sum in results[1:]:
+        assert torch.equal(stride_sum, results[0][1])
+        if deterministic:
+            assert torch.equal(grad_input, results[0][0])
+        else:
+            assert_close(grad_input, results[0][0], 1e-13, 'grad_input')
 
 
 @pytest.mark.parametrize('index64', [False, True], ids=['int32', 'int64'])

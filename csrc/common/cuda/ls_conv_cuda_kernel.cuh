@@ -409,7 +409,9 @@ __global__ void __launch_bounds__(kThreads)
     if (last_block) {
       __threadfence();
       sum_block_partials(s.block_partials, int64_t(gridDim.x), s.stride_sum);
-      if (threadIdx.x == 0) *s.blocks_done = 0;  // for the next tile's launch
+      // Re-armed for the next tile's launch, atomically: the other blocks' atomicAdds on it
+      // are not ordered before this store by anything but the atomics themselves.
+      if (threadIdx.x == 0) atomicExch(s.blocks_done, 0u);
     }
   }
 }

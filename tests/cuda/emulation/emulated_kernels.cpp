@@ -128,6 +128,12 @@ __global__ void sum_partials_kernel(const Acc* partials, int64_t blocks, double*
 
 }  // namespace
 
+// The schedule of the following launches: the seed of their block orders and thread
+// interleavings, and the worker threads that run blocks at once.
+extern "C" void emulated_schedule(unsigned seed, int workers) {
+  emulation::schedule(seed, workers);
+}
+
 extern "C" int emulated_im2col(int dtype, int index64, const void* input,
                                const int64_t* geometry, const double* stride,
                                const double* phase, int64_t row_begin,
