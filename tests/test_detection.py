@@ -168,6 +168,29 @@ def test_ls_resnet_shortcuts_follow_their_block_stride(depth, learn_phase):
     assert not isinstance(getattr(backbone.layer2[1], strided), LSConv2d)
 
 
+def test_ls_resnet_with_a_fixed_phase():
+    """stage_conv=dict(type='LSConv', phase=0.5): every strided conv holds the phase fixed (no
+    phase parameter), its shortcut samples on that grid, and the strides still learn."""
+    from mmlstride.ops import ls_conv2d_reference
+    backbone = LSResNet(depth=18, base_channels=8, out_indices=(1, 2, 3),
+                        stage_conv=dict(type='LSConv', phase=0.5)).double()
+    assert not [name for name, _ in backbone.named_parameters() if 'phase' in name]
+    assert sorted(name for name in backbone.state_dict() if 'phase' in name) == [
+        f'layer{i}.0.conv1.fixed_phase' for i in (2, 3, 4)]
+    block = backbone.layer3[0]
+    assert block.conv1.fixed_phase.tolist() == [0.5, 0.5]
+    assert block.downsample[0].stride_leader is block.conv1
+    x = torch.randn(1, block.downsample[0].in_channels, 9, 9, dtype=torch.float64)
+    expected = ls_conv2d_reference(x, block.downsample[0].weight, block.conv1.learnable_stride,
+                                   block.downsample[0].bias, (0, 0), (1, 1), 1, (5, 5),
+                                   torch.tensor([0.5, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(block.downsample[0](x), expected)
+    features = backbone(torch.randn(1, 3, 64, 64, dtype=torch.float64))
+    grads = torch.autograd.grad(sum(f.sum() for f in features),
+                                [m.learnable_stride for _, m in backbone.learned_strides()])
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
 def test_ls_resnet_default_learns_a_phase():
     """LSResNet's default stage conv learns a phase (the study's winner); dict(type='LSConv')
     gives the corner grid alone; learn_stride=False freezes phases with the strides."""

@@ -365,8 +365,87 @@ def test_follower_samples_on_the_leaders_grid():
     assert all(g.abs().min() > 0 for g in grads)
 
 
+def test_fixed_phase_at_stride_2_is_a_box_blur_then_the_strided_conv():
+    """phase=0.5 at the nominal stride 2: each output samples the middle of a 2 x 2 pixel
+    square, the average of its four pixels (zero outside the image, as MMCV's rule), so the
+    layer is a 2 x 2 box average at stride 1 followed by the plain strided conv; the stride
+    still learns, the phase takes no gradient."""
+    torch.manual_seed(0)
+    layer = LSConv2d(3, 5, 3, stride=2, padding=1, phase=0.5).double()
+    x = torch.randn(2, 3, 13, 10, dtype=torch.float64)
+    blurred = F.avg_pool2d(F.pad(x, (1, 2, 1, 2)), 2, stride=1)
+    expected = F.conv2d(blurred, layer.weight, layer.bias, stride=2)
+    out = layer(x)
+    assert out.shape == F.conv2d(x, layer.weight, stride=2, padding=1).shape == expected.shape
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grad, = torch.autograd.grad(out.sum(), layer.learnable_stride)
+    assert grad.abs().min() > 0
+    assert not layer.fixed_phase.requires_grad
+    assert [name for name, _ in layer.named_parameters()] == ['weight', 'bias', 'learnable_stride']
+
+
+@pytest.mark.parametrize('pivot', ['corner', 'centre'])
+def test_fixed_phase_against_the_references(pivot):
+    """A fixed phase (with either pivot, off the nominal stride) samples as the op given that
+    phase, and as the independent reference by interpolation matrices, in value and in the
+    stride's gradient."""
+    from mmlstride.testing import ls_conv2d_by_interpolation
+    torch.manual_seed(1)
+    layer = LSConv2d(2, 3, 3, stride=2, padding=1, pivot=pivot, phase=(0.3, -0.7)).double()
+    with torch.no_grad():
+        layer.learnable_stride.copy_(torch.tensor([1.83, 2.21]))
+    x = torch.randn(2, 2, 12, 11, dtype=torch.float64)
+    out = layer(x)
+    stride = layer.learnable_stride
+    phase = layer.fixed_phase.clone()  # (0.3, -0.7) as float32 held them, then widened
+    torch.testing.assert_close(phase, torch.tensor([0.3, -0.7], dtype=torch.float64))
+    if pivot == 'centre':
+        phase = phase + torch.stack([(2 - stride[k]) * (out.shape[2 + k] - 1) / 2
+                                     for k in range(2)])
+    expected = ls_conv2d_by_interpolation(x, layer.weight, stride, layer.bias, (1, 1), (1, 1), 1,
+                                          tuple(out.shape[2:]), phase)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grads = [torch.autograd.grad(y.sum(), stride)[0] for y in (out, expected)]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-9)
+
+
+def test_fixed_phase_is_a_buffer_saved_and_moved():
+    layer = LSConv2d(3, 4, 3, stride=2, padding=1, phase=0.5)
+    assert layer.fixed_phase.tolist() == [0.5, 0.5]
+    state = layer.state_dict()
+    assert state['fixed_phase'].tolist() == [0.5, 0.5] and 'learnable_phase' not in state
+    assert layer.double().fixed_phase.dtype == torch.float64
+    other = LSConv2d(3, 4, 3, stride=2, padding=1, phase=(0.25, 0.75))
+    other.load_state_dict(layer.state_dict())  # a fixed-phase model's checkpoint restores it
+    assert other.fixed_phase.tolist() == [0.5, 0.5]
+    # A checkpoint without one (nn.Conv2d's, a learned-stride model's) keeps the configured one.
+    other.load_state_dict(nn.Conv2d(3, 4, 3, stride=2, padding=1).state_dict())
+    assert other.fixed_phase.tolist() == [0.5, 0.5]
+    fresh = LSConv2d(3, 4, 3, stride=2, padding=1, phase=(0.25, 0.75))
+    fresh.load_state_dict(LSConv2d(3, 4, 3, stride=2, padding=1).state_dict())
+    assert fresh.fixed_phase.tolist() == [0.25, 0.75]
+    assert 'fixed_phase=(0.2500, 0.7500)' in repr(fresh)
+
+
+def test_follower_samples_on_the_leaders_fixed_phase():
+    torch.manual_seed(0)
+    leader = LSConv2d(3, 4, 3, stride=2, padding=1, phase=0.5).double()
+    follower = LSConv2d(3, 4, 1, stride=2, phase=(0.1, 0.2)).double()
+    follower.follow_stride(leader)
+    assert follower.fixed_phase is None and 'fixed_phase' not in follower.state_dict()
+    x = torch.randn(1, 3, 9, 8, dtype=torch.float64)
+    out = follower(x)
+    expected = ls_conv2d(x, follower.weight, leader.learnable_stride, follower.bias, 0, 1, 1,
+                         out.shape[2:], phase=torch.tensor([0.5, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize('kwargs,message', [
     (dict(pivot='center'), "pivot='center' expected 'corner' or 'centre'"),
+    (dict(phase=0.5, learn_phase=True),
+     'phase=0.5 expected None with learn_phase=True: phase fixes the grid, initial_phase says'),
+    (dict(phase=float('inf')), 'phase=inf expected a finite number or a pair of them'),
+    (dict(phase=(0.5, 0.5, 0.5)), 'phase=(0.5, 0.5, 0.5) expected a finite number or a pair'),
     (dict(learn_phase=1), 'learn_phase=1 expected True or False'),
     (dict(initial_phase=0.5), 'initial_phase=0.5 expected None unless learn_phase=True'),
     (dict(learn_phase=True, initial_phase=float('nan')),

@@ -36,7 +36,9 @@ class LSResNet(ResNet):
             (default: the corner grid with a learned translation, which beat
             the corner grid alone on both RetinaNet datasets of the README's
             study),
-            ``dict(type='LSConv')`` for the op's own corner grid, or with
+            ``dict(type='LSConv')`` for the op's own corner grid,
+            ``dict(type='LSConv', phase=0.5)`` for a grid fixed half a pixel
+            in (a 2 x 2 box blur before each strided conv), or with
             ``stride_bounds`` or ``pivot='centre'`` (shortcuts follow the main
             conv's whole grid), or e.g.
             ``dict(type='DCN', deform_groups=1)`` to compare with deformable

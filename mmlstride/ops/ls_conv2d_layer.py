@@ -69,7 +69,8 @@ class LSConv2d(nn.Conv2d):
     stretches from the top-left corner; ``c * (s0 - s)`` per axis with
     ``pivot='centre'`` (``c = (out - 1) / 2``, ``s0`` the nominal stride), so it
     stretches about the output map's centre pixel, which samples where
-    nn.Conv2d's does; plus a learned offset with ``learn_phase=True``.
+    nn.Conv2d's does; plus a fixed translation with ``phase``, or a learned one
+    with ``learn_phase=True``.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation,
@@ -86,6 +87,10 @@ class LSConv2d(nn.Conv2d):
         pivot: ``'corner'`` (default, the op's own grid) or ``'centre'``: the
             point the grid stretches about as the stride moves (above). At the
             nominal stride both sample where nn.Conv2d does.
+        phase: a fixed translation of the grid, never learned: a number or
+            (t_h, t_w) in input pixels, finite; e.g. 0.5 at stride 2 averages
+            each 2 x 2 neighbourhood before the strided conv samples it (a box
+            blur). Held in the ``fixed_phase`` buffer. Not with ``learn_phase``.
         learn_phase: also learn a free translation of the grid,
             ``learnable_phase`` (t_h, t_w) in input pixels.
         initial_phase: where the learned phase starts, a number or (t_h, t_w)
@@ -102,6 +107,9 @@ class LSConv2d(nn.Conv2d):
             else None, starting at ``initial_phase``. A checkpoint without it
             loads with it set to ``initial_phase``.
         initial_phase: (t_h, t_w) as floats, what :meth:`reset_phase` restores.
+        fixed_phase: buffer tensor([t_h, t_w]) with ``phase``, else None; saved
+            in the state dict (a checkpoint without it keeps the configured
+            value) and moved with the module, never a parameter.
         pivot: ``'corner'`` or ``'centre'``.
     """
 
@@ -121,11 +129,15 @@ class LSConv2d(nn.Conv2d):
                  initial_stride: Optional[FloatPair] = None,
                  pivot: str = 'corner',
                  learn_phase: bool = False,
-                 initial_phase: Optional[FloatPair] = None) -> None:
+                 initial_phase: Optional[FloatPair] = None,
+                 phase: Optional[FloatPair] = None) -> None:
         if pivot not in PIVOTS:
             raise ValueError(f"pivot={pivot!r} expected 'corner' or 'centre'")
         if not isinstance(learn_phase, bool):
             raise ValueError(f'learn_phase={learn_phase!r} expected True or False')
+        if phase is not None and learn_phase:
+            raise ValueError(f'phase={phase!r} expected None with learn_phase=True: phase fixes '
+                             'the grid, initial_phase says where a learned one starts')
         if initial_phase is not None and not learn_phase:
             raise ValueError(f'initial_phase={initial_phase!r} expected None unless '
                              'learn_phase=True')
@@ -148,6 +160,8 @@ class LSConv2d(nn.Conv2d):
         self.learnable_phase = nn.Parameter(torch.zeros(2, **factory)) if learn_phase else None
         self.initial_phase = _float_pair(0.0 if initial_phase is None else initial_phase,
                                          'initial_phase')
+        self.register_buffer('fixed_phase', None if phase is None else
+                             torch.tensor(_float_pair(phase, 'phase'), **factory))
         self.register_buffer('stride_min', nominal * low, persistent=False)
         self.register_buffer('stride_max', nominal * high, persistent=False)
         # (leader,) once this layer follows another's stride; a tuple keeps the
@@ -197,6 +211,7 @@ class LSConv2d(nn.Conv2d):
         if not self._stride_leader:
             del self.learnable_stride
         self.learnable_phase = None
+        self.fixed_phase = None
         self._stride_leader = (leader,)
 
     def centre_offset(self) -> Tuple[float, float]:
@@ -227,8 +242,9 @@ class LSConv2d(nn.Conv2d):
 
     def sampling_phase(self, stride: Tensor, output_size: Tuple[int, int]) -> Optional[Tensor]:
         """The phase the forward pass samples with, for the sampling ``stride`` and the output
-        size: None for a corner pivot without a learned phase (the op's own grid), else the
-        centre pivot's ``c * (s0 - s)`` and the learned phase, differentiable in both."""
+        size: None for a corner pivot without a phase (the op's own grid), else the sum of the
+        centre pivot's ``c * (s0 - s)``, the fixed phase and the learned phase, differentiable
+        in the stride and the learned phase."""
         if self.stride_leader is not None:
             return self.stride_leader.sampling_phase(stride, output_size)
         phase = None
@@ -236,8 +252,9 @@ class LSConv2d(nn.Conv2d):
             # Sizes may be symbolic (torch.export): one product per axis.
             phase = torch.stack([(self.stride[k] - stride[k]) * ((output_size[k] - 1) / 2)
                                  for k in range(2)])
-        if self.learnable_phase is not None:
-            phase = self.learnable_phase if phase is None else phase + self.learnable_phase
+        for offset in (self.fixed_phase, self.learnable_phase):
+            if offset is not None:
+                phase = offset if phase is None else phase + offset
         return phase
 
     def forward(self, input: Tensor) -> Tensor:
@@ -267,13 +284,18 @@ class LSConv2d(nn.Conv2d):
         if key in missing_keys:  # a checkpoint without a learned phase
             missing_keys.remove(key)
             self.reset_phase()
+        key = prefix + 'fixed_phase'
+        if key in missing_keys:  # a checkpoint without a fixed phase: the configured one stays
+            missing_keys.remove(key)
 
     def extra_repr(self) -> str:
         source = self.stride_leader or self
         learned = ', '.join(f'{v:.4f}' for v in source.learnable_stride.detach().cpu().tolist())
         name = 'leader_stride' if self.stride_leader is not None else 'learnable_stride'
         text = f'{super().extra_repr()}, {name}=({learned}), pivot={source.pivot}'
-        if source.learnable_phase is not None:
-            phase = ', '.join(f'{v:.4f}' for v in source.learnable_phase.detach().cpu().tolist())
-            text += f', learnable_phase=({phase})'
+        for name in ('fixed_phase', 'learnable_phase'):
+            value = getattr(source, name)
+            if value is not None:
+                listed = ', '.join(f'{v:.4f}' for v in value.detach().cpu().tolist())
+                text += f', {name}=({listed})'
         return text
