@@ -72,6 +72,10 @@ def test_every_config_loads_and_builds(path):
         from mmcv.ops import DeformConv2d
         assert any(isinstance(m, DeformConv2d) for m in model.modules()) and not strides
         return
+    if 'blur' in path:
+        from mmlstride.ops import BlurConv2d
+        assert any(isinstance(m, BlurConv2d) for m in model.modules()) and not strides
+        return
     assert strides, 'an LSConv config without a learned stride'
     assert cfg.optim_wrapper.paramwise_cfg.custom_keys['learnable_stride'].decay_mult == 0
     if learned_phases(model):  # phases get their own group too, without decay
@@ -189,6 +193,33 @@ def test_ls_resnet_with_a_fixed_phase():
     grads = torch.autograd.grad(sum(f.sum() for f in features),
                                 [m.learnable_stride for _, m in backbone.learned_strides()])
     assert all(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize('order', ['conv-blur', 'blur-conv'])
+def test_blur_resnet_blurs_where_lsconv_goes_and_loads_resnet_weights(order):
+    """BlurResNet: the strided convs of stages 2-4 and their strided shortcuts are BlurConv2d
+    (the stem and stride-1 convs unchanged), the parameter names are ResNet's (a ResNet's
+    weights load strictly, as the fixed model's initial weights do through load_from), and the
+    feature maps have ResNet's sizes."""
+    from mmdet.models.backbones import ResNet
+    from mmlstride.models import BlurResNet
+    from mmlstride.ops import BlurConv2d
+    torch.manual_seed(0)
+    resnet = ResNet(depth=18, base_channels=8, out_indices=(1, 2, 3))
+    backbone = BlurResNet(depth=18, base_channels=8, out_indices=(1, 2, 3), order=order)
+    backbone.load_state_dict(resnet.state_dict())
+    blurred = sorted(name for name, m in backbone.named_modules() if isinstance(m, BlurConv2d))
+    assert blurred == [f'layer{i}.0.{conv}' for i in (2, 3, 4)
+                       for conv in ('conv1', 'downsample.0')]
+    assert all(m.order == order and m.stride == (2, 2) for name, m in backbone.named_modules()
+               if isinstance(m, BlurConv2d))
+    x = torch.randn(1, 3, 61, 70)
+    backbone.eval()
+    resnet.eval()
+    with torch.no_grad():
+        found, plain = backbone(x), resnet(x)
+    assert [f.shape for f in found] == [f.shape for f in plain]
+    assert (found[0] - plain[0]).abs().max() > 1e-3  # the blur changes what stage 2 sees
 
 
 def test_ls_resnet_default_learns_a_phase():

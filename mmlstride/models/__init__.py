@@ -1,4 +1,4 @@
 """mmdet models with learned strides (importing registers them in mmdet's MODELS)."""
-from .ls_resnet import LSResNet
+from .ls_resnet import BlurResNet, LSResNet
 
-__all__ = ['LSResNet']
+__all__ = ['BlurResNet', 'LSResNet']

@@ -6,7 +6,7 @@ from mmdet.models.backbones import ResNet
 from mmdet.registry import MODELS
 from torch import nn
 
-from ..ops import LSConv2d
+from ..ops import BlurConv2d, LSConv2d
 
 CONV_NAMES = ('conv1', 'conv2', 'conv3')
 
@@ -96,14 +96,17 @@ class LSResNet(ResNet):
                 if is_strided:
                     strided = new
         downsample = getattr(block, 'downsample', None)
-        if downsample is None or not isinstance(strided, LSConv2d):
+        if downsample is None or not isinstance(strided, (LSConv2d, BlurConv2d)):
             return
         convs = [i for i, m in enumerate(downsample) if isinstance(m, nn.Conv2d)]
         shortcut = downsample[convs[0]] if convs else None
         if shortcut is None or shortcut.stride != strided.stride:
-            raise ValueError('the strided shortcut of a block with a learned stride must be a '
-                             f'conv with stride {strided.stride} (avg_down=False); got '
+            raise ValueError('the strided shortcut of a block with a replaced strided conv must '
+                             f'be a conv with stride {strided.stride} (avg_down=False); got '
                              f'{shortcut!r}')
+        if isinstance(strided, BlurConv2d):  # blurred as the main branch is
+            downsample[convs[0]] = self._rebuild(shortcut, self.stage_conv)
+            return
         follower = self._rebuild(shortcut, dict(type='LSConv'))
         follower.follow_stride(strided)
         downsample[convs[0]] = follower
@@ -119,3 +122,25 @@ class LSResNet(ResNet):
         """(name, layer) of every LSConv with its own learned stride."""
         return tuple((name, m) for name, m in self.named_modules()
                      if isinstance(m, LSConv2d) and m.stride_leader is None)
+
+
+@MODELS.register_module()
+class BlurResNet(LSResNet):
+    """mmdet's ResNet anti-aliased by a fixed blur where LSResNet puts LSConv: the strided convs
+    of the chosen stages and their strided shortcuts become :class:`BlurConv2d` (BlurPool's
+    binomial filter), the stem unchanged. Parameter names are ResNet's, so a ResNet
+    checkpoint (or the fixed-stride model's initial weights, through ``load_from``) loads.
+
+    Args:
+        order: ``'conv-blur'`` (Zhang's placement: the conv at stride 1, then the blur
+            subsampled) or ``'blur-conv'`` (the blur at stride 1, then the strided conv).
+        filter_size: binomial taps per axis, default 3 ([1, 2, 1]).
+        ls_stages: per stage, whether its strided convs are blurred; default stages 2-4.
+        Other arguments: as mmdet's ResNet.
+    """
+
+    def __init__(self, *args, order: str = 'conv-blur', filter_size: int = 3,
+                 ls_stages: Sequence[bool] = (False, True, True, True), **kwargs) -> None:
+        super().__init__(*args, ls_stages=ls_stages,
+                         stage_conv=dict(type='BlurConv', order=order, filter_size=filter_size),
+                         **kwargs)
