@@ -20,7 +20,7 @@ def reflected(index: torch.Tensor, size: int) -> torch.Tensor:
 
 def blur_by_indices(x: torch.Tensor, taps: int, stride: int) -> torch.Tensor:
     """The binomial blur of ``x`` at ``stride`` as a weighted sum of reflected pixels."""
-    row = binomial_filter(taps)[taps // 2] / binomial_filter(taps)[taps // 2].sum()
+    row = binomial_filter(taps).sum(0)  # the 1-D filter, normalised
     before = (taps - 1) // 2
     height, width = x.shape[2:]
     out_h = (height + taps - 1 - taps) // stride + 1

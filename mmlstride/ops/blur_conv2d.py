@@ -72,8 +72,8 @@ class BlurConv2d(nn.Conv2d):
                          bias, padding_mode, device, dtype)
         self.order = order
         self.filter_size = filter_size
-        self.register_buffer('blur_filter', binomial_filter(filter_size).to(self.weight.dtype)
-                             .to(self.weight.device)[None, None], persistent=False)
+        self.register_buffer('blur_filter', binomial_filter(filter_size)[None, None].to(
+            device=self.weight.device, dtype=self.weight.dtype), persistent=False)
 
     def blur(self, x: Tensor, stride: Tuple[int, int]) -> Tensor:
         """The depthwise binomial blur of ``x``, subsampled at ``stride``."""
