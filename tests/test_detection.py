@@ -361,6 +361,27 @@ def test_digits_dataset_is_deterministic(tmp_path):
         assert 1 <= ann['category_id'] <= 10
 
 
+@pytest.mark.parametrize('generate', [generate_digits_detection,
+                                      generate_scaled_digits_detection])
+def test_ground_truth_as_detections_scores_full_map(tmp_path, generate):
+    """mmdet's CocoMetric, given every ground-truth box as a detection, reports mAP 1.0: each
+    object can be found (pycocotools never counts a ground truth of annotation id 0)."""
+    from mmdet.evaluation import CocoMetric
+    generate(str(tmp_path), num_train=2, num_val=6)
+    ann_file = str(tmp_path / 'annotations' / 'val.json')
+    coco = json.loads(Path(ann_file).read_text())
+    metric = CocoMetric(ann_file=ann_file, metric='bbox')
+    metric.dataset_meta = {'classes': tuple(str(d) for d in range(10))}
+    for image in coco['images']:
+        anns = [a for a in coco['annotations'] if a['image_id'] == image['id']]
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a['bbox'] for a in anns)])
+        metric.process({}, [{'img_id': image['id'], 'ori_shape': (image['height'], image['width']),
+                             'pred_instances': {
+                                 'bboxes': boxes, 'scores': torch.ones(len(anns)),
+                                 'labels': torch.tensor([a['category_id'] - 1 for a in anns])}}])
+    assert metric.evaluate(len(coco['images']))['coco/bbox_mAP'] == pytest.approx(1.0)
+
+
 def test_digits_dataset_has_1_to_4_digits_and_disjoint_samples(tmp_path, monkeypatch):
     """Every image has 1-4 digits (all counts occur), and train and val canvases draw from
     disjoint digit samples, 80% and 20% of scikit-learn's 1797."""
@@ -451,18 +472,28 @@ def test_faster_rcnn_lsconv_config_trains(tmp_path):
     assert len(after) == 3 and all(after[name] != before[name] for name in before), after
 
 
-def test_frozen_half_phase_control_learns_its_strides_only(tmp_path):
-    """The anti-aliasing control of the study trains its strides and keeps every phase at
-    half a pixel."""
-    config = str(REPO / 'configs' / 'digits' / 'retinanet_r18n-ls-phase-half-frozen_digits.py')
-    runner = Runner.from_cfg(tiny_run_config(tmp_path / 'work', tmp_path / 'data', config=config))
+@pytest.mark.parametrize('config,learns', [
+    ('digits/retinanet_r18n-ls-half_digits.py', True),
+    ('digits/retinanet_r18n-ls-half-frozen_digits.py', False),
+    ('scaled_digits/retinanet_r18n-ls-half-frozen_scaled-digits.py', False),
+    ('digits/faster-rcnn_r18n-ls-half_digits.py', True)])
+def test_half_phase_configs_hold_the_phase(tmp_path, config, learns):
+    """The fixed half-pixel phase configs keep every grid translated by (0.5, 0.5) through
+    training (a buffer, no parameter); their strides train or stay at 2 as named."""
+    cfg = tiny_run_config(tmp_path / 'work', tmp_path / 'data', config=str(REPO / 'configs' / config))
+    if 'scaled' in config:  # tiny_run_config generates the digits data
+        for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+            cfg[loader].dataset.type = 'DigitsDetectionDataset'
+    runner = Runner.from_cfg(cfg)
     before = learned_strides(runner.model)
     runner.train()
     after = learned_strides(runner.model)
-    assert len(after) == 3 and all(after[name] != before[name] for name in before), after
-    phases = [m.learnable_phase.tolist() for m in runner.model.modules()
-              if isinstance(m, LSConv2d) and m.learnable_phase is not None]
-    assert phases == [[0.5, 0.5]] * 3
+    assert len(after) == 3
+    assert all((after[name] != before[name]) == learns for name in before), after
+    layers = [m for m in runner.model.modules()
+              if isinstance(m, LSConv2d) and m.stride_leader is None]
+    assert [m.fixed_phase.tolist() for m in layers] == [[0.5, 0.5]] * 3
+    assert all(m.learnable_phase is None for m in layers)
 
 
 def test_lsconv_neck_config_trains_the_fpn_strides(tmp_path):
@@ -619,12 +650,18 @@ SUITE_STRIDES = {
     'digits': {'lsconv': (3, 2.0), 'frozen': (3, 2.0), 'lsconv-badinit': (3, 1.5),
                'frozen-badinit': (3, 1.5)},
     'digits-grid': {'lsconv': (3, 2.0), 'lsconv-centre': (3, 2.0), 'lsconv-phase': (3, 2.0),
-                    'lsconv-phase-half': (3, 2.0)},
+                    'lsconv-half': (3, 2.0)},
     'digits-neck': {'lsconv-neck': (11, {2.0: 5, 1.0: 6})},
     'digits-frcnn': {'lsconv': (3, 2.0), 'lsconv-phase': (3, 2.0)},
     'scaled': {'lsconv': (3, 2.0), 'lsconv-centre': (3, 2.0), 'lsconv-phase': (3, 2.0),
-               'lsconv-phase-half': (3, 2.0)},
+               'lsconv-half': (3, 2.0)},
+    **{suite: {'lsconv': (3, 2.0), 'lsconv-phase': (3, 2.0), 'lsconv-half': (3, 2.0),
+               'lsconv-half-frozen': (3, 2.0)}
+       for suite in ('antialias', 'antialias-scaled', 'antialias-frcnn')},
 }
+# Settings whose grid is translated by a fixed half pixel, and those with frozen strides.
+HALF_PHASE = ('lsconv-half', 'lsconv-half-frozen')
+FROZEN = ('frozen', 'frozen-badinit', 'lsconv-half-frozen')
 
 
 @pytest.mark.parametrize('suite', list(SUITE_STRIDES))
@@ -665,11 +702,12 @@ def test_benchmark_settings_start_from_the_same_weights_and_data(tmp_path, suite
         expected = value if isinstance(value, dict) else {value: count} if count else {}
         assert collections.Counter(h for h, _ in values) == expected, (setting, values)
         for key in stride_keys:
-            assert start.requires_grad[key] == setting.startswith('lsconv'), (setting, key)
+            assert start.requires_grad[key] == (setting not in FROZEN), (setting, key)
         phase_keys = [k for k in start.state if k.endswith('learnable_phase')]
         assert len(phase_keys) == (3 if setting.startswith('lsconv-phase') else 0), setting
-        start_phase = [0.5, 0.5] if setting == 'lsconv-phase-half' else [0.0, 0.0]
-        assert all(start.state[key].tolist() == start_phase for key in phase_keys), setting
+        assert all(start.state[key].tolist() == [0.0, 0.0] for key in phase_keys), setting
+        held = [start.state[k].tolist() for k in start.state if k.endswith('fixed_phase')]
+        assert held == ([[0.5, 0.5]] * 3 if setting in HALF_PHASE else []), setting
     # The weights were drawn from this suite's fixed model: they are all of its start.
     checkpoint = torch.load(weights)
     assert checkpoint['meta']['drawn_by'] == tool.SUITES[suite].settings['fixed'][0]
@@ -680,9 +718,8 @@ def test_benchmark_settings_start_from_the_same_weights_and_data(tmp_path, suite
     # Every LSConv grid but the moved ones starts as nn.Conv2d's: the same first loss
     # (RetinaNet's; Faster R-CNN samples proposals at random, and building LSConv layers draws
     # from the generator).
-    for setting in starts if suite != 'digits-frcnn' else ():
-        if setting.startswith('lsconv') and setting not in ('lsconv-badinit',
-                                                             'lsconv-phase-half'):
+    for setting in starts if 'frcnn' not in suite else ():
+        if setting.startswith('lsconv') and setting not in ('lsconv-badinit', *HALF_PHASE):
             assert starts[setting].losses[0] == pytest.approx(fixed.losses[0], rel=1e-5), setting
     if suite != 'digits':
         return
@@ -895,7 +932,147 @@ def test_benchmark_no_train_reports_the_finished_runs_only(tmp_path, monkeypatch
         assert f'-- {setting}, seed 0: no finished run trained as planned, left out' in out
     table = (tmp_path / 'detection_benchmark.md').read_text()
     assert '| `lsconv-phase` | `fixed` | 1 | +3.00 |' in table
-    assert '(`fixed`) | 1 | 61.0 ± 0.0 | 90.0 | 0.20 |' in table
+    assert '(`fixed`) | 1 | 61.0 ± 0.0 | 90.0 | - | - | 0.20 |' in table
     with pytest.raises(SystemExit):
         tool.main(['--suite', 'digits-grid', '--no-train', '--force', '--work-dir',
                    str(tmp_path)])
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shift_consistency_tool_agrees_with_mmdets_metric(tmp_path):
+    """tools/shift_consistency.py on a briefly trained detector: twelve shifts, every val
+    object counted, and without a shift the mAP mmdet's test loop reports for the same
+    checkpoint (its own loading, pipeline and CocoMetric)."""
+    config = str(REPO / 'configs' / 'digits' / 'retinanet_r18n-ls-half_digits.py')
+    cfg = tiny_run_config(tmp_path / 'work', tmp_path / 'data', config=config, iters=30)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    reported = 100 * runner.test()['coco/bbox_mAP']
+    dumped = tmp_path / 'tiny.py'
+    cfg.dump(str(dumped))
+    checkpoint = (tmp_path / 'work' / 'last_checkpoint').read_text().strip()
+    result = load_tool('shift_consistency').main(
+        [str(dumped), checkpoint, '--out', str(tmp_path / 'shifts.json')])
+    val = json.loads((tmp_path / 'data' / 'annotations' / 'val.json').read_text())
+    assert result['images'] == len(val['images']) == 8
+    assert len(result['per_shift']) == 12
+    assert result['per_shift'][0]['objects'] == len(val['annotations'])
+    assert reported > 0 and result['per_shift'][0]['mAP'] == pytest.approx(reported, abs=0.05)
+    assert json.loads((tmp_path / 'shifts.json').read_text())['whole'] == result['whole']
+
+
+def fake_finished_run(tool, run_dir: Path, setting: str, suite: str, weights: str, seed: int,
+                      bbox_map: float) -> None:
+    """The files of a finished run that the benchmark reads: config, scalars, checkpoint."""
+    (run_dir / '20260101_000000' / 'vis_data').mkdir(parents=True, exist_ok=True)
+    (run_dir / tool.SUITES[suite].settings[setting][0]).write_text(
+        f'load_from = {weights!r}\nrandomness = dict(seed={seed})\n')
+    (run_dir / '20260101_000000' / 'vis_data' / 'scalars.json').write_text(
+        '{"loss": 1.0, "time": 0.2, "step": 50}\n'
+        f'{{"coco/bbox_mAP": {bbox_map}, "coco/bbox_mAP_50": 0.9, "step": 1200}}\n')
+    (run_dir / 'iter_1200.pth').write_bytes(b'weights')
+    (run_dir / 'last_checkpoint').write_text(str(run_dir / 'iter_1200.pth'))
+
+
+def test_benchmark_evaluates_each_finished_run_under_shifts_once(tmp_path, monkeypatch):
+    """Every finished run is evaluated under shifts once (a retrained run again); the tables
+    show each setting's consistency and the paired consistency differences."""
+    tool = load_benchmark_tool()
+    evaluated = []
+
+    def fake_evaluate(run_dir, setting, label, threads, suite):
+        evaluated.append(label)
+        consistency = {'fixed': 0.90, 'lsconv-half-frozen': 0.95}[setting]
+        seed = int(run_dir[-1])
+        Path(run_dir, tool.CONSISTENCY_FILE).write_text(json.dumps({
+            'whole': {'consistency': consistency + 0.01 * seed, 'mAP_spread': 2.0},
+            'fractional': {'consistency': consistency - 0.1, 'mAP_spread': 3.0}}))
+
+    def fake_train(command, label, work_dir, threads):
+        options = dict(o.split('=', 1) for o in command[command.index('--cfg-options') + 1:])
+        fake_finished_run(tool, Path(work_dir), label.split(',')[0], 'antialias',
+                          options['load_from'], int(options['randomness.seed']), 0.7)
+
+    monkeypatch.setattr(tool, 'evaluate_shifts', fake_evaluate)
+    monkeypatch.setattr(tool, 'train', fake_train)
+    monkeypatch.setattr(tool, 'write_initial_weights', lambda seed, path, *args: path)
+    monkeypatch.setattr(tool, 'plot', lambda *args: None)
+    weights = str(tmp_path / 'initial_weights' / 'seed0.pth')
+    fake_finished_run(tool, tmp_path / 'fixed' / 'seed0', 'fixed', 'antialias', weights, 0, 0.6)
+    stale = tmp_path / 'lsconv-half-frozen' / 'seed1' / tool.CONSISTENCY_FILE
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{}')  # of a run that was not trained as planned: retrained, evaluated
+    arguments = ['--suite', 'antialias', '--settings', 'fixed', 'lsconv-half-frozen',
+                 '--seeds', '0', '1', '--other-seeds', '0', '1', '--work-dir', str(tmp_path)]
+    tool.main(arguments)
+    assert sorted(evaluated) == ['fixed, seed 0', 'fixed, seed 1', 'lsconv-half-frozen, seed 0',
+                                 'lsconv-half-frozen, seed 1']
+    tool.main(arguments + ['--no-train'])
+    assert len(evaluated) == 4  # kept
+    table = (tmp_path / 'detection_benchmark.md').read_text()
+    assert '| 60.0 ± 0.0 |' not in table  # two seeds of fixed: 60 and 70
+    assert '(`fixed`) | 2 | 65.0 ± 7.1 | 90.0 | 90.5 / 80.0 | 2.0 |' in table
+    assert '(`lsconv-half-frozen`) | 2 | 70.0 ± 0.0 | 90.0 | 95.5 / 85.0 | 2.0 |' in table
+    # 95 - 90 and 96 - 91 points: +5.00, no spread, so no p-value
+    assert '| `lsconv-half-frozen` | `fixed` | 2 | +5.00 |' in table
+    assert '| +5.00 [+5.00, +5.00], p - |' in table
+
+
+def test_benchmark_costs_are_measured_interleaved_and_tabled(tmp_path, monkeypatch):
+    """--costs runs tools/detector_costs.py per setting, the settings interleaved, takes
+    medians over the repeats, keeps them and prints ratios to the baseline."""
+    tool = load_benchmark_tool()
+    calls = []
+
+    def fake_run(command, **kwargs):
+        setting = next(s for s, (config, _) in tool.SUITES['antialias'].settings.items()
+                       if command[2].endswith(config))
+        calls.append(setting)
+        scale = {'fixed': 1.0, 'blurpool': 3.0}[setting]
+        repeat = calls.count(setting)
+        Path(command[command.index('--out') + 1]).write_text(json.dumps({
+            'backbone_macs': int(100 * scale), 'threads': 2,
+            'train_s': [0.1 * scale * repeat] * 3, 'inference_s': [0.01 * scale] * 3}))
+        return subprocess.CompletedProcess(command, 0, '')
+
+    monkeypatch.setattr(tool.subprocess, 'run', fake_run)
+    costs = tool.measure_costs(['fixed', 'blurpool'], 'antialias', str(tmp_path),
+                               {'fixed': None, 'blurpool': '/x.pth'}, repeats=2, force=False)
+    assert calls == ['fixed', 'blurpool', 'fixed', 'blurpool']
+    blur = costs['retinanet_r18n-blurpool_digits.py']
+    assert blur['train_s_per_iter'] == pytest.approx(0.45)  # median of 0.3 x 3, 0.6 x 3
+    assert blur['inference_ms_per_image'] == pytest.approx(30) and blur['checkpoint'] == '/x.pth'
+    tool.measure_costs(['fixed', 'blurpool'], 'antialias', str(tmp_path), {}, 2, False)
+    assert len(calls) == 4  # kept in costs.json
+    rows = [{'setting': 'fixed'}, {'setting': 'blurpool'}]
+    table = '\n'.join(tool.cost_table(rows, 'antialias', costs))
+    assert '| `blurpool` | 300 (3.00x) | 0.450 (3.00x) | 30.0 (3.00x) |' in table
+    assert '2 threads' in table
+
+
+def test_detector_costs_counts_the_backbone_and_times_both_steps(tmp_path):
+    """tools/detector_costs.py on tiny configs: positive times for each step timed, and the
+    backbone's multiply-adds in the order the layers imply (LSConv adds its sampling to the
+    plain ResNet's; BlurPool's placement runs the replaced convs at stride 1)."""
+    tool = load_tool('detector_costs')
+    macs = {}
+    for name in ('retinanet_r18n_digits_fixed.py', 'retinanet_r18n-ls-half_digits.py',
+                 'retinanet_r18n-blurpool_digits.py'):
+        cfg = tiny_run_config(tmp_path / name, tmp_path / 'data',
+                              config=str(REPO / 'configs' / 'digits' / name))
+        dumped = tmp_path / f'tiny-{name}'
+        cfg.dump(str(dumped))
+        result = tool.main([str(dumped), '--images', '2', '--train-iters', '2', '--warmup', '1',
+                            '--out', str(tmp_path / f'{name}.json')])
+        assert len(result['inference_s']) == 2 and len(result['train_s']) == 2
+        assert result['inference_ms_per_image'] > 0 and result['train_s_per_iter'] > 0
+        assert result['test_size'] == [128, 128]
+        macs[name.split('_')[1]] = result['backbone_macs']
+    assert macs['r18n'] < macs['r18n-ls-half'] < 1.2 * macs['r18n']
+    assert macs['r18n-blurpool'] > 1.2 * macs['r18n']

@@ -53,7 +53,8 @@ class Suite:
     as well, and ``against_corner`` each grid variant with the corner-pivot LSConv;
     ``paired`` are the main settings (``--seeds``), the others get ``--other-seeds``. A suite
     with ``runs_of`` trains and reads its runs (and initial weights) where that suite does,
-    so the two share the runs of the settings they have in common."""
+    so the two share the runs of the settings they have in common. ``pairs`` are further
+    comparisons, (setting, minus setting)."""
     folder: str
     title: str
     settings: Dict[str, Tuple[str, str]]
@@ -62,6 +63,7 @@ class Suite:
     against_corner: Tuple[str, ...] = ()
     baseline: str = 'fixed'
     runs_of: Optional[str] = None
+    pairs: Tuple[Tuple[str, str], ...] = ()
 
 
 SUITES = {
@@ -88,13 +90,13 @@ SUITES = {
                           'LSConv, grid stretching about the centre (pivot centre)'),
         'lsconv-phase': ('retinanet_r18n-ls-phase_digits.py',
                          'LSConv, corner grid with a learned phase'),
-        'lsconv-phase-half': ('retinanet_r18n-ls-phase-half-frozen_digits.py',
-                              'LSConv, phase frozen at half a pixel (control)'),
+        'lsconv-half': ('retinanet_r18n-ls-half_digits.py',
+                        'LSConv, phase fixed at half a pixel, strides learned (control)'),
         'dcn': ('retinanet_r18n-dcn_digits.py', 'mmcv DCN, same places'),
     }, paired=('fixed', 'lsconv', 'dcn'),
-        against_corner=('lsconv-centre', 'lsconv-phase', 'lsconv-phase-half', 'dcn'),
+        against_corner=('lsconv-centre', 'lsconv-phase', 'lsconv-half', 'dcn'),
         # The learned phase against the same phase frozen at half a pixel: anti-aliasing?
-        controls={'lsconv-phase': 'lsconv-phase-half'}, runs_of='digits'),
+        controls={'lsconv-phase': 'lsconv-half'}, runs_of='digits'),
     'digits-neck': Suite('digits', 'RetinaNet with P3-P7, digits (128 px)', {
         'fixed': ('retinanet_r18n-p6p7_digits_fixed.py', 'fixed integer strides'),
         'lsconv-neck': ('retinanet_r18n-ls-neck_digits.py',
@@ -116,15 +118,52 @@ SUITES = {
                           'LSConv, grid stretching about the centre (pivot centre)'),
         'lsconv-phase': ('retinanet_r18n-ls-phase_scaled-digits.py',
                          'LSConv, corner grid with a learned phase'),
-        'lsconv-phase-half': ('retinanet_r18n-ls-phase-half-frozen_scaled-digits.py',
-                              'LSConv, phase frozen at half a pixel (control)'),
+        'lsconv-half': ('retinanet_r18n-ls-half_scaled-digits.py',
+                        'LSConv, phase fixed at half a pixel, strides learned (control)'),
     }, paired=('fixed', 'lsconv'),  # DCN costs 2.3x LSConv at 256 px: --other-seeds
-        against_corner=('lsconv-centre', 'lsconv-phase', 'lsconv-phase-half', 'dcn'),
-        controls={'lsconv-phase': 'lsconv-phase-half'}),
+        against_corner=('lsconv-centre', 'lsconv-phase', 'lsconv-half', 'dcn'),
+        controls={'lsconv-phase': 'lsconv-half'}),
 }
+# LSConv against fixed anti-aliasing, on the runs of the suites above: the op's half-pixel
+# phase (fixed, strides frozen or learned; or learned) against BlurPool's two placements.
+ANTIALIAS_SETTINGS = {
+    'lsconv-half-frozen': ('ls-half-frozen', 'LSConv, phase fixed at half a pixel, strides frozen'),
+    'lsconv-half': ('ls-half', 'LSConv, phase fixed at half a pixel, strides learned'),
+    'blurpool': ('blurpool', 'BlurPool: conv at stride 1, then blur and subsample'),
+    'blurfirst': ('blurfirst', 'blur-first: blur at stride 1, then the strided conv'),
+}
+ANTIALIAS_CONTROLS = {'lsconv-half': 'lsconv-half-frozen', 'lsconv-phase': 'lsconv-half'}
+ANTIALIAS_PAIRS = (('blurpool', 'lsconv-half-frozen'), ('blurfirst', 'lsconv-half-frozen'),
+                   ('blurpool', 'lsconv-half'), ('blurpool', 'blurfirst'))
+
+
+def antialias_suite(of: str, title: str, prefix: str, suffix: str) -> Suite:
+    """The anti-aliasing comparison on the runs of suite ``of`` (configs named
+    ``<prefix>-<variant><suffix>``)."""
+    base = SUITES[of].settings
+    settings = {name: base[name] for name in ('fixed', 'lsconv', 'lsconv-phase') if name in base}
+    settings.update({name: (f'{prefix}-{variant}{suffix}', description)
+                     for name, (variant, description) in ANTIALIAS_SETTINGS.items()})
+    return Suite(SUITES[of].folder, title, settings, paired=('fixed',),
+                 controls={k: v for k, v in ANTIALIAS_CONTROLS.items() if k in settings},
+                 against_corner=('lsconv-half-frozen', 'lsconv-half', 'blurpool', 'blurfirst'),
+                 runs_of=SUITES[of].runs_of or of, pairs=ANTIALIAS_PAIRS)
+
+
+SUITES['antialias'] = antialias_suite(
+    'digits-grid', 'RetinaNet, digits (128 px): LSConv against fixed anti-aliasing',
+    'retinanet_r18n', '_digits.py')
+SUITES['antialias-scaled'] = antialias_suite(
+    'scaled', 'RetinaNet, scaled digits (256 px): LSConv against fixed anti-aliasing',
+    'retinanet_r18n', '_scaled-digits.py')
+SUITES['antialias-frcnn'] = antialias_suite(
+    'digits-frcnn', 'Faster R-CNN, digits (128 px): LSConv against fixed anti-aliasing',
+    'faster-rcnn_r18n', '_digits.py')
 DEFAULT_SUITE = 'digits'
 SETTINGS = SUITES[DEFAULT_SUITE].settings
 PROGRESS_MARKS = ('bbox_mAP_copypaste', 'Traceback', 'Error:')
+CONSISTENCY_FILE = 'shift_consistency.json'
+COSTS_FILE = 'costs.json'
 
 
 def readme_markers(suite: str = DEFAULT_SUITE) -> Tuple[str, str]:
@@ -216,6 +255,76 @@ def train(command: List[str], label: str, work_dir: str, threads: Optional[int])
                            f'{work_dir}/train.log')
 
 
+def checkpoint_of(run_dir: str) -> Optional[str]:
+    """The final checkpoint of a finished run (mmengine's ``last_checkpoint``), if any."""
+    pointer = os.path.join(run_dir, 'last_checkpoint')
+    if not os.path.exists(pointer):
+        return None
+    with open(pointer) as f:
+        path = f.read().strip()
+    return path if os.path.exists(path) else None
+
+
+def evaluate_shifts(run_dir: str, setting: str, label: str, threads: Optional[int],
+                    suite: str = DEFAULT_SUITE) -> None:
+    """Shift consistency of a finished run (tools/shift_consistency.py on its saved config
+    and final checkpoint), written to ``CONSISTENCY_FILE`` in its folder."""
+    command = [sys.executable, os.path.join(REPO, 'tools', 'shift_consistency.py'),
+               os.path.join(run_dir, SUITES[suite].settings[setting][0]), checkpoint_of(run_dir),
+               '--out', os.path.join(run_dir, CONSISTENCY_FILE)]
+    env = dict(os.environ)
+    if threads:
+        env['OMP_NUM_THREADS'] = str(threads)
+    with open(os.path.join(run_dir, 'shift_consistency.log'), 'w') as log:
+        process = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    if process.returncode:
+        raise RuntimeError(f'{label}: shift consistency failed with exit code '
+                           f'{process.returncode}; see {run_dir}/shift_consistency.log')
+
+
+def measure_costs(settings: Sequence[str], suite: str, work_dir: str,
+                  checkpoints: Dict[str, Optional[str]], repeats: int, force: bool) -> dict:
+    """Backbone multiply-adds, training s/iter and inference ms/image of each setting
+    (tools/detector_costs.py, one process at a time with every core, the settings
+    interleaved ``repeats`` times; times are medians over all repeats), kept by config in
+    ``COSTS_FILE`` of ``work_dir``; inference uses ``checkpoints[setting]`` where given."""
+    path = os.path.join(work_dir, COSTS_FILE)
+    costs = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            costs = json.load(f)
+    todo = [s for s in settings if force or SUITES[suite].settings[s][0] not in costs]
+    samples: Dict[str, List[dict]] = {s: [] for s in todo}
+    for repeat in range(repeats):
+        for setting in todo:
+            print(f'== {setting}: costs, repeat {repeat + 1} of {repeats}', flush=True)
+            out = os.path.join(work_dir, f'.costs-{setting}.json')
+            command = [sys.executable, os.path.join(REPO, 'tools', 'detector_costs.py'),
+                       config_path(setting, suite), '--out', out]
+            if checkpoints.get(setting):
+                command += ['--checkpoint', checkpoints[setting]]
+            env = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}
+            process = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, cwd=REPO, env=env)
+            if process.returncode:
+                raise RuntimeError(f'{setting}: tools/detector_costs.py failed:\n'
+                                   f'{process.stdout[-3000:]}')
+            with open(out) as f:
+                samples[setting].append(json.load(f))
+            os.remove(out)
+    for setting, measured in samples.items():
+        costs[SUITES[suite].settings[setting][0]] = {
+            'backbone_macs': measured[0]['backbone_macs'], 'threads': measured[0]['threads'],
+            'repeats': repeats, 'checkpoint': checkpoints.get(setting),
+            'train_s_per_iter': statistics.median(t for m in measured for t in m['train_s']),
+            'inference_ms_per_image': 1000 * statistics.median(
+                t for m in measured for t in m['inference_s'])}
+    os.makedirs(work_dir, exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(costs, f, indent=1)
+    return costs
+
+
 def run_is_paired(run_dir: str, setting: str, seed: int, initial_weights: str,
                   cfg_options: Sequence[str], suite: str = DEFAULT_SUITE) -> bool:
     """Whether the run in ``run_dir`` was trained with this seed, these initial weights and
@@ -238,7 +347,8 @@ def run_is_paired(run_dir: str, setting: str, seed: int, initial_weights: str,
 
 def read_run(work_dir: str) -> Optional[dict]:
     """bbox mAP, seconds per training iteration, final strides and learned phases of a
-    finished run."""
+    finished run; where it was evaluated under shifts, its consistency (percent of objects
+    whose match is unchanged, over whole-pixel and half-pixel shifts) and mAP spread."""
     path = find_scalars_json(work_dir)
     if path is None:
         return None
@@ -259,10 +369,17 @@ def read_run(work_dir: str) -> Optional[dict]:
     strides, phases = ({layer: (axes['h'][-1][1], axes['w'][-1][1])
                         for layer, axes in read_stride_trajectories(path, prefix).items()}
                        for prefix in (STRIDE_PREFIX, PHASE_PREFIX))
+    shifts = {}
+    if os.path.exists(os.path.join(work_dir, CONSISTENCY_FILE)):
+        with open(os.path.join(work_dir, CONSISTENCY_FILE)) as f:
+            evaluated = json.load(f)
+        shifts = {'consistency': 100 * evaluated['whole']['consistency'],
+                  'consistency_half': 100 * evaluated['fractional']['consistency'],
+                  'mAP_spread': evaluated['whole']['mAP_spread']}
     return {'bbox_mAP': 100 * maps[-1]['coco/bbox_mAP'],
             'bbox_mAP_50': 100 * maps[-1]['coco/bbox_mAP_50'],
             'seconds_per_iter': statistics.median(times) if times else None,
-            'final_strides': strides, 'final_phases': phases, 'scalars': path}
+            'final_strides': strides, 'final_phases': phases, 'scalars': path, **shifts}
 
 
 def t_quantile_975(dof: int) -> float:
@@ -289,17 +406,22 @@ def paired_t_test(differences: Sequence[float]) -> float:
     return float(ttest_1samp(differences, 0.0).pvalue)
 
 
-def paired_difference(runs: Dict[str, Dict[int, dict]], setting: str,
-                      against: str) -> Optional[dict]:
-    """bbox mAP of ``setting`` minus ``against`` on each seed both have: mean, 95% CI and the
-    paired t-test's p-value."""
+def paired_difference(runs: Dict[str, Dict[int, dict]], setting: str, against: str,
+                      metric: str = 'bbox_mAP') -> Optional[dict]:
+    """``metric`` of ``setting`` minus ``against`` on each seed both have: mean, 95% CI and
+    the paired t-test's p-value; with ``metric`` bbox_mAP, the same for the shift
+    consistency under ``consistency`` where every paired run has it."""
     shared = sorted(set(runs.get(setting, {})) & set(runs.get(against, {})))
     if not shared:
         return None
-    diffs = [runs[setting][s]['bbox_mAP'] - runs[against][s]['bbox_mAP'] for s in shared]
+    diffs = [runs[setting][s][metric] - runs[against][s][metric] for s in shared]
     mean, half = mean_and_ci(diffs)
-    return {'setting': setting, 'against': against, 'seeds': shared, 'differences': diffs,
+    pair = {'setting': setting, 'against': against, 'seeds': shared, 'differences': diffs,
             'mean': mean, 'ci95': half, 'p_value': paired_t_test(diffs)}
+    if metric == 'bbox_mAP' and all('consistency' in runs[name][seed]
+                                    for name in (setting, against) for seed in shared):
+        pair['consistency'] = paired_difference(runs, setting, against, 'consistency')
+    return pair
 
 
 def summarise(runs: Dict[str, Dict[int, dict]],
@@ -319,6 +441,9 @@ def summarise(runs: Dict[str, Dict[int, dict]],
             'bbox_mAP_std': statistics.stdev(maps) if len(maps) > 1 else 0.0,
             'bbox_mAP_50_mean': statistics.mean(r['bbox_mAP_50'] for r in results),
             'seconds_per_iter': statistics.median(times) if times else None,
+            **{f'{key}_mean': statistics.mean(r[key] for r in results)
+               for key in ('consistency', 'consistency_half', 'mAP_spread')
+               if all(key in r for r in results)},
             'final_strides_mean': {layer: [statistics.mean(r['final_strides'][layer][axis]
                                                            for r in results) for axis in (0, 1)]
                                    for layer in layers},
@@ -330,37 +455,81 @@ def summarise(runs: Dict[str, Dict[int, dict]],
     baseline, controls = SUITES[suite].baseline, SUITES[suite].controls
     for against, settings in ((baseline, [s for s in runs if s != baseline]),
                               *((control, [learned]) for learned, control in controls.items()),
-                              ('lsconv', SUITES[suite].against_corner)):
+                              ('lsconv', SUITES[suite].against_corner),
+                              *((against, [setting]) for setting, against in SUITES[suite].pairs)):
         pairs += [p for p in (paired_difference(runs, s, against) for s in settings) if p]
     return rows, pairs
 
 
+def confidence_cells(pair: dict) -> Tuple[str, str]:
+    """A paired difference's 95% CI and p-value as table cells ('-' for one seed)."""
+    low, high = pair['mean'] - pair['ci95'], pair['mean'] + pair['ci95']
+    interval = '-' if len(pair['seeds']) < 2 else f'[{low:+.2f}, {high:+.2f}]'
+    p_value = '-' if pair['p_value'] != pair['p_value'] else f"{pair['p_value']:.3f}"
+    return interval, p_value
+
+
+def cost_table(rows: List[dict], suite: str, costs: dict) -> List[str]:
+    """Lines of the cost table of the settings in ``rows`` that have costs, with ratios to
+    the baseline's."""
+    names = {row['setting']: SUITES[suite].settings[row['setting']][0] for row in rows}
+    measured = {setting: costs[name] for setting, name in names.items() if name in costs}
+    if not measured:
+        return []
+    base = measured.get(SUITES[suite].baseline)
+    threads = sorted({c['threads'] for c in measured.values()})
+    lines = ['', f'Cost, measured alone (one process, {"/".join(map(str, threads))} threads; '
+             'medians; ratios to the baseline):', '',
+             '| setting | backbone multiply-adds per image | train s/iter | inference ms/image |',
+             '|---|---|---|---|']
+
+    def cell(setting: str, key: str, form: str) -> str:
+        value = measured[setting][key]
+        ratio = f' ({value / base[key]:.2f}x)' if base else ''
+        return format(value, form) + ratio
+
+    for setting, cost in measured.items():
+        lines.append(f"| `{setting}` | {cell(setting, 'backbone_macs', ',')} | "
+                     f"{cell(setting, 'train_s_per_iter', '.3f')} | "
+                     f"{cell(setting, 'inference_ms_per_image', '.1f')} |")
+    return lines
+
+
 def markdown(rows: List[dict], pairs: List[dict], runs: Dict[str, Dict[int, dict]],
-             suite: str = DEFAULT_SUITE) -> str:
-    """The tables of the suite's README section."""
-    lines = ['| setting | seeds | bbox mAP (mean ± std) | mAP@50 | s/iter | final strides '
-             '(s_h, s_w), learned layers in order | final learned phases, mean size '
-             '(\\|t_h\\|, \\|t_w\\|) |',
-             '|---|---|---|---|---|---|---|']
+             suite: str = DEFAULT_SUITE, costs: Optional[dict] = None) -> str:
+    """The tables of the suite's README section (with ``costs``, by config, a cost table)."""
+    lines = ['| setting | seeds | bbox mAP (mean ± std) | mAP@50 | consistency %, whole / half '
+             'px | mAP spread over shifts | s/iter | final strides (s_h, s_w), learned layers '
+             'in order | final learned phases, mean size (\\|t_h\\|, \\|t_w\\|) |',
+             '|---|---|---|---|---|---|---|---|---|']
     for row in rows:
         strides = ' '.join(f'({h:.2f}, {w:.2f})' for h, w in row['final_strides_mean'].values())
         phases = ' '.join(f'({h:.2f}, {w:.2f})'
                           for h, w in row.get('final_phases_abs_mean', {}).values())
         seconds = '-' if row['seconds_per_iter'] is None else f"{row['seconds_per_iter']:.2f}"
+        consistency = (f"{row['consistency_mean']:.1f} / {row['consistency_half_mean']:.1f}"
+                       if 'consistency_mean' in row else '-')
+        spread = f"{row['mAP_spread_mean']:.1f}" if 'mAP_spread_mean' in row else '-'
         lines.append(f"| {SUITES[suite].settings[row['setting']][1]} (`{row['setting']}`) | "
                      f"{len(row['seeds'])} | {row['bbox_mAP_mean']:.1f} ± "
-                     f"{row['bbox_mAP_std']:.1f} | {row['bbox_mAP_50_mean']:.1f} | {seconds} | "
-                     f"{strides or '-'} | {phases or '-'} |")
+                     f"{row['bbox_mAP_std']:.1f} | {row['bbox_mAP_50_mean']:.1f} | "
+                     f"{consistency} | {spread} | {seconds} | {strides or '-'} | "
+                     f"{phases or '-'} |")
     lines += ['', 'Paired on seed (same initial weights, same data order):', '',
               '| setting | minus | seeds | mean difference (bbox mAP) | 95% CI | p (paired t) '
-              '| per seed |', '|---|---|---|---|---|---|---|']
+              '| per seed | consistency difference (points), 95% CI, p |',
+              '|---|---|---|---|---|---|---|---|']
     for pair in pairs:
-        low, high = pair['mean'] - pair['ci95'], pair['mean'] + pair['ci95']
-        interval = '-' if len(pair['seeds']) < 2 else f'[{low:+.2f}, {high:+.2f}]'
+        interval, p_value = confidence_cells(pair)
         per_seed = ', '.join(f'{d:+.1f}' for d in pair['differences'])
-        p_value = '-' if pair['p_value'] != pair['p_value'] else f"{pair['p_value']:.3f}"
+        consistency = '-'
+        if 'consistency' in pair:
+            c_interval, c_p = confidence_cells(pair['consistency'])
+            consistency = f"{pair['consistency']['mean']:+.2f} {c_interval}, p {c_p}"
         lines.append(f"| `{pair['setting']}` | `{pair['against']}` | {len(pair['seeds'])} | "
-                     f"{pair['mean']:+.2f} | {interval} | {p_value} | {per_seed} |")
+                     f"{pair['mean']:+.2f} | {interval} | {p_value} | {per_seed} | "
+                     f"{consistency} |")
+    lines += cost_table(rows, suite, costs or {})
     seeds = sorted({s for by_seed in runs.values() for s in by_seed})
     lines += ['', 'bbox mAP per seed:', '',
               '| seed | ' + ' | '.join(f'`{s}`' for s in runs) + ' |',
@@ -450,6 +619,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--force', action='store_true', help='retrain runs that have results')
     parser.add_argument('--no-train', action='store_true',
                         help='train nothing: tables of the finished runs of the plan only')
+    parser.add_argument('--no-consistency', action='store_true',
+                        help='do not evaluate finished runs under shifts (tools/'
+                             'shift_consistency.py; each run once, its result kept)')
+    parser.add_argument('--costs', action='store_true',
+                        help='first measure each setting\'s cost (backbone multiply-adds, '
+                             'training s/iter, inference ms/image; tools/detector_costs.py), '
+                             'one at a time, before any training: run it with nothing else on '
+                             'the machine; kept in costs.json (--force measures again)')
+    parser.add_argument('--cost-repeats', type=int, default=2,
+                        help='times each setting\'s cost is measured, interleaved')
     parser.add_argument('--readme', help='rewrite the benchmark section of this README')
     parser.add_argument('--figure', help='also copy the plot here (e.g. the README\'s figure)')
     parser.add_argument('--cfg-options', nargs='+', default=[],
@@ -468,6 +647,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             for seed in (args.seeds if setting in suite.paired else args.other_seeds)]
     weights = {seed: os.path.join(work_dir, 'initial_weights', f'seed{seed}.pth')
                for seed in sorted({seed for _, seed in plan})}
+    if args.cost_repeats < 1:
+        parser.error(f'--cost-repeats {args.cost_repeats}: expected >= 1')
     if args.no_train and args.force:
         parser.error('--no-train and --force: expected one of them')
     for seed, path in weights.items():
@@ -488,16 +669,42 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if not plan:
             parser.error(f'--no-train: no finished run of {" ".join(settings)} in {work_dir}')
 
+    costs_path = os.path.join(work_dir, COSTS_FILE)
+    if args.costs:
+        # Inference is timed with the trained weights of a setting's first finished seed.
+        first = {setting: next((checkpoint_of(run_dir[key]) for key in sorted(
+            run_dir, key=lambda key: key[1]) if key[0] == setting and checkpoint_of(run_dir[key])),
+            None) for setting in settings}
+        measure_costs(settings, args.suite, work_dir, first, args.cost_repeats, args.force)
+    costs = {}
+    if os.path.exists(costs_path):
+        with open(costs_path) as f:
+            costs = json.load(f)
+
+    def evaluate(key):
+        label = f'{key[0]}, seed {key[1]}'
+        print(f'== {label}: shift consistency', flush=True)
+        evaluate_shifts(run_dir[key], key[0], label, threads, args.suite)
+
     def run(key):
         setting, seed = key
         label = f'{setting}, seed {seed}'
         print(f'== {label}: training {suite.settings[setting][0]}', flush=True)
+        if os.path.exists(os.path.join(run_dir[key], CONSISTENCY_FILE)):  # of an older run
+            os.remove(os.path.join(run_dir[key], CONSISTENCY_FILE))
         start = time.time()
         train(train_command(setting, run_dir[key], seed, weights[seed], args.cfg_options,
                             args.suite), label, run_dir[key], threads)
         print(f'   {label}: done in {time.time() - start:.0f} s', flush=True)
+        if not args.no_consistency and checkpoint_of(run_dir[key]):
+            evaluate(key)
 
+    # Every finished run of the plan is evaluated under shifts once (its checkpoint kept).
+    unevaluated = [] if args.no_consistency else [
+        key for key in plan if key not in todo and checkpoint_of(run_dir[key])
+        and not os.path.exists(os.path.join(run_dir[key], CONSISTENCY_FILE))]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(evaluate, unevaluated))
         list(pool.map(run, todo))
     runs: Dict[str, Dict[int, dict]] = {}
     for key in plan:
@@ -506,13 +713,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             raise RuntimeError(f'{key[0]}, seed {key[1]}: no result in {run_dir[key]}')
         runs.setdefault(key[0], {})[key[1]] = result
     rows, pairs = summarise(runs, args.suite)
-    table = markdown(rows, pairs, runs, args.suite)
+    table = markdown(rows, pairs, runs, args.suite, costs)
     print(table)
     png = os.path.join(work_dir, 'detection_benchmark.png')
     plot(rows, pairs, runs, png)
     with open(os.path.join(work_dir, 'detection_benchmark.json'), 'w') as f:
         json.dump({'suite': args.suite, 'rows': rows, 'pairs': pairs, 'runs': runs,
-                   'table': table, 'cfg_options': args.cfg_options}, f, indent=1)
+                   'costs': costs, 'table': table, 'cfg_options': args.cfg_options}, f, indent=1)
     with open(os.path.join(work_dir, 'detection_benchmark.md'), 'w') as f:
         f.write(table + '\n')
     if args.readme:

@@ -17,7 +17,8 @@ from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
 
 CLASSES = tuple(str(d) for d in range(10))
-FORMAT_VERSION = 1
+# 2: annotation ids start at 1 (pycocotools never counts a ground truth of id 0 as found).
+FORMAT_VERSION = 2
 
 
 def _digit_split(seed: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,7 +101,7 @@ def write_generated_dataset(root: str, canvas: Callable, meta: dict, num_train: 
                                    'height': size})
             for x0, y0, x1, y1, label in boxes:
                 coco['annotations'].append({
-                    'id': len(coco['annotations']), 'image_id': image_id,
+                    'id': len(coco['annotations']) + 1, 'image_id': image_id,
                     'category_id': label + 1, 'iscrowd': 0, 'area': (x1 - x0) * (y1 - y0),
                     'bbox': [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]})
         with open(os.path.join(staging, 'annotations', f'{split}.json'), 'w') as f:

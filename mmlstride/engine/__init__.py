@@ -1,4 +1,6 @@
-"""Training utilities (importing registers them in mmengine's HOOKS and MODEL_WRAPPERS)."""
+"""Training and analysis utilities (importing registers them in mmengine's HOOKS and
+MODEL_WRAPPERS, and LSConv's multiply-add count in mmengine.analysis)."""
+from . import complexity  # noqa: F401  (registration)
 from .cpu_distributed import CPUDistributedDataParallel, setup_cpu_distributed
 from .stride_logger_hook import (PHASE_PREFIX, StrideLoggerHook, find_scalars_json,
                                  learned_phases, learned_strides, read_stride_trajectories)
