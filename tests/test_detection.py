@@ -1002,7 +1002,6 @@ def test_benchmark_evaluates_each_finished_run_under_shifts_once(tmp_path, monke
     monkeypatch.setattr(tool, 'evaluate_shifts', fake_evaluate)
     monkeypatch.setattr(tool, 'train', fake_train)
     monkeypatch.setattr(tool, 'write_initial_weights', lambda seed, path, *args: path)
-    monkeypatch.setattr(tool, 'plot', lambda *args: None)
     weights = str(tmp_path / 'initial_weights' / 'seed0.pth')
     fake_finished_run(tool, tmp_path / 'fixed' / 'seed0', 'fixed', 'antialias', weights, 0, 0.6)
     stale = tmp_path / 'lsconv-half-frozen' / 'seed1' / tool.CONSISTENCY_FILE
@@ -1022,6 +1021,7 @@ def test_benchmark_evaluates_each_finished_run_under_shifts_once(tmp_path, monke
     # 95 - 90 and 96 - 91 points: +5.00, no spread, so no p-value
     assert '| `lsconv-half-frozen` | `fixed` | 2 | +5.00 |' in table
     assert '| +5.00 [+5.00, +5.00], p - |' in table
+    assert (tmp_path / 'detection_benchmark.png').stat().st_size > 0
 
 
 def test_benchmark_costs_are_measured_interleaved_and_tabled(tmp_path, monkeypatch):

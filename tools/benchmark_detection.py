@@ -546,8 +546,10 @@ def plot(rows: List[dict], pairs: List[dict], runs: Dict[str, Dict[int, dict]],
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     learned = [s for s in runs if next(iter(runs[s].values()))['final_strides']
-               and not s.startswith('frozen')]
-    fig, axes = plt.subplots(1, 2 + len(learned), figsize=(9 + 4.5 * len(learned), 4))
+               and 'frozen' not in s]
+    shifted = [r for r in rows if 'consistency_mean' in r]
+    panels = 2 + bool(shifted) + len(learned)
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4))
     names = [r['setting'] for r in rows]
     axes[0].bar(names, [r['bbox_mAP_mean'] for r in rows],
                 yerr=[r['bbox_mAP_std'] for r in rows], capsize=4, color='tab:blue')
@@ -565,7 +567,19 @@ def plot(rows: List[dict], pairs: List[dict], runs: Dict[str, Dict[int, dict]],
     axes[1].set_yticks(range(len(shown)), [f"{p['setting']} - {p['against']}" for p in shown])
     axes[1].set_xlabel('bbox mAP difference, same seed')
     axes[1].set_title('paired differences, mean and 95% CI')
-    for ax, setting in zip(axes[2:], learned):
+    if shifted:
+        ax = axes[2]
+        for index, row in enumerate(shifted):
+            seeds = list(runs[row['setting']].values())
+            ax.plot([r['consistency'] for r in seeds], [r['bbox_mAP'] for r in seeds], '.',
+                    color=f'C{index}', alpha=0.5)
+            ax.plot(row['consistency_mean'], row['bbox_mAP_mean'], 'o', color=f'C{index}',
+                    label=row['setting'])
+        ax.set_xlabel('shift consistency, whole pixels (%)')
+        ax.set_ylabel('bbox mAP (%)')
+        ax.set_title('accuracy against consistency (dots: seeds)')
+        ax.legend(fontsize=7)
+    for ax, setting in zip(axes[2 + bool(shifted):], learned):
         scalars = next(iter(runs[setting].values()))['scalars']
         trajectories = read_stride_trajectories(scalars)
         for index, (layer, series) in enumerate(trajectories.items()):
@@ -675,7 +689,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         first = {setting: next((checkpoint_of(run_dir[key]) for key in sorted(
             run_dir, key=lambda key: key[1]) if key[0] == setting and checkpoint_of(run_dir[key])),
             None) for setting in settings}
-        measure_costs(settings, args.suite, work_dir, first, args.cost_repeats, args.force)
+        measure_costs([s for s in settings if any(key[0] == s for key in plan)], args.suite,
+                      work_dir, first, args.cost_repeats, args.force)
     costs = {}
     if os.path.exists(costs_path):
         with open(costs_path) as f:

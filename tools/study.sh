@@ -18,10 +18,10 @@ bench --suite digits-neck --seeds 0 1 2
 # 3. Faster R-CNN, 3 seeds; the centre pivot and DCN on scaled digits, 3 seeds (DCN costs 2.3x).
 bench --suite digits-frcnn --seeds 0 1 2
 bench --suite scaled --settings lsconv-centre dcn --seeds 0 1 2 --other-seeds 0 1 2
-# 4. The learned phase's control: the phase frozen at half a pixel (anti-aliasing?), 5 seeds on
+# 4. The learned phase's control: the phase fixed at half a pixel (anti-aliasing?), 5 seeds on
 #    both RetinaNet datasets; the learned phase in Faster R-CNN came with step 3.
-bench --suite digits-grid --settings lsconv-phase-half --seeds $five --other-seeds $five
-bench --suite scaled --settings lsconv-phase-half --seeds $five --other-seeds $five
+bench --suite digits-grid --settings lsconv-half --seeds $five --other-seeds $five
+bench --suite scaled --settings lsconv-half --seeds $five --other-seeds $five
 # The README sections, from every finished run.
 for suite in digits-grid scaled digits-frcnn digits-neck; do
   bench --suite "$suite" --no-train --seeds $five --other-seeds $five --readme README.md \

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# LSConv against fixed anti-aliasing (README, "LSConv against a fixed blur"): trains its cells
+# with tools/benchmark_detection.py, two runs at a time, most important cells first, evaluates
+# every run under shifts, measures each setting's cost alone, then rewrites the suites' README
+# sections. Re-running it trains only what is missing. STUDY_WORK_DIR sets where the runs go
+# (default work_dirs/detection_benchmark); BEST_LSCONV and BEST_BLUR name the cells that get
+# five seeds (defaults: the winners of the three-seed cells on digits).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${MMLSTRIDE_VENV:-.venv}/bin/python
+work_dir=${STUDY_WORK_DIR:-work_dirs/detection_benchmark}
+best_lsconv=${BEST_LSCONV:-lsconv-half-frozen}
+best_blur=${BEST_BLUR:-blurpool}
+bench() { "$python" tools/benchmark_detection.py --jobs 2 --work-dir "$work_dir" "$@"; }
+three='0 1 2'
+five='0 1 2 3 4'
+everything='fixed lsconv-half-frozen blurpool blurfirst lsconv-half lsconv-phase lsconv'
+# 1. Every setting on digits, 3 seeds; then the same on scaled digits, the fixed anti-aliasing
+#    settings first.
+bench --suite antialias --settings $everything --seeds $three --other-seeds $three
+bench --suite antialias-scaled --settings fixed lsconv-half-frozen blurpool blurfirst \
+  --seeds $three --other-seeds $three
+bench --suite antialias-scaled --settings lsconv-half lsconv-phase lsconv --seeds $three \
+  --other-seeds $three
+# 2. Fixed strides, the best LSConv setting and the better BlurPool, 5 seeds on both datasets.
+for suite in antialias antialias-scaled; do
+  bench --suite $suite --settings fixed "$best_lsconv" "$best_blur" --seeds $five --other-seeds $five
+done
+# 3. Faster R-CNN on digits: the same three, 3 seeds.
+bench --suite antialias-frcnn --settings fixed "$best_lsconv" "$best_blur" --seeds $three \
+  --other-seeds $three
+# 4. Costs, measured alone (nothing else may run meanwhile), then the README sections and
+#    figures from every finished run.
+for suite in antialias antialias-scaled antialias-frcnn; do
+  "$python" tools/benchmark_detection.py --suite $suite --no-train --costs --seeds $five \
+    --other-seeds $five --work-dir "$work_dir" --readme README.md \
+    --figure "docs/figures/study_$suite.png"
+done
