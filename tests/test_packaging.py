@@ -1,5 +1,6 @@
 """Packaging: distributions built in a checkout carry the configs and leave the checkout's
-links; an installed wheel's bundled configs serve as bases of a user's own configs."""
+links; a wheel built from the source distribution installs into a fresh environment, and its
+bundled configs serve as bases of a user's own configs."""
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def copy_checkout(checkout: Path) -> Path:
     """The files a build reads, copied from this checkout (no build products, no .mim)."""
     checkout.mkdir()
-    for name in ('setup.py', 'README.md'):
+    for name in ('setup.py', 'README.md', 'MANIFEST.in'):
         shutil.copy(REPO / name, checkout / name)
     skip = shutil.ignore_patterns('__pycache__', '*.so', '.mim')
     for name in ('mmlstride', 'configs', 'tools', 'csrc', 'requirements'):
@@ -65,38 +66,60 @@ print('iters', cfg.train_cfg.max_iters, 'strides', len(strides))
 """
 
 
-def load_user_config(user_dir: Path, env: dict) -> str:
+def load_user_config(user_dir: Path, env: dict, python: str = sys.executable) -> str:
     """Copies the bundled configs into user_dir/bundled with the command the README gives,
-    and loads and builds a config there, in fresh processes; returns what they printed."""
+    and loads and builds a config there, in fresh processes of ``python``; returns what they
+    printed."""
     require_module('mmdet')
     user_dir.mkdir()
-    copy = subprocess.run([sys.executable, '-m', 'mmlstride.copy_configs', 'bundled'],
+    copy = subprocess.run([str(python), '-m', 'mmlstride.copy_configs', 'bundled'],
                           cwd=user_dir, env=env, capture_output=True, text=True, timeout=300)
     assert copy.returncode == 0, copy.stderr[-3000:]
     (user_dir / 'my_config.py').write_text(USER_CONFIG)
-    load = subprocess.run([sys.executable, '-c', LOAD_AND_BUILD], cwd=user_dir, env=env,
+    load = subprocess.run([str(python), '-c', LOAD_AND_BUILD], cwd=user_dir, env=env,
                           capture_output=True, text=True, timeout=300)
     assert load.returncode == 0, load.stderr[-3000:]
     return load.stdout
 
 
-def test_an_installed_wheels_configs_serve_as_bases_of_a_users_config(tmp_path):
-    """A wheel built from this checkout, installed into a directory of its own, copies its
-    configs into a user's directory, where a config builds on one of them by file path."""
+PURELIB = 'import sysconfig; print(sysconfig.get_path("purelib"))'
+
+
+def fresh_venv(path: Path) -> Path:
+    """A new virtual environment whose only other packages are this environment's
+    (torch, mmcv, mmdet, ...), seen through a path file; mmlstride is not among them (this
+    environment's editable install works through a hook that the path file does not run)."""
+    subprocess.run([sys.executable, '-m', 'venv', str(path)], check=True, timeout=300)
+    python = path / 'bin' / 'python'
+    site = subprocess.run([str(python), '-c', PURELIB], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    ours = [p for p in sys.path if p.endswith('site-packages')]
+    Path(site, 'dependencies.pth').write_text('\n'.join(ours) + '\n')
+    return python
+
+
+def test_a_wheel_built_from_the_sdist_installs_and_serves_configs(tmp_path):
+    """The source distribution carries what a build needs: a wheel built from it (extension
+    compiled) installs into a fresh virtual environment, where the extension loads and the
+    bundled configs copy into a user's directory and serve as bases of a user's config."""
     checkout = copy_checkout(tmp_path / 'checkout')
+    sdist = subprocess.run([sys.executable, 'setup.py', 'sdist', '-d', str(tmp_path / 'dist')],
+                           cwd=checkout, capture_output=True, text=True, timeout=600)
+    assert sdist.returncode == 0, sdist.stderr[-3000:]
+    archive = next((tmp_path / 'dist').glob('mmlstride-*.tar.gz'))
     build = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps',
-                            '--no-build-isolation', '-w', str(tmp_path / 'wheels'), str(checkout)],
-                           capture_output=True, text=True, timeout=1200,
+                            '--no-build-isolation', '-w', str(tmp_path / 'wheels'), str(archive)],
+                           capture_output=True, text=True, timeout=1200, cwd=tmp_path,
                            env={**os.environ, 'MAX_JOBS': '2'})
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     wheel = next((tmp_path / 'wheels').glob('mmlstride-*.whl'))
-    site = tmp_path / 'site'
-    install = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '--target',
-                              str(site), str(wheel)], capture_output=True, text=True, timeout=300)
+    python = fresh_venv(tmp_path / 'venv')
+    install = subprocess.run([str(python), '-m', 'pip', 'install', '--no-deps', '--no-index',
+                              str(wheel)], capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr[-3000:]
-    env = {**os.environ, 'PYTHONPATH': str(site)}
-    printed = load_user_config(tmp_path / 'user', env)
-    assert f'package {site / "mmlstride" / "__init__.py"}' in printed, printed
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'VIRTUAL_ENV')}
+    printed = load_user_config(tmp_path / 'user', env, python)
+    assert f'package {tmp_path / "venv"}' in printed, printed
     assert 'extension None' in printed and 'iters 10 strides 3' in printed, printed
 
 
