@@ -230,3 +230,21 @@ def test_cuda_sanitizer_cases_compare_with_float64(monkeypatch, capsys):
     monkeypatch.setattr(tool, 'compiled_op', lambda *args: op(*args) * (1 + 1e-3))
     assert tool.main(['--device', 'cpu']) == 1
     assert 'FAILED float32 all output: error 1.00e-03' in capsys.readouterr().out
+
+
+def test_mim_installs_without_a_resolver_error(tmp_path):
+    """tools/install_mim.sh, as the set-up runs it, in a fresh virtual environment: mim
+    works, and pip prints no ERROR line about openmim's left-out opendatalab."""
+    venv = tmp_path / 'venv'
+    subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True, timeout=300)
+    env = {**os.environ, 'PATH': f'{venv / "bin"}:{os.environ["PATH"]}',
+           'VIRTUAL_ENV': str(venv), 'PIP_DISABLE_PIP_VERSION_CHECK': '1'}
+    env.pop('PYTHONPATH', None)
+    result = subprocess.run(['bash', str(REPO / 'tools' / 'install_mim.sh')], env=env,
+                            capture_output=True, text=True, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert not [line for line in output.splitlines() if line.startswith('ERROR')], output
+    version = subprocess.run([str(venv / 'bin' / 'mim'), '--version'], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert version.stdout.strip() == 'mim, version 0.3.9', version.stdout + version.stderr

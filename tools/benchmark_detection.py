@@ -577,7 +577,7 @@ def plot(rows: List[dict], pairs: List[dict], runs: Dict[str, Dict[int, dict]],
                     label=row['setting'])
         ax.set_xlabel('shift consistency, whole pixels (%)')
         ax.set_ylabel('bbox mAP (%)')
-        ax.set_title('accuracy against consistency (dots: seeds)')
+        ax.set_title('mAP against consistency (dots: seeds)')
         ax.legend(fontsize=7)
     for ax, setting in zip(axes[2 + bool(shifted):], learned):
         scalars = next(iter(runs[setting].values()))['scalars']

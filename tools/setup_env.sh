@@ -20,9 +20,8 @@ pip install -q -r requirements/runtime.txt -r requirements/tests.txt
 # mmcv 2.1.0 has no wheel for this torch: built from source once (about 9 minutes
 # on 2 cores), then reinstalled from pip's wheel cache.
 MMCV_WITH_OPS=1 MAX_JOBS=2 pip install -q -r requirements/openmmlab.txt
-# mim without opendatalab (see requirements/mim.txt).
-pip install -q --no-deps openmim==0.3.9
-pip install -q -r requirements/mim.txt
+# mim without opendatalab (see requirements/mim.txt), quietly.
+bash tools/install_mim.sh
 # mim install = pip install + the OpenMMLab extras; the configs land in mmlstride/.mim.
 MAX_JOBS=2 mim install -q -e .
 python -c "import mmlstride.ops.extension as e; assert e.EXTENSION_ERROR is None, e.EXTENSION_ERROR"
