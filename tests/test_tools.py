@@ -248,3 +248,13 @@ def test_mim_installs_without_a_resolver_error(tmp_path):
     version = subprocess.run([str(venv / 'bin' / 'mim'), '--version'], env=env,
                              capture_output=True, text=True, timeout=300)
     assert version.stdout.strip() == 'mim, version 0.3.9', version.stdout + version.stderr
+
+
+def test_deploy_stacks_the_labels_of_boxes_on_one_object():
+    """The detections picture writes each label at its box's corner, moved down past labels
+    already written there, so that labels of overlapping boxes stay readable."""
+    numpy = pytest.importorskip('numpy')
+    deploy = load_tool('deploy')
+    corners = numpy.array([[10.0, 20.0], [11.0, 21.0], [12.0, 19.0], [100.0, 20.0]])
+    assert deploy.label_positions(corners, 16) == [(10.0, 20.0), (11.0, 37.0), (12.0, 67.0),
+                                                   (100.0, 20.0)]

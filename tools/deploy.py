@@ -100,10 +100,22 @@ def detections(detector: nn.Module, outputs: Sequence[Tensor], samples) -> list:
                                               batch_img_metas=metas, rescale=True)
 
 
+def label_positions(corners: np.ndarray, height: float) -> List[Tuple[float, float]]:
+    """Where to write each box's label: at its top-left corner, moved down by ``height`` past
+    the labels already placed near it, so that labels of boxes on one object do not overlap."""
+    placed: List[Tuple[float, float]] = []
+    for x, y in corners:
+        while any(abs(x - px) < 3 * height and abs(y - py) < height for px, py in placed):
+            y += height
+        placed.append((float(x), float(y)))
+    return placed
+
+
 def draw(samples, torch_results, onnx_results, classes: Sequence[str], path: Path,
-         score: float = 0.3, scale: int = 2) -> None:
+         score: float = 0.3, scale: int = 3, font_size: int = 11) -> None:
     """The images, enlarged ``scale`` times, with PyTorch's detections (left) and ONNX
-    Runtime's (right) of score >= ``score``."""
+    Runtime's (right) of score >= ``score``, each labelled with its class and score on a dark
+    ground, labels on one object stacked."""
     import mmcv
     from mmdet.visualization import DetLocalVisualizer
     visualizer = DetLocalVisualizer()
@@ -114,15 +126,21 @@ def draw(samples, torch_results, onnx_results, classes: Sequence[str], path: Pat
                               interpolation='nearest')
         pair = []
         for result in (ours, theirs):
-            keep = result.scores >= score
+            order = result.scores.argsort(descending=True)
+            order = order[result.scores[order] >= score]
+            boxes = result.bboxes[order] * scale
             visualizer.set_image(image)
-            boxes = result.bboxes[keep] * scale
             visualizer.draw_bboxes(boxes, edge_colors='lime', line_widths=1)
-            for box, label in zip(boxes, result.labels[keep]):
-                visualizer.draw_texts(classes[int(label)], box[:2].clamp(min=0), colors='yellow',
-                                      font_sizes=10)
+            corners = boxes[:, :2].clamp(min=0).numpy()
+            for (x, y), label, value in zip(label_positions(corners, font_size + 5),
+                                            result.labels[order], result.scores[order]):
+                visualizer.draw_texts(f'{classes[int(label)]} {float(value):.2f}',
+                                      np.array([x + 2, y + 1]), colors='yellow',
+                                      font_sizes=font_size,
+                                      bboxes=dict(facecolor='black', alpha=0.7, pad=1,
+                                                  edgecolor='none'))
             pair.append(visualizer.get_image())
-        rows.append(np.concatenate([pair[0], np.full((image.shape[0], 4, 3), 255, np.uint8),
+        rows.append(np.concatenate([pair[0], np.full((image.shape[0], 6, 3), 255, np.uint8),
                                     pair[1]], axis=1))
     mmcv.imwrite(np.concatenate(rows, axis=0)[..., ::-1], str(path))
 

@@ -16,7 +16,7 @@ printf '[install]\nno-build-isolation = false\n' > "$venv/pip.conf"
 pip install -q --upgrade pip 'setuptools>=77,<81' wheel ninja
 # torch first and pinned: an unpinned torch requirement would pull the newest CUDA build.
 pip install -q torch==2.13.0
-pip install -q -r requirements/runtime.txt -r requirements/tests.txt
+pip install -q -r requirements/runtime.txt -r requirements/tests.txt -r requirements/docs.txt
 # mmcv 2.1.0 has no wheel for this torch: built from source once (about 9 minutes
 # on 2 cores), then reinstalled from pip's wheel cache.
 MMCV_WITH_OPS=1 MAX_JOBS=2 pip install -q -r requirements/openmmlab.txt

@@ -38,9 +38,9 @@ class BlurConv2d(nn.Conv2d):
     [1, 2, 1] / 16), over the map padded by reflection as BlurPool pads, centred on the
     positions the strided conv samples. At stride 1 the layer is a plain conv.
 
+    nn.Conv2d's arguments mean what they mean there (zero padding given as ints).
+
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-        device, dtype: as in nn.Conv2d (zero padding given as ints).
         order: ``'conv-blur'`` (default) or ``'blur-conv'``.
         filter_size: taps of the binomial filter per axis, 2 to 7; default 3.
     """

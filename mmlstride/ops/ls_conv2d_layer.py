@@ -72,12 +72,14 @@ class LSConv2d(nn.Conv2d):
     nn.Conv2d's does; plus a fixed translation with ``phase``, or a learned one
     with ``learn_phase=True``.
 
+    nn.Conv2d's arguments (``in_channels``, ``out_channels``, ``kernel_size``,
+    ``stride``, ``padding``, ``dilation``, ``groups``, ``bias``, ``device``,
+    ``dtype``) mean what they mean there. ``stride`` is the nominal stride: it
+    sets the output size, the stride bounds and, unless ``initial_stride`` is
+    given, the initial learned stride. Only zero padding given as ints is
+    supported.
+
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation,
-        groups, bias, device, dtype: as in nn.Conv2d. ``stride`` is the nominal
-            stride: it sets the output size, the stride bounds and, unless
-            ``initial_stride`` is given, the initial learned stride.
-            Only zero padding given as ints is supported.
         stride_bounds: (low, high) multiples of the nominal stride between which
             the learned stride is clamped in the forward pass; default
             (0.25, 4.0), i.e. [0.5, 8] pixels for a nominal stride of 2.
