@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# LSConv against fixed anti-aliasing (README, "LSConv against a fixed blur"): trains its cells
+# LSConv against fixed anti-aliasing (docs/study.md, "LSConv against a fixed blur"): trains its cells
 # with tools/benchmark_detection.py, two runs at a time, most important cells first, evaluates
-# every run under shifts, measures each setting's cost alone, then rewrites the suites' README
-# sections. Re-running it trains only what is missing. STUDY_WORK_DIR sets where the runs go
+# every run under shifts, measures each setting's cost alone, then rewrites the suites' sections of
+# docs/study.md. Re-running it trains only what is missing. STUDY_WORK_DIR sets where the runs go
 # (default work_dirs/detection_benchmark); BEST_LSCONV and BEST_BLUR name the cells that get
 # five seeds (defaults: the winners of the three-seed cells on digits).
 set -euo pipefail
@@ -29,10 +29,10 @@ done
 # 3. Faster R-CNN on digits: the same three, 3 seeds.
 bench --suite antialias-frcnn --settings fixed "$best_lsconv" "$best_blur" --seeds $three \
   --other-seeds $three
-# 4. Costs, measured alone (nothing else may run meanwhile), then the README sections and
-#    figures from every finished run.
+# 4. Costs, measured alone (nothing else may run meanwhile), then the sections of
+#    docs/study.md and their figures, from every finished run.
 for suite in antialias antialias-scaled antialias-frcnn; do
   "$python" tools/benchmark_detection.py --suite $suite --no-train --costs --seeds $five \
-    --other-seeds $five --work-dir "$work_dir" --readme README.md \
+    --other-seeds $five --work-dir "$work_dir" --readme docs/study.md \
     --figure "docs/figures/study_$suite.png"
 done

@@ -1,4 +1,4 @@
-"""The CPU detection benchmark: fixed strides against learned ones, paired on initial weights.
+"""The CPU detection benchmark: settings of a detector's backbone, paired on initial weights.
 
 Trains the settings of one suite (a detector on a generated dataset: narrow ResNet-18 (32-256
 channels), data made from scikit-learn's, no download; ``--suite``, see SUITES) with mmdet's
@@ -11,20 +11,23 @@ between settings is caused by the settings alone.
 The ``digits`` suite (RetinaNet, 128 px digits canvases, ``configs/digits``): ``fixed`` (plain
 ResNet), ``lsconv`` (strides learned), ``frozen`` (LSConv frozen at the nominal stride: the
 control, equal to ``fixed`` up to float noise), ``dcn`` (mmcv DCN in the same places),
-``lsconv-badinit`` and ``frozen-badinit`` (strides start at 1.5, learned or frozen). The others
-compare ``fixed`` with LSConv (and DCN): ``digits-grid`` (the digits runs of fixed strides,
-the LSConv grid anchored at the corner, at the centre or with a learned phase, and DCN),
+``lsconv-badinit`` and ``frozen-badinit`` (strides start at 1.5, learned or frozen). The others:
+``digits-grid`` and ``scaled`` (where the LSConv grid is anchored: corner, centre, learned or
+fixed half-pixel phase; DCN), ``antialias``, ``antialias-scaled`` and ``antialias-frcnn`` (the
+half-pixel phase, strides frozen or learned, against BlurPool's two placements),
 ``digits-neck`` (RetinaNet with P3-P7, LSConv in the backbone and the FPN), ``digits-frcnn``
-(Faster R-CNN), ``scaled`` (RetinaNet on 256 px canvases of 12-96 px digits on photographs,
-``configs/scaled_digits``, with the same grid variants). Prints and writes per-setting
-mean ± std and s/iter, per-seed paired differences against ``fixed`` (and the grid variants
-against the corner grid) with 95% confidence intervals and the paired t-test's p-value, a
-plot, and the suite's README section (``--readme`` rewrites it in place). Runs whose results
-exist are reused (``--force`` retrains).
+(Faster R-CNN); ``scaled`` means 256 px canvases of 12-96 px digits on photographs
+(``configs/scaled_digits``). Every finished run is also evaluated under shifts
+(tools/shift_consistency.py, once); ``--costs`` first measures each setting's cost alone
+(tools/detector_costs.py). Prints and writes per-setting mean ± std, consistency and s/iter,
+per-seed paired differences (mAP and consistency) with 95% confidence intervals and the paired
+t-test's p-value, a cost table, a plot, and the suite's section of the study page
+(``--readme docs/study.md`` rewrites it in place). Runs whose results exist are reused
+(``--force`` retrains).
 
-    python tools/benchmark_detection.py --readme README.md       # the README's study
+    python tools/benchmark_detection.py --readme docs/study.md   # the study page
     python tools/benchmark_detection.py --settings fixed lsconv --seeds 0 --other-seeds
-    python tools/benchmark_detection.py --suite scaled --seeds 0 1 2
+    python tools/benchmark_detection.py --suite antialias --seeds 0 1 2 --costs
 """
 import argparse
 import json
@@ -643,8 +646,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                              'the machine; kept in costs.json (--force measures again)')
     parser.add_argument('--cost-repeats', type=int, default=2,
                         help='times each setting\'s cost is measured, interleaved')
-    parser.add_argument('--readme', help='rewrite the benchmark section of this README')
-    parser.add_argument('--figure', help='also copy the plot here (e.g. the README\'s figure)')
+    parser.add_argument('--readme',
+                        help='rewrite the suite\'s section of this page (docs/study.md)')
+    parser.add_argument('--figure',
+                        help='also copy the plot here (e.g. the study page\'s figure)')
     parser.add_argument('--cfg-options', nargs='+', default=[],
                         help='extra key=value overrides for every run, e.g. train_cfg.max_iters=200')
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The grid-anchor study (README, "Where the learned grid is anchored"): trains its cells with
+# The grid-anchor study (docs/study.md, "Where the learned grid is anchored"): trains its cells with
 # tools/benchmark_detection.py, two runs at a time, most important cells first, then rewrites
-# the suites' README sections from every finished run. Re-running it trains only what is
+# the suites' sections of docs/study.md from every finished run. Re-running it trains only what is
 # missing. STUDY_WORK_DIR sets where the runs go (default work_dirs/detection_benchmark).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,8 +22,8 @@ bench --suite scaled --settings lsconv-centre dcn --seeds 0 1 2 --other-seeds 0 
 #    both RetinaNet datasets; the learned phase in Faster R-CNN came with step 3.
 bench --suite digits-grid --settings lsconv-half --seeds $five --other-seeds $five
 bench --suite scaled --settings lsconv-half --seeds $five --other-seeds $five
-# The README sections, from every finished run.
+# The sections of docs/study.md, from every finished run.
 for suite in digits-grid scaled digits-frcnn digits-neck; do
-  bench --suite "$suite" --no-train --seeds $five --other-seeds $five --readme README.md \
+  bench --suite "$suite" --no-train --seeds $five --other-seeds $five --readme docs/study.md \
     --figure "docs/figures/study_$suite.png"
 done
