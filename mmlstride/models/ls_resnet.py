@@ -34,8 +34,8 @@ class LSResNet(ResNet):
         stage_conv: config of the replacing layer, built with mmcv's
             ``build_conv_layer``: ``dict(type='LSConv', learn_phase=True)``
             (default: the corner grid with a learned translation, which beat
-            the corner grid alone on both RetinaNet datasets of the README's
-            study),
+            the corner grid alone on both RetinaNet datasets of the detection
+            study, docs/study.md),
             ``dict(type='LSConv')`` for the op's own corner grid,
             ``dict(type='LSConv', phase=0.5)`` for a grid fixed half a pixel
             in (a 2 x 2 box blur before each strided conv), or with

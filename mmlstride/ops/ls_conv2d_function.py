@@ -167,7 +167,7 @@ def ls_conv2d(input: Tensor,
     Args:
         input: (N, C, H, W): float32 or float64; float16 and bfloat16 too on CUDA.
             Under autocast the op runs in the autocast dtype on CUDA and in float32
-            on CPU (see README).
+            on CPU (see the op page, docs/op.md).
         weight: (O, C / groups, kernel_h, kernel_w), same dtype and device as input.
         stride: (2,) tensor (s_h, s_w) of real strides > 0, any floating dtype (its
             gradient has that dtype), or a pair of numbers.
