@@ -552,7 +552,12 @@ def plot(rows: List[dict], pairs: List[dict], runs: Dict[str, Dict[int, dict]],
                and 'frozen' not in s]
     shifted = [r for r in rows if 'consistency_mean' in r]
     panels = 2 + bool(shifted) + len(learned)
-    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4))
+    columns = min(panels, 3)
+    lines = -(-panels // columns)
+    fig, grid = plt.subplots(lines, columns, figsize=(5.5 * columns, 4.2 * lines), squeeze=False)
+    axes = grid.ravel()
+    for unused in axes[panels:]:
+        unused.set_visible(False)
     names = [r['setting'] for r in rows]
     axes[0].bar(names, [r['bbox_mAP_mean'] for r in rows],
                 yerr=[r['bbox_mAP_std'] for r in rows], capsize=4, color='tab:blue')
