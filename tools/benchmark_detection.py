@@ -491,7 +491,7 @@ def cost_table(rows: List[dict], suite: str, costs: dict) -> List[str]:
         ratio = f' ({value / base[key]:.2f}x)' if base else ''
         return format(value, form) + ratio
 
-    for setting, cost in measured.items():
+    for setting in measured:
         lines.append(f"| `{setting}` | {cell(setting, 'backbone_macs', ',')} | "
                      f"{cell(setting, 'train_s_per_iter', '.3f')} | "
                      f"{cell(setting, 'inference_ms_per_image', '.1f')} |")

@@ -21,12 +21,11 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from mmengine.config import Config
-from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from torch import Tensor, nn
 
 import mmlstride  # noqa: F401  (registers LSConv, LSResNet and the digits dataset)
+from mmlstride.engine import load_config, load_weights
 from mmlstride.ops import LSConv2d
 
 
@@ -157,13 +156,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = Config.fromfile(args.config)
-    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    cfg = load_config(args.config)
     from mmdet.registry import MODELS
     detector = MODELS.build(cfg.model)
-    # mmengine's checkpoints pickle the runner's message hub: load one you trust (yours).
-    checkpoint = torch.load(args.checkpoint, map_location='cpu', weights_only=False)
-    detector.load_state_dict(checkpoint.get('state_dict', checkpoint))
+    load_weights(detector, args.checkpoint)
     detector.eval()
     cfg.test_dataloader.batch_size = args.images
     loader = Runner.build_dataloader(cfg.test_dataloader)

@@ -23,22 +23,9 @@ import time
 from typing import List, Optional, Sequence
 
 import torch
+from mmengine.config import DictAction
 
-
-def load_config(path: str, options: Sequence[str] = ()):
-    from mmengine.config import Config, DictAction
-    from mmengine.registry import init_default_scope
-    parser = argparse.ArgumentParser()
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
-    cfg = Config.fromfile(path)
-    cfg.merge_from_dict(parser.parse_args(['--cfg-options', *options] if options else []
-                                          ).cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmdet'))
-    if cfg.get('custom_imports'):
-        from mmengine.utils import import_modules_from_strings
-        import_modules_from_strings(**cfg.custom_imports)
-    import mmlstride  # noqa: F401  (LSConv's counting rule)
-    return cfg
+from mmlstride.engine import load_config, load_weights  # the import registers LSConv's count
 
 
 def test_size(cfg) -> tuple:
@@ -67,8 +54,7 @@ def inference_times(cfg, checkpoint: Optional[str], images: int, warmup: int) ->
     from mmengine.dataset import pseudo_collate
     model = MODELS.build(cfg.model)
     if checkpoint:
-        state = torch.load(checkpoint, map_location='cpu', weights_only=False)
-        model.load_state_dict(state.get('state_dict', state))
+        load_weights(model, checkpoint)
     model.eval()
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
     samples = [dataset[i % len(dataset)] for i in range(warmup + images)]
@@ -125,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument('--warmup', type=int, default=10,
                         help='images and iterations run first, not timed')
     parser.add_argument('--out', help='also write the JSON here')
-    parser.add_argument('--cfg-options', nargs='+', default=[])
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
     args = parser.parse_args(argv)
     for name in ('images', 'train_iters'):
         if getattr(args, name) < 1:

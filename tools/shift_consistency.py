@@ -14,7 +14,9 @@ import sys
 from typing import List, Optional, Sequence
 
 import numpy as np
+from mmengine.config import DictAction
 
+from mmlstride.engine import load_config, load_weights
 from mmlstride.evaluation import HALF_PIXEL_SHIFTS, WHOLE_PIXEL_SHIFTS, shift_consistency
 from mmlstride.evaluation.shift_consistency import DEFAULT_SCORE_THR, Detections
 
@@ -43,10 +45,7 @@ def detector(cfg, checkpoint: str, batch_size: int):
     from mmdet.apis import init_detector
     from mmengine.dataset import pseudo_collate
     model = init_detector(cfg, None, device='cpu')
-    # A training checkpoint holds mmengine's logging state too, which torch.load's default
-    # (weights only) refuses: the file is the user's own, so it is read in full.
-    state = torch.load(checkpoint, map_location='cpu', weights_only=False)
-    model.load_state_dict(state.get('state_dict', state))
+    load_weights(model, checkpoint)
     steps = [dict(step) for step in cfg.test_dataloader.dataset.pipeline
              if step['type'] != 'LoadAnnotations']
     steps[0] = dict(type='mmdet.LoadImageFromNDArray')
@@ -74,24 +73,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument('--score-thr', type=float, default=DEFAULT_SCORE_THR,
                         help='the score a detection needs to match an object')
     parser.add_argument('--batch-size', type=int, default=8)
-    parser.add_argument('--cfg-options', nargs='+', default=[],
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='key=value overrides of the config, as mmdet\'s tools take them')
     args = parser.parse_args(argv)
     if not 0 <= args.score_thr <= 1:
         parser.error(f'--score-thr {args.score_thr}: expected a value in [0, 1]')
     if not os.path.exists(args.checkpoint):
         parser.error(f'checkpoint {args.checkpoint}: no such file')
-    from mmengine.config import Config, DictAction
-    from mmengine.registry import init_default_scope
-    options = argparse.ArgumentParser()
-    options.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
-    cfg = Config.fromfile(args.config)
-    cfg.merge_from_dict(options.parse_args(['--cfg-options', *args.cfg_options]
-                                           if args.cfg_options else []).cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmdet'))
-    if cfg.get('custom_imports'):
-        from mmengine.utils import import_modules_from_strings
-        import_modules_from_strings(**cfg.custom_imports)
+    cfg = load_config(args.config, args.cfg_options)
     images, truths, num_classes = load_test_set(cfg)
     result = shift_consistency(detector(cfg, args.checkpoint, args.batch_size), images, truths,
                                num_classes, WHOLE_PIXEL_SHIFTS + HALF_PIXEL_SHIFTS,
