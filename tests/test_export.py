@@ -1,6 +1,7 @@
 """Export of models holding LSConv: torch.export with dynamic batch, height and width, and ONNX
-of standard operators (bilinear GridSample and Conv) run in ONNX Runtime against PyTorch, at
-sizes other than the traced one."""
+of standard operators in each form (Resize per tap, GridSample, and the plain convolution of a
+layer switched to deploy at whole strides) run in ONNX Runtime against PyTorch, at sizes other
+than the traced one."""
 import warnings
 
 import pytest
@@ -8,8 +9,8 @@ import torch
 from torch.export import Dim
 
 from conftest import require_module
-from mmlstride.ops import LSConv2d, ls_conv2d
-from mmlstride.ops.ls_conv2d_export import ls_conv2d_by_sampling
+from mmlstride.ops import LSConv2d, ls_conv2d, onnx_form, switch_to_deploy
+from mmlstride.ops.ls_conv2d_export import ls_conv2d_at_integer_stride, ls_conv2d_by_sampling
 from mmlstride.testing import random_case, relative_error
 
 # (kernel, stride, padding, dilation, groups, learned stride[, pivot, learned phase]):
@@ -25,7 +26,7 @@ LAYERS = [
          pivot='centre', phase=(0.35, -0.6)),
 ]
 LAYER_IDS = ['3x3', 'rect-groups-dilation', 'asym-pad', 'centre-phase']
-TRACED, OTHER_SIZES = (2, 8, 20, 24), [(3, 8, 33, 17), (1, 8, 48, 64)]
+TRACED, OTHER_SIZES = (2, 8, 20, 24), [(3, 8, 33, 17), (1, 8, 48, 64), (2, 8, 8, 8)]
 
 
 def make_layer(spec) -> LSConv2d:
@@ -72,14 +73,14 @@ def test_torch_export_with_dynamic_batch_height_width(spec):
         assert torch.equal(program.module()(x), layer(x))
 
 
-def onnx_session(model, example, path, opset, dynamo=True, minimum=8):
-    """Exports ``model`` to ONNX (dynamic batch, height and width with the default exporter)
-    and returns an ONNX Runtime CPU session and the ONNX model."""
+def onnx_session(model, example, path, opset, dynamo=True, minimum=8, form='auto'):
+    """Exports ``model`` to ONNX (dynamic batch, height and width with the default exporter;
+    LSConv in ``form``) and returns an ONNX Runtime CPU session and the ONNX model."""
     require_module('onnx')
     require_module('onnxscript')
     ort = require_module('onnxruntime')
     import onnx
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), onnx_form(form):
         warnings.simplefilter('ignore')
         if dynamo:
             torch.onnx.export(model, (example, ), path, opset_version=opset, dynamo=True,
@@ -93,25 +94,38 @@ def run_onnx(session, x):
     return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
 
 
-def assert_standard_operators(model, opset):
-    """Only ai.onnx operators, GridSample as 'bilinear', at the requested opset."""
+def attributes(model, op_type, name):
+    return [attribute.s for node in model.graph.node if node.op_type == op_type
+            for attribute in node.attribute if attribute.name == name]
+
+
+def assert_standard_operators(model, opset, form='grid_sample'):
+    """Only ai.onnx operators at the requested opset, in ``form``: GridSample as 'bilinear';
+    Resize as linear tf_crop_and_resize; 'conv', neither."""
     assert [entry.version for entry in model.opset_import if entry.domain in ('', 'ai.onnx')] \
         == [opset]
     assert {node.domain for node in model.graph.node} <= {''}
-    modes = [attribute.s for node in model.graph.node if node.op_type == 'GridSample'
-             for attribute in node.attribute if attribute.name == 'mode']
-    assert modes and set(modes) == {b'bilinear'}
+    samplers = {node.op_type for node in model.graph.node} & {'GridSample', 'Resize'}
+    assert samplers == {'grid_sample': {'GridSample'}, 'resize': {'Resize'}, 'conv': set()}[form]
+    if form == 'grid_sample':
+        assert set(attributes(model, 'GridSample', 'mode')) == {b'bilinear'}
+    if form == 'resize':
+        assert set(attributes(model, 'Resize', 'mode')) == {b'linear'}
+        assert set(attributes(model, 'Resize', 'coordinate_transformation_mode')) == \
+            {b'tf_crop_and_resize'}
 
 
+@pytest.mark.parametrize('form', ['resize', 'grid_sample'])
 @pytest.mark.parametrize('opset', [18, 19])
 @pytest.mark.parametrize('spec', LAYERS, ids=LAYER_IDS)
-def test_onnx_export_runs_in_onnxruntime(spec, opset, tmp_path):
+def test_onnx_export_runs_in_onnxruntime(spec, opset, form, tmp_path):
     """torch.onnx.export (the default exporter, dynamic batch, height and width) of an
-    LSConv2d gives standard operators whose ONNX Runtime output matches PyTorch to 1e-4 at
-    sizes other than the traced one."""
+    LSConv2d gives standard operators in either form whose ONNX Runtime output matches
+    PyTorch to 1e-4 at sizes other than the traced one."""
     layer = make_layer(spec)
-    session, model = onnx_session(layer, torch.randn(TRACED), tmp_path / 'layer.onnx', opset)
-    assert_standard_operators(model, opset)
+    session, model = onnx_session(layer, torch.randn(TRACED), tmp_path / 'layer.onnx', opset,
+                                  form=form)
+    assert_standard_operators(model, opset, form)
     with torch.no_grad():
         for shape in OTHER_SIZES:
             x = torch.randn(shape)
@@ -167,3 +181,111 @@ def test_lsresnet_backbone_exports_to_onnx(stage_conv, tmp_path):
             for found, exported, wanted in zip(features, program.module()(x), expected):
                 assert relative_error(torch.from_numpy(found), wanted) < 1e-4
                 assert torch.equal(exported, wanted)
+
+
+WHOLE_PHASES = [None, (0.0, 0.0), (0.5, 0.5), (0.35, -1.6), (-2.0, 1.0), (0.0, 0.75)]
+
+
+@pytest.mark.parametrize('seed', range(12))
+@pytest.mark.parametrize('phase', WHOLE_PHASES, ids=str)
+def test_integer_stride_form_is_the_op(seed, phase):
+    """The deploy form at whole strides (padding moved by the phase's whole part, a 2 x 2
+    blend by its fraction, a plain strided convolution) computes the op (float64 random
+    cases: groups, dilation, padding, output sizes, strides 1 to 3)."""
+    case = random_case(seed)
+    strides = (1 + seed % 3, 1 + (seed // 3) % 3)
+    args = case.args()
+    found = ls_conv2d_at_integer_stride(args[0], args[1], strides, args[3], *args[4:8],
+                                        phase or (0.0, 0.0))
+    expected = ls_conv2d(args[0], args[1], torch.tensor(strides, dtype=torch.float64), args[3],
+                         *args[4:8], phase=phase)
+    assert found.shape == expected.shape
+    assert relative_error(found, expected) < 1e-12
+
+
+def deploy_layer(spec, stride, phase, pivot='corner'):
+    torch.manual_seed(0)
+    layer = LSConv2d(8, 12, kernel_size=spec['kernel_size'], stride=spec['stride'],
+                     padding=spec['padding'], dilation=spec['dilation'], groups=spec['groups'],
+                     pivot=pivot, learn_phase=phase is not None).eval()
+    with torch.no_grad():
+        layer.learnable_stride.copy_(torch.tensor(stride))
+        if phase is not None:
+            layer.learnable_phase.copy_(torch.tensor(phase))
+    return layer
+
+
+@pytest.mark.parametrize('phase', WHOLE_PHASES[:4], ids=str)
+@pytest.mark.parametrize('spec', LAYERS[:3], ids=LAYER_IDS[:3])
+def test_switch_to_deploy_keeps_the_outputs(spec, phase):
+    """A layer switched to deploy computes what it did, holds its stride and phase as numbers
+    and no longer trains them; whole strides other than the nominal one too."""
+    for stride in (spec['learned'], (3.0, 1.0)):
+        layer = deploy_layer(spec, stride, phase)
+        x = torch.randn(2, 8, 19, 23)
+        with torch.no_grad():
+            before = layer(x)
+            switch_to_deploy(layer)
+            assert torch.equal(layer(x), before)
+        assert layer.deploy_stride == pytest.approx(stride)
+        assert layer.deploy_phase == (None if phase is None else pytest.approx(phase))
+        assert not layer.learnable_stride.requires_grad
+        assert layer.weight.requires_grad
+
+
+def test_switch_to_deploy_centre_pivot_and_followers():
+    """Off its nominal stride a centre-pivot layer's phase follows the output size, so it is
+    not held as a number and the outputs stay right at other sizes; at the nominal stride it
+    is. A follower holds its leader's stride."""
+    spec = LAYERS[3]
+    for stride, held in ((spec['learned'], False), ((2.0, 2.0), True)):
+        layer = deploy_layer(spec, stride, spec['phase'], pivot='centre')
+        expected = [layer(torch.randn(1, 8, n, n)) for n in (15, 28)]
+        torch.manual_seed(1)
+        inputs = [torch.randn(1, 8, n, n) for n in (15, 28)]
+        with torch.no_grad():
+            expected = [layer(x) for x in inputs]
+            switch_to_deploy(layer)
+            assert layer.deploy_phase_is_constant == held
+            for x, wanted in zip(inputs, expected):
+                assert torch.equal(layer(x), wanted)
+    leader = deploy_layer(LAYERS[0], (1.75, 2.25), None)
+    follower = LSConv2d(8, 4, 3, stride=2, padding=1).eval()
+    follower.follow_stride(leader)
+    assert switch_to_deploy(torch.nn.Sequential(leader, follower)) == 2
+    assert follower.deploy_stride == pytest.approx((1.75, 2.25))
+
+
+@pytest.mark.parametrize('dynamo', [True, False], ids=['default', 'torchscript'])
+@pytest.mark.parametrize('phase', WHOLE_PHASES[2:5], ids=str)
+@pytest.mark.parametrize('spec', LAYERS[:3], ids=LAYER_IDS[:3])
+def test_deployed_whole_strides_export_as_plain_convolutions(spec, phase, dynamo, tmp_path):
+    """Switched to deploy at whole strides, a layer exports with no sampling operator (an
+    AveragePool at a half-pixel phase) in either exporter, and matches PyTorch to 1e-4 at
+    other sizes (the traced one with dynamo=False)."""
+    stride = tuple(float(max(1, round(v))) for v in spec['learned'])
+    layer = deploy_layer(spec, stride, phase)
+    switch_to_deploy(layer)
+    opset = 18 if dynamo else 17
+    session, model = onnx_session(layer, torch.randn(TRACED), tmp_path / 'layer.onnx', opset,
+                                  dynamo=dynamo)
+    assert_standard_operators(model, opset, 'conv')
+    pools = {node.op_type for node in model.graph.node} & {'AveragePool'}
+    assert pools == ({'AveragePool'} if phase == (0.5, 0.5) else set())
+    with torch.no_grad():
+        for shape in OTHER_SIZES if dynamo else [TRACED]:
+            x = torch.randn(shape)
+            assert relative_error(run_onnx(session, x), layer(x)) < 1e-4
+
+
+def test_onnx_form_is_checked(tmp_path):
+    """An unknown form and the Resize form with dynamo=False are refused, naming the form."""
+    with pytest.raises(ValueError, match=r"form='nearest' expected one of 'auto', 'resize', "
+                                         r"'grid_sample'"):
+        with onnx_form('nearest'):
+            pass
+    require_module('onnx')
+    with pytest.raises(ValueError, match=r"onnx_form\('resize'\) expected the default exporter"):
+        with onnx_form('resize'):
+            torch.onnx.export(make_layer(LAYERS[0]), (torch.randn(TRACED), ),
+                              tmp_path / 'x.onnx', opset_version=17, dynamo=False)

@@ -16,22 +16,23 @@ bench() { "$python" tools/benchmark_detection.py --jobs 2 --work-dir "$work_dir"
 three='0 1 2'
 five='0 1 2 3 4'
 everything='fixed lsconv-half-frozen blurpool blurfirst lsconv-half lsconv-phase lsconv'
-# 1. Every setting on digits, 3 seeds; then the same on scaled digits, the fixed anti-aliasing
-#    settings first.
+# 1. Every setting on digits, 3 seeds.
 bench --suite antialias --settings $everything --seeds $three --other-seeds $three
+# 2. Fixed strides, the best LSConv setting, the fixed half phase with frozen strides (does
+#    learning the strides add anything to a fixed blur?) and the better BlurPool: 5 seeds on
+#    digits; the fixed anti-aliasing settings on scaled digits, 3 seeds; the same cells in
+#    Faster R-CNN on digits, 3 seeds.
+main_cells="fixed lsconv-half-frozen $best_lsconv $best_blur"
+bench --suite antialias --settings $main_cells --seeds $five --other-seeds $five
 bench --suite antialias-scaled --settings fixed lsconv-half-frozen blurpool blurfirst \
   --seeds $three --other-seeds $three
-bench --suite antialias-scaled --settings lsconv-half lsconv-phase lsconv --seeds $three \
-  --other-seeds $three
-# 2. Fixed strides, the best LSConv setting, the fixed half phase with frozen strides (does
-#    learning the strides add anything to a fixed blur?) and the better BlurPool, 5 seeds on
-#    both datasets.
-main_cells="fixed lsconv-half-frozen $best_lsconv $best_blur"
-for suite in antialias antialias-scaled; do
-  bench --suite $suite --settings $main_cells --seeds $five --other-seeds $five
-done
-# 3. Faster R-CNN on digits: the same, 3 seeds.
 bench --suite antialias-frcnn --settings $main_cells --seeds $three --other-seeds $three
+# 3. Scaled digits: the best LSConv setting, then 5 seeds of the main cells, then the side
+#    questions (the learned phase, the corner grid), 3 seeds.
+bench --suite antialias-scaled --settings $main_cells --seeds $three --other-seeds $three
+bench --suite antialias-scaled --settings $main_cells --seeds $five --other-seeds $five
+bench --suite antialias-scaled --settings lsconv-phase lsconv --seeds $three \
+  --other-seeds $three
 # 4. Costs, measured alone (nothing else may run meanwhile), then the sections of
 #    docs/study.md and their figures, from every finished run.
 for suite in antialias antialias-scaled antialias-frcnn; do

@@ -1,12 +1,21 @@
-"""LSConv in standard operators, for export: one bilinear GridSample and one strided convolution.
+"""LSConv in standard operators, for export, in three exact forms.
 
-The sample of every (output pixel, kernel tap) is taken once, by ``F.grid_sample`` (ONNX
+- :func:`ls_conv2d_at_integer_stride`: whole strides and a constant phase (a layer switched to
+  deploy, :func:`mmlstride.ops.switch_to_deploy`): a plain strided convolution, after a 2 x 2
+  blend when the phase has a fraction.
+- :func:`ls_conv2d_by_resize`: any stride, the default exporter: one ``Resize`` per tap and a
+  1 x 1 convolution.
+- :func:`ls_conv2d_by_sampling`: any stride, any exporter, the form TensorRT reads: one
+  bilinear ``GridSample`` and one strided convolution.
+
+In the last, the sample of every (output pixel, kernel tap) is taken once, by ``F.grid_sample`` (ONNX
 GridSample, bilinear, zero padding), into a map whose rows are (a, i) pairs and columns
 (b, j) pairs; a convolution with kernel (kh, kw) and stride (kh, kw) over that map then does
 exactly the multiply-adds of the strided convolution. The input gets a border of one zero
 pixel first, which makes GridSample's zero padding MMCV's boundary rule (a sample at or
 beyond -1 or the size is 0) for any input size, 1 included.
 """
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -39,3 +48,90 @@ def ls_conv2d_by_sampling(input: Tensor, weight: Tensor, stride: Tensor, bias: O
     samples = F.grid_sample(bordered, grid, mode='bilinear', padding_mode='zeros',
                             align_corners=True)
     return F.conv2d(samples, weight, bias, stride=tuple(kernel), groups=groups)
+
+
+def ls_conv2d_at_integer_stride(input: Tensor, weight: Tensor, stride: Tuple[int, int],
+                                bias: Optional[Tensor], padding: Tuple[int, int],
+                                dilation: Tuple[int, int], groups: int,
+                                output_size: Tuple[int, int],
+                                phase: Tuple[float, float] = (0.0, 0.0)) -> Tensor:
+    """LSConv at whole strides and a constant phase, as a plain convolution of that stride.
+
+    The phase's whole part moves the zero padding; its fraction (f_h, f_w) becomes one blend
+    of each pixel with its next neighbours, weights (1 - f, f) per axis (an AveragePool of
+    2 x 2 at half a pixel on both axes, else a depthwise 2 x 2 convolution), before the
+    convolution samples. Exact: bilinear interpolation at position m + f is that blend.
+    """
+    kernel = weight.shape[2:]
+    whole = [math.floor(t) for t in phase]
+    fraction = [t - w for t, w in zip(phase, whole)]
+    # The padded input's row 0 is at position whole - padding; it must hold the
+    # (out - 1) * s + d * (k - 1) + 1 positions the convolution reads, one more to blend.
+    begin = [padding[k] - whole[k] for k in range(2)]
+    end = [(output_size[k] - 1) * stride[k] + dilation[k] * (kernel[k] - 1) + 1 +
+           int(fraction[k] > 0) - input.shape[2 + k] - begin[k] for k in range(2)]
+    # Positive begins, then the ends (either sign), then negative begins: each step leaves at
+    # least one row, where one pad of all four could crop more than the input holds.
+    x = input
+    if max(begin) > 0:
+        x = F.pad(x, (max(begin[1], 0), 0, max(begin[0], 0), 0))
+    x = F.pad(x, (0, end[1], 0, end[0]))
+    if min(begin) < 0:
+        x = F.pad(x, (min(begin[1], 0), 0, min(begin[0], 0), 0))
+    if fraction == [0.5, 0.5]:
+        x = F.avg_pool2d(x, 2, stride=1)
+    elif any(fraction):
+        taps = [torch.tensor([1 - f, f] if f else [1.0], dtype=x.dtype, device=x.device)
+                for f in fraction]
+        channels = int(weight.shape[1]) * groups  # a constant for the tracer
+        blend = (taps[0][:, None] * taps[1][None, :]).repeat(channels, 1, 1, 1)
+        x = F.conv2d(x, blend, groups=channels)
+    return F.conv2d(x, weight, bias, stride=tuple(stride), dilation=dilation, groups=groups)
+
+
+def ls_conv2d_by_resize(input: Tensor, weight: Tensor, stride: Tensor, bias: Optional[Tensor],
+                        padding: Tuple[int, int], dilation: Tuple[int, int], groups: int,
+                        output_size: Tuple[int, int], phase: Optional[Tensor] = None) -> Tensor:
+    """LSConv as one ONNX ``Resize`` per kernel tap and a 1 x 1 convolution, for
+    ``torch.onnx.export`` with the default (dynamo) exporter only.
+
+    Tap (i, j) samples at an affine map of the output index, which ``Resize`` (mode linear,
+    ``tf_crop_and_resize`` with a region of interest, extrapolation 0) computes on the input
+    with a one-pixel zero border (MMCV's boundary rule). The taps' maps are stacked per group,
+    tap-major, and a 1 x 1 convolution with the weight so reordered does the multiply-adds
+    of the strided convolution.
+    """
+    kernel_h, kernel_w = weight.shape[2:]
+    bordered = F.pad(input, (1, 1, 1, 1))
+    batch, channels, height, width = bordered.shape
+    out_h, out_w = output_size
+    dtype = input.dtype
+    stride = stride.to(dtype)
+    phase = torch.zeros(2, dtype=dtype, device=input.device) if phase is None else phase.to(dtype)
+    sizes = torch.stack([torch.scalar_tensor(v, dtype=torch.int64, device=input.device)
+                         for v in (batch, channels, out_h, out_w)])
+    # tf_crop_and_resize reads output index o at start * (n - 1) + o * (end - start) *
+    # (n - 1) / (out - 1): start and end are the first and last positions over n - 1.
+    spans = [(torch.scalar_tensor(n - 1, dtype=dtype), torch.scalar_tensor(out - 1, dtype=dtype))
+             for n, out in ((height, out_h), (width, out_w))]
+    zero, one = torch.zeros((), dtype=dtype), torch.ones((), dtype=dtype)
+    maps = []
+    for i in range(kernel_h):
+        for j in range(kernel_w):
+            start, end = [], []
+            for k, tap in enumerate((i, j)):
+                last, steps = spans[k]
+                first = phase[k] + (tap * dilation[k] - padding[k] + 1)
+                start.append(first / last)
+                end.append((first + stride[k] * steps) / last)
+            roi = torch.stack([zero, zero, start[0], start[1], one, one, end[0], end[1]])
+            taken = torch.onnx.ops.symbolic(
+                'Resize', (bordered, roi, None, sizes),
+                dict(mode='linear', coordinate_transformation_mode='tf_crop_and_resize',
+                     extrapolation_value=0.0),
+                dtype=dtype, shape=(batch, channels, out_h, out_w))
+            maps.append(taken.reshape(batch, groups, channels // groups, out_h, out_w))
+    samples = torch.stack(maps, 2).reshape(batch, -1, out_h, out_w)  # (group, tap, channel)
+    out_channels, group_channels = weight.shape[:2]
+    taps_weight = weight.reshape(out_channels, group_channels, -1).transpose(1, 2)
+    return F.conv2d(samples, taps_weight.reshape(out_channels, -1, 1, 1), bias, groups=groups)

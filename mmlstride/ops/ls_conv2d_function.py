@@ -9,6 +9,7 @@ where X is bilinear interpolation with MMCV's deform-conv boundary rule, the str
 s = (s_h, s_w) is a differentiable tensor and so is the optional phase t = (t_h, t_w), a
 translation of the sampling grid (0 when absent).
 """
+import contextlib
 import math
 from typing import Optional, Sequence, Tuple, Union
 
@@ -16,7 +17,8 @@ import torch
 from torch import Tensor
 
 from .extension import EXTENSION_ERROR, has_kernel
-from .ls_conv2d_export import ls_conv2d_by_sampling
+from .ls_conv2d_export import (ls_conv2d_at_integer_stride, ls_conv2d_by_resize,
+                               ls_conv2d_by_sampling)
 from .ls_conv2d_reference import ls_conv2d_reference
 
 IntPair = Union[int, Sequence[int]]
@@ -47,6 +49,76 @@ def _check_onnx_opset() -> None:
     if not torch.compiler.is_exporting() and opset not in ONNX_OPSETS:
         raise ValueError(f'opset_version={opset} expected 16 to 19: LSConv exports to ONNX '
                          "GridSample (opset 16) with mode 'bilinear' (opsets 16-19)")
+
+
+# How ``torch.onnx.export`` writes LSConv at a stride that is not a whole constant: 'auto'
+# (Resize with the default exporter, GridSample with dynamo=False) or one of the two forms.
+ONNX_FORMS = ('auto', 'resize', 'grid_sample')
+_onnx_form = 'auto'
+
+
+@contextlib.contextmanager
+def onnx_form(form: str):
+    """Within the ``with`` block, ``torch.onnx.export`` writes LSConv layers whose stride is
+    not a whole constant in ``form``: ``'grid_sample'`` (one bilinear GridSample and a
+    strided Conv, any exporter; the form TensorRT parses), ``'resize'`` (one Resize per kernel
+    tap and a 1 x 1 Conv, the default exporter only; faster in ONNX Runtime) or ``'auto'`` (the
+    default: Resize with the default exporter, GridSample with ``dynamo=False``). Layers at
+    whole constant strides (:func:`switch_to_deploy`) export as plain convolutions in every
+    form."""
+    global _onnx_form
+    if form not in ONNX_FORMS:
+        raise ValueError(f'form={form!r} expected one of {", ".join(map(repr, ONNX_FORMS))}')
+    previous, _onnx_form = _onnx_form, form
+    try:
+        yield
+    finally:
+        _onnx_form = previous
+
+
+def _whole_constant(value) -> Optional[Tuple[int, int]]:
+    """``value`` as two ints when it is a pair of whole numbers given as numbers, not as a
+    tensor; else None."""
+    if isinstance(value, Tensor) or value is None:
+        return None
+    pair = _pair_of_numbers(value)
+    if pair is None or not all(v == math.floor(v) for v in pair):
+        return None
+    return tuple(int(v) for v in pair)
+
+
+def _pair_of_numbers(value) -> Optional[Tuple[float, float]]:
+    """``value`` (numbers, not a tensor) as two floats, or None."""
+    values = [value] * 2 if isinstance(value, (int, float)) else list(value)
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and
+                                   math.isfinite(v) for v in values):
+        return None
+    return (float(values[0]), float(values[1]))
+
+
+def _export_in_standard_operators(input, weight, stride, bias, padding, dilation, groups,
+                                  output_size, phase, given_stride, given_phase) -> Tensor:
+    """LSConv in standard ONNX operators, in the form :func:`onnx_form` asks for (see
+    :mod:`mmlstride.ops.ls_conv2d_export`)."""
+    _check_onnx_opset()
+    whole = _whole_constant(given_stride)
+    constant_phase = (0.0, 0.0) if given_phase is None else (
+        None if isinstance(given_phase, Tensor) else _pair_of_numbers(given_phase))
+    if whole is not None and constant_phase is not None:
+        return ls_conv2d_at_integer_stride(input, weight, whole, bias, padding, dilation, groups,
+                                           output_size, constant_phase)
+    form = _onnx_form
+    if form == 'auto':
+        form = 'resize' if torch.compiler.is_exporting() else 'grid_sample'
+    if form == 'resize':
+        if not torch.compiler.is_exporting():
+            raise ValueError("onnx_form('resize') expected the default exporter "
+                             "(torch.onnx.export(..., dynamo=True)); dynamo=False writes "
+                             "'grid_sample'")
+        return ls_conv2d_by_resize(input, weight, stride, bias, padding, dilation, groups,
+                                   output_size, phase)
+    return ls_conv2d_by_sampling(input, weight, stride, bias, padding, dilation, groups,
+                                 output_size, phase)
 
 
 def _autocast_enabled(device: torch.device) -> bool:
@@ -185,6 +257,7 @@ def ls_conv2d(input: Tensor,
     Returns:
         (N, O, H_out, W_out) tensor.
     """
+    given_stride, given_phase = stride, phase
     stride = _as_tensor(stride, input)
     phase = None if phase is None else _as_tensor(phase, input)
     padding = _int_pair(padding, 'padding', 0)
@@ -197,9 +270,9 @@ def ls_conv2d(input: Tensor,
     else:
         output_size = _int_pair(output_size, 'output_size', 1)
     if torch.onnx.is_in_onnx_export():  # standard operators only
-        _check_onnx_opset()
-        return ls_conv2d_by_sampling(input, weight, stride, bias, padding, dilation, groups,
-                                     output_size, phase)
+        return _export_in_standard_operators(input, weight, stride, bias, padding, dilation,
+                                             groups, output_size, phase, given_stride,
+                                             given_phase)
     if has_kernel(input.device):  # the compiled op checks the stride and phase values itself
         return torch.ops.mmlstride.ls_conv2d(input, weight, bias, stride, padding, dilation, groups,
                                              output_size, phase)

@@ -169,6 +169,9 @@ class LSConv2d(nn.Conv2d):
         # (leader,) once this layer follows another's stride; a tuple keeps the
         # leader out of this module's children and parameters.
         self._stride_leader: Tuple['LSConv2d', ...] = ()
+        self.deploy_stride: Optional[Tuple[float, float]] = None
+        self.deploy_phase: Optional[Tuple[float, float]] = None
+        self.deploy_phase_is_constant = False
         self.set_initial_stride(self.stride if initial_stride is None else initial_stride)
         self.reset_phase()
 
@@ -216,6 +219,30 @@ class LSConv2d(nn.Conv2d):
         self.fixed_phase = None
         self._stride_leader = (leader,)
 
+    def switch_to_deploy(self) -> None:
+        """Holds the stride (and the phase, unless it follows the output size) the layer
+        samples with now as constants, for inference and export.
+
+        The layer then computes the same outputs, and ``torch.onnx.export`` writes it as a
+        plain strided convolution when the stride is whole (after a 2 x 2 blend when the phase
+        has a fraction; see :mod:`mmlstride.ops.ls_conv2d_export`). The parameters stay (a
+        checkpoint saves and loads as before) but no longer act: train no more after this.
+        The phase stays computed with the centre pivot off the nominal stride.
+        """
+        source = self.stride_leader or self
+        with torch.no_grad():
+            stride = tuple(self.sampling_stride().double().cpu().tolist())
+            constant = source.pivot == 'corner' or stride == tuple(map(float, self.stride))
+            offsets = [t.double().cpu() for t in (source.fixed_phase, source.learnable_phase)
+                       if t is not None]
+            phase = tuple(sum(offsets).tolist()) if offsets and constant else None
+        self.deploy_stride = (stride[0], stride[1])
+        self.deploy_phase = phase
+        self.deploy_phase_is_constant = constant
+        for parameter in self.parameters(recurse=False):
+            if parameter is not self.weight and parameter is not self.bias:
+                parameter.requires_grad_(False)
+
     def centre_offset(self) -> Tuple[float, float]:
         """Where the kernel centre of output (0, 0) samples the input, per axis."""
         return tuple(d * (k - 1) / 2 - p for k, p, d in
@@ -262,7 +289,9 @@ class LSConv2d(nn.Conv2d):
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() != 4:
             raise ValueError(f'input.dim()={input.dim()} expected 4 (N, C, H, W)')
-        stride = self.sampling_stride()
+        deployed = self.deploy_stride is not None
+        constant = deployed and self.deploy_phase_is_constant
+        stride = None if constant else self.sampling_stride()
         # nn.Conv2d's size at the nominal (integer) stride, in integer arithmetic, so that
         # symbolic sizes (torch.export with dynamic shapes) stay simple expressions; the
         # TorchScript tracer's size tensors become ints (a fixed-size trace).
@@ -271,8 +300,9 @@ class LSConv2d(nn.Conv2d):
             for size in ((input.shape[2 + k] + 2 * self.padding[k] - self.dilation[k] *
                           (self.kernel_size[k] - 1) - 1) // self.stride[k] + 1
                          for k in range(2)))
-        return ls_conv2d(input, self.weight, stride, self.bias, self.padding, self.dilation,
-                         self.groups, output_size, self.sampling_phase(stride, output_size))
+        phase = self.deploy_phase if constant else self.sampling_phase(stride, output_size)
+        return ls_conv2d(input, self.weight, self.deploy_stride if deployed else stride,
+                         self.bias, self.padding, self.dilation, self.groups, output_size, phase)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -301,3 +331,12 @@ class LSConv2d(nn.Conv2d):
                 listed = ', '.join(f'{v:.4f}' for v in value.detach().cpu().tolist())
                 text += f', {name}=({listed})'
         return text
+
+
+def switch_to_deploy(model: nn.Module) -> int:
+    """Switches every :class:`LSConv2d` in ``model`` to deploy
+    (:meth:`LSConv2d.switch_to_deploy`) and returns how many there were."""
+    layers = [m for m in model.modules() if isinstance(m, LSConv2d)]
+    for layer in layers:
+        layer.switch_to_deploy()
+    return len(layers)

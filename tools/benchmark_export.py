@@ -1,0 +1,222 @@
+"""ONNX Runtime latency of LSConv's export forms against nn.Conv2d.
+
+Exports, with the default exporter (dynamic batch, height and width), a network of three
+strided 3x3 convolutions (32->64->128->256 channels, padding 1, each followed by a stride-1
+3x3 conv and ReLU) and each of its strided layers alone, as nn.Conv2d (the floor) and as
+LSConv2d at three settings of stride and phase, each in the export forms that apply:
+
+- ``deploy``: after :func:`mmlstride.ops.switch_to_deploy`: a plain strided Conv at whole
+  strides (after an AveragePool of 2 x 2 with a half-pixel phase), else one Resize per tap;
+- ``resize``: one Resize per kernel tap and a 1 x 1 Conv (``onnx_form('resize')``);
+- ``grid_sample``: one GridSample and a Conv of stride (kh, kw) (``onnx_form('grid_sample')``).
+
+Every model is checked against PyTorch (largest relative difference), then all run in one
+ONNX Runtime process, CPU provider, the machine's threads, interleaved within each repeat;
+prints a table of median latencies with ratios to nn.Conv2d, writes it as JSON and Markdown
+and draws a bar chart.
+
+    python tools/benchmark_export.py [--out work_dirs/benchmark_export] [--repeats 30]
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.export import Dim
+
+from mmlstride.ops import LSConv2d, onnx_form, switch_to_deploy
+
+CHANNELS = (32, 64, 128, 256)
+BATCH, SIZE = 4, 128
+# name: (learned stride, phase, description)
+SETTINGS = {
+    'stride-2': ((2.0, 2.0), None, 'stride 2 (untrained), no phase'),
+    'half-phase': ((2.0, 2.0), 0.5, 'stride 2, phase 0.5 (the fixed half phase)'),
+    'learned': ((1.87, 2.13), (0.3, -0.2), 'strides (1.87, 2.13), phase (0.3, -0.2)'),
+}
+FORMS = ('deploy', 'resize', 'grid_sample')
+OPSET = 18
+
+
+def strided(in_channels: int, out_channels: int, setting: Optional[str]) -> nn.Conv2d:
+    """One strided 3x3 layer: nn.Conv2d for ``setting`` None, else LSConv2d at the setting."""
+    if setting is None:
+        return nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+    stride, phase, _ = SETTINGS[setting]
+    return LSConv2d(in_channels, out_channels, 3, stride=2, padding=1, initial_stride=stride,
+                    phase=phase)
+
+
+def network(setting: Optional[str]) -> nn.Sequential:
+    """The three-layer network, each strided conv followed by a stride-1 conv; the same
+    weights for every setting."""
+    torch.manual_seed(0)
+    layers: List[nn.Module] = []
+    for in_channels, out_channels in zip(CHANNELS, CHANNELS[1:]):
+        layers += [strided(in_channels, out_channels, setting), nn.ReLU(),
+                   nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers).eval()
+
+
+def layer_input(index: int) -> Tuple[int, int, int, int]:
+    """The input shape of strided layer ``index`` inside the network."""
+    return (BATCH, CHANNELS[index], SIZE >> index, SIZE >> index)
+
+
+def export(model: nn.Module, example: torch.Tensor, path: str, form: str) -> None:
+    """torch.onnx.export with the default exporter, dynamic batch, height and width, LSConv
+    written in ``form`` (``deploy``: switched to deploy first, then the automatic form;
+    ``conv``: no LSConv)."""
+    if form == 'deploy':
+        switch_to_deploy(model)
+    dynamic = ({0: Dim('batch'), 2: Dim('height', min=8), 3: Dim('width', min=8)}, )
+    with warnings.catch_warnings(), onnx_form(form if form in FORMS[1:] else 'auto'):
+        warnings.simplefilter('ignore')
+        torch.onnx.export(model, (example, ), path, opset_version=OPSET, dynamo=True,
+                          dynamic_shapes=dynamic, verbose=False)
+
+
+def session(path: str):
+    import onnxruntime as ort
+    return ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+
+
+def run(onnx_session, x: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(onnx_session.run(None, {onnx_session.get_inputs()[0].name:
+                                                    x.numpy()})[0])
+
+
+def operators(path: str) -> List[str]:
+    import onnx
+    return sorted({node.op_type for node in onnx.load(path).graph.node})
+
+
+def cases(layers: bool) -> List[Tuple[str, str, str, nn.Module, Tuple[int, ...]]]:
+    """(model, setting, form, module, input shape) of every model to time: the network and,
+    with ``layers``, each strided layer alone."""
+    found = []
+    models = [('network', lambda setting: network(setting), layer_input(0))]
+    if layers:
+        for k in range(3):
+            models.append((f'layer {k + 1}', lambda setting, k=k: network(setting)[4 * k],
+                           layer_input(k)))
+    for name, build, shape in models:
+        found.append((name, 'nn.Conv2d', 'conv', build(None), shape))
+        for setting in SETTINGS:
+            for form in FORMS:
+                found.append((name, setting, form, build(setting), shape))
+    return found
+
+
+def measure(repeats: int, warmup: int, layers: bool, directory: str) -> List[dict]:
+    """Exports and checks every case, then times all of them interleaved."""
+    rows, sessions, inputs = [], [], []
+    for k, (name, setting, form, module, shape) in enumerate(cases(layers)):
+        path = os.path.join(directory, f'{k}.onnx')
+        example = torch.randn(shape)
+        export(module, example, path, form)
+        onnx_session = session(path)
+        other = torch.randn(shape[0] - 1, shape[1], shape[2] - 3, shape[3] + 5)
+        with torch.no_grad():
+            expected = module(other)
+        difference = float((run(onnx_session, other) - expected).abs().max() /
+                           expected.abs().max())
+        rows.append(dict(model=name, setting=setting, form=form, difference=difference,
+                         operators=operators(path), times=[]))
+        sessions.append(onnx_session)
+        inputs.append({onnx_session.get_inputs()[0].name: example.numpy()})
+        print(f'exported {name:8s} {setting:10s} {form:11s} difference {difference:.1e}',
+              flush=True)
+    for repeat in range(warmup + repeats):
+        for row, onnx_session, feed in zip(rows, sessions, inputs):
+            start = time.perf_counter()
+            onnx_session.run(None, feed)
+            if repeat >= warmup:
+                row['times'].append(time.perf_counter() - start)
+    for row in rows:
+        row['median_ms'] = 1000 * statistics.median(row['times'])
+        floor = next(r for r in rows if r['model'] == row['model'] and r['form'] == 'conv')
+        row['ratio'] = statistics.median(row['times']) / statistics.median(floor['times'])
+    return rows
+
+
+def markdown(rows: List[dict]) -> List[str]:
+    """A table: one line per setting and form, the network's median latency and ratio to
+    nn.Conv2d, and each layer's ratio where measured."""
+    models = list(dict.fromkeys(r['model'] for r in rows))
+    head = ['setting', 'form', 'network ms', 'network ratio'] + [f'{m} ratio' for m in models[1:]]
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for row in (r for r in rows if r['model'] == 'network'):
+        cells = [f'`{row["setting"]}`', f'`{row["form"]}`', f'{row["median_ms"]:.1f}',
+                 f'{row["ratio"]:.2f}x']
+        for model in models[1:]:
+            match = next(r for r in rows if r['model'] == model and
+                         r['setting'] == row['setting'] and r['form'] == row['form'])
+            cells.append(f'{match["ratio"]:.2f}x')
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+def figure(rows: List[dict], path: str) -> None:
+    """Bar chart of the network's ratio to nn.Conv2d per setting and form."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    network_rows = [r for r in rows if r['model'] == 'network' and r['form'] != 'conv']
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    colours = {'deploy': 'tab:green', 'resize': 'tab:blue', 'grid_sample': 'tab:orange'}
+    for k, row in enumerate(network_rows):
+        ax.bar(k, row['ratio'], color=colours[row['form']])
+        ax.text(k, row['ratio'], f'{row["ratio"]:.2f}', ha='center', va='bottom', fontsize=8)
+    ax.axhline(1.0, color='black', linewidth=0.8)
+    ax.axhline(1.3, color='grey', linestyle='--', linewidth=0.8)
+    ax.set_xticks(range(len(network_rows)))
+    ax.set_xticklabels([f'{r["setting"]}\n{r["form"]}' for r in network_rows], fontsize=7)
+    ax.set_ylabel('latency / nn.Conv2d')
+    ax.set_title('ONNX Runtime (CPU), three strided layers, batch 4 at 128 px', fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--out', default='work_dirs/benchmark_export',
+                        help='folder for the JSON, Markdown table and chart')
+    parser.add_argument('--repeats', type=int, default=30, help='timed runs of every model')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed runs first')
+    parser.add_argument('--no-layers', action='store_true',
+                        help='time the network only, not each strided layer alone')
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f'--repeats {args.repeats}: expected >= 1')
+    if args.warmup < 0:
+        parser.error(f'--warmup {args.warmup}: expected >= 0')
+    import onnxruntime as ort
+    with tempfile.TemporaryDirectory() as directory:
+        rows = measure(args.repeats, args.warmup, not args.no_layers, directory)
+    os.makedirs(args.out, exist_ok=True)
+    lines = markdown(rows)
+    header = (f'ONNX Runtime {ort.__version__}, CPU provider, {os.cpu_count()} CPUs, torch '
+              f'{torch.__version__}, opset {OPSET}; median of {args.repeats} interleaved runs; '
+              'ratios to nn.Conv2d:')
+    print('\n'.join([header, ''] + lines))
+    with open(os.path.join(args.out, 'benchmark_export.md'), 'w') as f:
+        f.write('\n'.join([header, ''] + lines) + '\n')
+    with open(os.path.join(args.out, 'benchmark_export.json'), 'w') as f:
+        json.dump({'onnxruntime': ort.__version__, 'torch': torch.__version__, 'opset': OPSET,
+                   'repeats': args.repeats, 'rows': rows}, f, indent=1)
+    figure(rows, os.path.join(args.out, 'benchmark_export.png'))
+    print(f'wrote benchmark_export.json, .md and .png in {args.out}')
+    return rows
+
+
+if __name__ == '__main__':
+    sys.exit(main() and 0)
