@@ -1038,7 +1038,8 @@ def test_benchmark_costs_are_measured_interleaved_and_tabled(tmp_path, monkeypat
         repeat = calls.count(setting)
         Path(command[command.index('--out') + 1]).write_text(json.dumps({
             'backbone_macs': int(100 * scale), 'threads': 2,
-            'train_s': [0.1 * scale * repeat] * 3, 'inference_s': [0.01 * scale] * 3}))
+            'train_s': [0.1 * scale * repeat] * 3, 'inference_s': [0.01 * scale] * 3,
+            'network_s': [0.005 * scale * repeat] * 3}))
         return subprocess.CompletedProcess(command, 0, '')
 
     monkeypatch.setattr(tool.subprocess, 'run', fake_run)
@@ -1052,7 +1053,7 @@ def test_benchmark_costs_are_measured_interleaved_and_tabled(tmp_path, monkeypat
     assert len(calls) == 4  # kept in costs.json
     rows = [{'setting': 'fixed'}, {'setting': 'blurpool'}]
     table = '\n'.join(tool.cost_table(rows, 'antialias', costs))
-    assert '| `blurpool` | 300 (3.00x) | 0.450 (3.00x) | 30.0 (3.00x) |' in table
+    assert '| `blurpool` | 300 (3.00x) | 0.450 (3.00x) | 30.0 (3.00x) | 22.5 (3.00x) |' in table
     assert '2 threads' in table
 
 
@@ -1070,8 +1071,10 @@ def test_detector_costs_counts_the_backbone_and_times_both_steps(tmp_path):
         cfg.dump(str(dumped))
         result = tool.main([str(dumped), '--images', '2', '--train-iters', '2', '--warmup', '1',
                             '--out', str(tmp_path / f'{name}.json')])
-        assert len(result['inference_s']) == 2 and len(result['train_s']) == 2
-        assert result['inference_ms_per_image'] > 0 and result['train_s_per_iter'] > 0
+        assert len(result['inference_s']) == len(result['network_s']) == 2
+        assert len(result['train_s']) == 2
+        assert result['inference_ms_per_image'] > 0 and result['network_ms_per_image'] > 0
+        assert result['train_s_per_iter'] > 0
         assert result['test_size'] == [128, 128]
         macs[name.split('_')[1]] = result['backbone_macs']
     assert macs['r18n'] < macs['r18n-ls-half'] < 1.2 * macs['r18n']

@@ -194,13 +194,14 @@ def test_integer_stride_form_is_the_op(seed, phase):
     cases: groups, dilation, padding, output sizes, strides 1 to 3)."""
     case = random_case(seed)
     strides = (1 + seed % 3, 1 + (seed // 3) % 3)
-    args = case.args()
-    found = ls_conv2d_at_integer_stride(args[0], args[1], strides, args[3], *args[4:8],
-                                        phase or (0.0, 0.0))
-    expected = ls_conv2d(args[0], args[1], torch.tensor(strides, dtype=torch.float64), args[3],
-                         *args[4:8], phase=phase)
-    assert found.shape == expected.shape
-    assert relative_error(found, expected) < 1e-12
+    input, weight, _, bias, padding, dilation, groups, output_size, _ = case.args()
+    for size in (output_size, None):  # given, and the convolution's own (fixed padding)
+        found = ls_conv2d_at_integer_stride(input, weight, strides, bias, padding, dilation,
+                                            groups, size, phase or (0.0, 0.0))
+        expected = ls_conv2d(input, weight, torch.tensor(strides, dtype=torch.float64), bias,
+                             padding, dilation, groups, size, phase=phase)
+        assert found.shape == expected.shape
+        assert relative_error(found, expected) < 1e-12
 
 
 def deploy_layer(spec, stride, phase, pivot='corner'):

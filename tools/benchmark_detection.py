@@ -287,7 +287,7 @@ def evaluate_shifts(run_dir: str, setting: str, label: str, threads: Optional[in
 
 def measure_costs(settings: Sequence[str], suite: str, work_dir: str,
                   checkpoints: Dict[str, Optional[str]], repeats: int, force: bool) -> dict:
-    """Backbone multiply-adds, training s/iter and inference ms/image of each setting
+    """Backbone multiply-adds, training s/iter, inference and network ms/image of each setting
     (tools/detector_costs.py, one process at a time with every core, the settings
     interleaved ``repeats`` times; times are medians over all repeats), kept by config in
     ``COSTS_FILE`` of ``work_dir``; inference uses ``checkpoints[setting]`` where given."""
@@ -321,7 +321,9 @@ def measure_costs(settings: Sequence[str], suite: str, work_dir: str,
             'repeats': repeats, 'checkpoint': checkpoints.get(setting),
             'train_s_per_iter': statistics.median(t for m in measured for t in m['train_s']),
             'inference_ms_per_image': 1000 * statistics.median(
-                t for m in measured for t in m['inference_s'])}
+                t for m in measured for t in m['inference_s']),
+            'network_ms_per_image': 1000 * statistics.median(
+                t for m in measured for t in m['network_s'])}
     os.makedirs(work_dir, exist_ok=True)
     with open(path, 'w') as f:
         json.dump(costs, f, indent=1)
@@ -483,8 +485,8 @@ def cost_table(rows: List[dict], suite: str, costs: dict) -> List[str]:
     threads = sorted({c['threads'] for c in measured.values()})
     lines = ['', f'Cost, measured alone (one process, {"/".join(map(str, threads))} threads; '
              'medians; ratios to the baseline):', '',
-             '| setting | backbone multiply-adds per image | train s/iter | inference ms/image |',
-             '|---|---|---|---|']
+             '| setting | backbone multiply-adds per image | train s/iter | inference ms/image '
+             '| network ms/image |', '|---|---|---|---|---|']
 
     def cell(setting: str, key: str, form: str) -> str:
         value = measured[setting][key]
@@ -494,7 +496,8 @@ def cost_table(rows: List[dict], suite: str, costs: dict) -> List[str]:
     for setting in measured:
         lines.append(f"| `{setting}` | {cell(setting, 'backbone_macs', ',')} | "
                      f"{cell(setting, 'train_s_per_iter', '.3f')} | "
-                     f"{cell(setting, 'inference_ms_per_image', '.1f')} |")
+                     f"{cell(setting, 'inference_ms_per_image', '.1f')} | "
+                     f"{cell(setting, 'network_ms_per_image', '.1f')} |")
     return lines
 
 

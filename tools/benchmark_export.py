@@ -11,7 +11,8 @@ LSConv2d at three settings of stride and phase, each in the export forms that ap
 - ``grid_sample``: one GridSample and a Conv of stride (kh, kw) (``onnx_form('grid_sample')``).
 
 Every model is checked against PyTorch (largest relative difference), then all run in one
-ONNX Runtime process, CPU provider, the machine's threads, interleaved within each repeat;
+ONNX Runtime process, CPU provider, the machine's threads (not spinning between runs, so
+that one session's threads do not slow the next), interleaved within each repeat;
 prints a table of median latencies with ratios to nn.Conv2d, writes it as JSON and Markdown
 and draws a bar chart.
 
@@ -84,8 +85,12 @@ def export(model: nn.Module, example: torch.Tensor, path: str, form: str) -> Non
 
 
 def session(path: str):
+    """An ONNX Runtime CPU session whose threads sleep between runs: spinning threads of one
+    session would slow the next one timed."""
     import onnxruntime as ort
-    return ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    options = ort.SessionOptions()
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
 
 
 def run(onnx_session, x: torch.Tensor) -> torch.Tensor:

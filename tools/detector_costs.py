@@ -6,6 +6,10 @@ Prints (and with --out writes) a JSON object:
   registers its counting rule);
 - ``inference_ms_per_image``: median wall time of the model's test step on one val image
   (batch 1, through the test pipeline, after warm-up), with --checkpoint's weights if given;
+  its box decoding and NMS take longer the more boxes score above the threshold, so it
+  depends on the weights;
+- ``network_ms_per_image``: median wall time of the network alone (backbone, neck and head
+  outputs, no post-processing) on one random image of the test size, the same weights;
 - ``train_s_per_iter``: median wall time of a training iteration (the config's batch,
   optimizer and hooks) over --train-iters iterations after --warmup.
 Times are for this process's threads (OMP_NUM_THREADS); measure one config at a time, with
@@ -20,7 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import DictAction
@@ -48,8 +52,10 @@ def backbone_macs(cfg) -> int:
     return int(info['flops'])
 
 
-def inference_times(cfg, checkpoint: Optional[str], images: int, warmup: int) -> List[float]:
-    """Seconds of the test step per val image, batch 1, after ``warmup`` images."""
+def inference_times(cfg, checkpoint: Optional[str], images: int,
+                    warmup: int) -> Tuple[List[float], List[float]]:
+    """Seconds per val image, batch 1, after ``warmup`` images: of the test step, and of the
+    network alone (tensor mode) on a random image of the test size."""
     from mmdet.registry import DATASETS, MODELS
     from mmengine.dataset import pseudo_collate
     model = MODELS.build(cfg.model)
@@ -58,13 +64,17 @@ def inference_times(cfg, checkpoint: Optional[str], images: int, warmup: int) ->
     model.eval()
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
     samples = [dataset[i % len(dataset)] for i in range(warmup + images)]
-    times = []
+    image = torch.randn(1, 3, *test_size(cfg))
+    steps, networks = [], []
     with torch.no_grad():
         for sample in samples:
             start = time.perf_counter()
             model.test_step(pseudo_collate([sample]))
-            times.append(time.perf_counter() - start)
-    return times[warmup:]
+            steps.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            model(image, mode='tensor')
+            networks.append(time.perf_counter() - start)
+    return steps[warmup:], networks[warmup:]
 
 
 def training_times(cfg, iterations: int, warmup: int) -> List[float]:
@@ -121,14 +131,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.checkpoint and not os.path.exists(args.checkpoint):
         parser.error(f'--checkpoint {args.checkpoint}: no such file')
     cfg = load_config(args.config, args.cfg_options)
-    inference = inference_times(cfg, args.checkpoint, args.images, args.warmup)
+    inference, network = inference_times(cfg, args.checkpoint, args.images, args.warmup)
     training = training_times(cfg, args.train_iters, args.warmup)
     result = {'config': os.path.abspath(args.config), 'threads': torch.get_num_threads(),
               'test_size': list(test_size(cfg)), 'backbone_macs': backbone_macs(cfg),
               'inference_ms_per_image': 1000 * statistics.median(inference),
+              'network_ms_per_image': 1000 * statistics.median(network),
               'train_s_per_iter': statistics.median(training),
-              'inference_s': inference, 'train_s': training}
-    summary = {k: v for k, v in result.items() if k not in ('inference_s', 'train_s')}
+              'inference_s': inference, 'network_s': network, 'train_s': training}
+    summary = {k: v for k, v in result.items() if k not in ('inference_s', 'network_s',
+                                                            'train_s')}
     print(json.dumps(summary, indent=1))
     if args.out:
         with open(args.out, 'w') as f:

@@ -53,7 +53,7 @@ def ls_conv2d_by_sampling(input: Tensor, weight: Tensor, stride: Tensor, bias: O
 def ls_conv2d_at_integer_stride(input: Tensor, weight: Tensor, stride: Tuple[int, int],
                                 bias: Optional[Tensor], padding: Tuple[int, int],
                                 dilation: Tuple[int, int], groups: int,
-                                output_size: Tuple[int, int],
+                                output_size: Optional[Tuple[int, int]],
                                 phase: Tuple[float, float] = (0.0, 0.0)) -> Tensor:
     """LSConv at whole strides and a constant phase, as a plain convolution of that stride.
 
@@ -61,32 +61,57 @@ def ls_conv2d_at_integer_stride(input: Tensor, weight: Tensor, stride: Tuple[int
     of each pixel with its next neighbours, weights (1 - f, f) per axis (an AveragePool of
     2 x 2 at half a pixel on both axes, else a depthwise 2 x 2 convolution), before the
     convolution samples. Exact: bilinear interpolation at position m + f is that blend.
+    ``output_size`` None is the convolution's own size, floor((H + 2p - d(k - 1) - 1) / s) + 1:
+    the padding is then fixed (no phase: nn.Conv2d's), else it follows the input size.
     """
     kernel = weight.shape[2:]
     whole = [math.floor(t) for t in phase]
     fraction = [t - w for t, w in zip(phase, whole)]
+    blend = [int(f > 0) for f in fraction]
     # The padded input's row 0 is at position whole - padding; it must hold the
     # (out - 1) * s + d * (k - 1) + 1 positions the convolution reads, one more to blend.
     begin = [padding[k] - whole[k] for k in range(2)]
-    end = [(output_size[k] - 1) * stride[k] + dilation[k] * (kernel[k] - 1) + 1 +
-           int(fraction[k] > 0) - input.shape[2 + k] - begin[k] for k in range(2)]
-    # Positive begins, then the ends (either sign), then negative begins: each step leaves at
-    # least one row, where one pad of all four could crop more than the input holds.
+    if output_size is None:  # the conv's own size: as many rows after as before, and the blend's
+        end = [padding[k] + whole[k] + blend[k] for k in range(2)]
+    else:
+        end = [(output_size[k] - 1) * stride[k] + dilation[k] * (kernel[k] - 1) + 1 + blend[k] -
+               input.shape[2 + k] - begin[k] for k in range(2)]
     x = input
-    if max(begin) > 0:
-        x = F.pad(x, (max(begin[1], 0), 0, max(begin[0], 0), 0))
-    x = F.pad(x, (0, end[1], 0, end[0]))
-    if min(begin) < 0:
-        x = F.pad(x, (min(begin[1], 0), 0, min(begin[0], 0), 0))
+    conv_padding = (0, 0)
+    if output_size is None and not any(blend) and begin == end:
+        conv_padding = tuple(begin)  # nn.Conv2d's padding
+    elif output_size is None and fraction == [0.5, 0.5] and min(begin + end) >= 1:
+        # The pool pads 1 on every side (which keeps the border pixels' halves), the conv the
+        # rest, all zeros, after it as a Pad when uneven: ONNX Runtime fuses that Pad into the
+        # Conv (not into the pool).
+        x = F.avg_pool2d(x, 2, stride=1, padding=1)
+        rest = [(begin[k] - 1, end[k] - 1) for k in range(2)]
+        if rest[0][0] == rest[0][1] and rest[1][0] == rest[1][1]:
+            conv_padding = (rest[0][0], rest[1][0])
+        else:
+            x = F.pad(x, (rest[1][0], rest[1][1], rest[0][0], rest[0][1]))
+        return F.conv2d(x, weight, bias, stride=tuple(stride), padding=conv_padding,
+                        dilation=dilation, groups=groups)
+    elif output_size is None and min(begin + end) >= 0:
+        x = F.pad(x, (begin[1], end[1], begin[0], end[0]))
+    else:
+        # Positive begins, then the ends (either sign), then negative begins: each step leaves
+        # at least one row, where one pad of all four could crop more than the input holds.
+        if max(begin) > 0:
+            x = F.pad(x, (max(begin[1], 0), 0, max(begin[0], 0), 0))
+        x = F.pad(x, (0, end[1], 0, end[0]))
+        if min(begin) < 0:
+            x = F.pad(x, (min(begin[1], 0), 0, min(begin[0], 0), 0))
     if fraction == [0.5, 0.5]:
         x = F.avg_pool2d(x, 2, stride=1)
     elif any(fraction):
         taps = [torch.tensor([1 - f, f] if f else [1.0], dtype=x.dtype, device=x.device)
                 for f in fraction]
         channels = int(weight.shape[1]) * groups  # a constant for the tracer
-        blend = (taps[0][:, None] * taps[1][None, :]).repeat(channels, 1, 1, 1)
-        x = F.conv2d(x, blend, groups=channels)
-    return F.conv2d(x, weight, bias, stride=tuple(stride), dilation=dilation, groups=groups)
+        kernel2 = (taps[0][:, None] * taps[1][None, :]).repeat(channels, 1, 1, 1)
+        x = F.conv2d(x, kernel2, groups=channels)
+    return F.conv2d(x, weight, bias, stride=tuple(stride), padding=conv_padding,
+                    dilation=dilation, groups=groups)
 
 
 def ls_conv2d_by_resize(input: Tensor, weight: Tensor, stride: Tensor, bias: Optional[Tensor],

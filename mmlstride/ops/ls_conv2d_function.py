@@ -97,16 +97,18 @@ def _pair_of_numbers(value) -> Optional[Tuple[float, float]]:
 
 
 def _export_in_standard_operators(input, weight, stride, bias, padding, dilation, groups,
-                                  output_size, phase, given_stride, given_phase) -> Tensor:
+                                  output_size, phase, given_stride, given_phase,
+                                  own_size: bool) -> Tensor:
     """LSConv in standard ONNX operators, in the form :func:`onnx_form` asks for (see
-    :mod:`mmlstride.ops.ls_conv2d_export`)."""
+    :mod:`mmlstride.ops.ls_conv2d_export`); ``own_size``: ``output_size`` is the default one,
+    computed from the stride."""
     _check_onnx_opset()
     whole = _whole_constant(given_stride)
     constant_phase = (0.0, 0.0) if given_phase is None else (
         None if isinstance(given_phase, Tensor) else _pair_of_numbers(given_phase))
     if whole is not None and constant_phase is not None:
         return ls_conv2d_at_integer_stride(input, weight, whole, bias, padding, dilation, groups,
-                                           output_size, constant_phase)
+                                           None if own_size else output_size, constant_phase)
     form = _onnx_form
     if form == 'auto':
         form = 'resize' if torch.compiler.is_exporting() else 'grid_sample'
@@ -263,16 +265,19 @@ def ls_conv2d(input: Tensor,
     padding = _int_pair(padding, 'padding', 0)
     dilation = _int_pair(dilation, 'dilation', 1)
     _check_arguments(input, weight, stride, bias, padding, dilation, groups, phase)
-    stride_checked = output_size is None
+    stride_checked = own_size = output_size is None
     if output_size is None:
-        output_size = default_output_size(input.shape[2:], weight.shape[2:],
-                                          _stride_values(stride), padding, dilation)
+        # From the numbers when given as numbers: known under torch.export, unlike a tensor's.
+        numbers = None if isinstance(given_stride, Tensor) else _pair_of_numbers(given_stride)
+        values = numbers if numbers and min(numbers) > 0 else _stride_values(stride)
+        output_size = default_output_size(input.shape[2:], weight.shape[2:], values, padding,
+                                          dilation)
     else:
         output_size = _int_pair(output_size, 'output_size', 1)
     if torch.onnx.is_in_onnx_export():  # standard operators only
         return _export_in_standard_operators(input, weight, stride, bias, padding, dilation,
                                              groups, output_size, phase, given_stride,
-                                             given_phase)
+                                             given_phase, own_size)
     if has_kernel(input.device):  # the compiled op checks the stride and phase values itself
         return torch.ops.mmlstride.ls_conv2d(input, weight, bias, stride, padding, dilation, groups,
                                              output_size, phase)

@@ -301,6 +301,8 @@ class LSConv2d(nn.Conv2d):
                           (self.kernel_size[k] - 1) - 1) // self.stride[k] + 1
                          for k in range(2)))
         phase = self.deploy_phase if constant else self.sampling_phase(stride, output_size)
+        if deployed and self.deploy_stride == tuple(map(float, self.stride)):
+            output_size = None  # the op's own size, from the stride: the same, known to it
         return ls_conv2d(input, self.weight, self.deploy_stride if deployed else stride,
                          self.bias, self.padding, self.dilation, self.groups, output_size, phase)
 
