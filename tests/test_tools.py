@@ -143,9 +143,10 @@ def test_count_launches_sees_gemms_in_place_with_the_bias(capsys):
 
 
 def test_deploy_exports_a_detector_that_onnxruntime_runs(tmp_path, capsys):
-    """tools/deploy.py on a digits RetinaNet checkpoint (LSConv, strides moved off nominal):
+    """tools/deploy.py on a digits RetinaNet checkpoint (LSConv, half the strides moved off
+    nominal): the layers at whole strides export as plain convolutions, the others by Resize;
     the ONNX model runs in ONNX Runtime with PyTorch's outputs, finds the same detections, and
-    the tool writes its files and figures."""
+    the tool writes its files and figures and times both runtimes."""
     for name in ('onnx', 'onnxruntime', 'onnxscript', 'mmdet'):
         require_module(name)
     import torch
@@ -162,7 +163,9 @@ def test_deploy_exports_a_detector_that_onnxruntime_runs(tmp_path, capsys):
     with torch.no_grad():
         for k, layer in enumerate(m for m in detector.modules()
                                   if isinstance(m, LSConv2d) and m.stride_leader is None):
-            layer.learnable_stride.copy_(torch.tensor([1.8 + 0.05 * k, 2.2 - 0.05 * k]))
+            whole = k % 2 == 0  # every other layer (and its shortcut) at stride 2
+            layer.learnable_stride.copy_(torch.tensor(
+                [2.0, 2.0] if whole else [1.8 + 0.05 * k, 2.2 - 0.05 * k]))
     checkpoint = tmp_path / 'detector.pth'
     torch.save({'state_dict': detector.state_dict()}, checkpoint)
     load_tool('deploy').main([config, str(checkpoint), '--out', str(tmp_path / 'out'),
@@ -174,6 +177,12 @@ def test_deploy_exports_a_detector_that_onnxruntime_runs(tmp_path, capsys):
     assert all(a == b for a, b in (pair.split('/') for pair in pairs)), printed
     for name in ('detector.onnx', 'detector_fixed_strides.onnx', 'detections.jpg'):
         assert (tmp_path / 'out' / name).stat().st_size > 0
+    total, whole = map(int, re.search(r'(\d+) LSConv layers, (\d+) at whole', printed).groups())
+    assert 0 < whole < total, printed
+    import onnx
+    operators = {n.op_type for n in onnx.load(tmp_path / 'out' / 'detector.onnx').graph.node}
+    assert 'Resize' in operators and 'GridSample' not in operators
+    assert re.search(r'PyTorch eager CPU.*median ratio [.0-9]+', printed), printed
 
 
 CUDA_CHECK = TOOLS / 'cuda_check.sh'

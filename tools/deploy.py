@@ -1,15 +1,19 @@
 """Exports an mmdet detector with LSConv to ONNX and checks it in ONNX Runtime.
 
     python tools/deploy.py CONFIG CHECKPOINT --out DIR [--images 8] [--opset 18]
+        [--form auto|resize|grid_sample]
 
-Like mmdeploy's torch2onnx for the network part: the detector's tensor-mode forward
-(backbone, neck and head outputs, before box decoding and NMS, which run on the host as in
-mmdet) is exported with dynamic batch, height and width to DIR/detector.onnx, in standard
-operators only. Then, on images of the config's test set, it prints the largest difference
-between ONNX Runtime's outputs and PyTorch's, the detections of both, and ONNX Runtime's
-latency against the same detector with fixed strides (LSConv layers replaced by nn.Conv2d at
-their nominal stride, same weights; median ratio over interleaved repeats, one process), and
-draws the detections of PyTorch and of ONNX Runtime side by side in DIR/detections.jpg.
+Like mmdeploy's torch2onnx for the network part: the detector's LSConv layers are switched
+to deploy (their learned strides and phases held as constants: a plain strided Conv where a
+stride is whole, else ``--form``'s sampling; see mmlstride.ops.onnx_form), and its
+tensor-mode forward (backbone, neck and head outputs, before box decoding and NMS, which run
+on the host as in mmdet) is exported with dynamic batch, height and width to
+DIR/detector.onnx, in standard operators only. Then, on images of the config's test set, it
+prints the largest difference between ONNX Runtime's outputs and PyTorch's, the detections of
+both, and the latency against the same detector with fixed strides (LSConv layers replaced by
+nn.Conv2d at their nominal stride, same weights) in ONNX Runtime and in PyTorch (eager,
+no_grad; median ratio over interleaved repeats, one process), and draws the detections of
+PyTorch and of ONNX Runtime side by side in DIR/detections.jpg.
 """
 import argparse
 import copy
@@ -26,7 +30,7 @@ from torch import Tensor, nn
 
 import mmlstride  # noqa: F401  (registers LSConv, LSResNet and the digits dataset)
 from mmlstride.engine import load_config, load_weights
-from mmlstride.ops import LSConv2d
+from mmlstride.ops import LSConv2d, onnx_form, switch_to_deploy
 
 
 class TensorHead(nn.Module):
@@ -56,19 +60,23 @@ def fixed_stride_copy(detector: nn.Module) -> nn.Module:
     return fixed
 
 
-def export(model: nn.Module, images: Tensor, path: Path, opset: int) -> None:
-    """Exports ``model`` with dynamic batch, height and width (from 64 pixels)."""
+def export(model: nn.Module, images: Tensor, path: Path, opset: int, form: str) -> None:
+    """Exports ``model`` with dynamic batch, height and width (from 64 pixels), LSConv at
+    fractional strides in ``form``."""
     dim = torch.export.Dim
     shapes = ({0: dim('batch'), 2: dim('height', min=64), 3: dim('width', min=64)}, )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), onnx_form(form):
         warnings.simplefilter('ignore')
         torch.onnx.export(model, (images, ), str(path), opset_version=opset, dynamo=True,
                           dynamic_shapes=shapes, verbose=False)
 
 
 def session_for(path: Path):
+    """An ONNX Runtime CPU session whose threads sleep between runs (timed interleaved)."""
     import onnxruntime as ort
-    return ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    options = ort.SessionOptions()
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
 
 
 def run_session(session, images: Tensor) -> List[Tensor]:
@@ -76,15 +84,15 @@ def run_session(session, images: Tensor) -> List[Tensor]:
             session.run(None, {session.get_inputs()[0].name: images.numpy()})]
 
 
-def median_latency_ratio(session, baseline, images: Tensor, repeats: int) -> Tuple[float, ...]:
-    """Median ms of ``session`` and ``baseline`` and the median of their per-repeat ratios,
-    the two interleaved within each repeat."""
+def median_latency_ratio(run, baseline, repeats: int) -> Tuple[float, ...]:
+    """Median ms of calls of ``run`` and ``baseline`` and the median of their per-repeat
+    ratios, the two interleaved within each repeat."""
     times = {0: [], 1: []}
     ratios = []
     for _ in range(repeats + 2):
-        for key, current in ((0, session), (1, baseline)):
+        for key, current in ((0, run), (1, baseline)):
             start = time.perf_counter()
-            run_session(current, images)
+            current()
             times[key].append(time.perf_counter() - start)
         ratios.append(times[0][-1] / times[1][-1])
     return (1e3 * statistics.median(times[0][2:]), 1e3 * statistics.median(times[1][2:]),
@@ -152,6 +160,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--images', type=int, default=8, help='test images to check on')
     parser.add_argument('--opset', type=int, default=18, choices=(18, 19))
     parser.add_argument('--repeats', type=int, default=20, help='latency repeats')
+    parser.add_argument('--form', default='auto', choices=('auto', 'resize', 'grid_sample'),
+                        help='ONNX form of LSConv layers at fractional strides (grid_sample: '
+                             'the one TensorRT parses)')
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -161,6 +172,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     detector = MODELS.build(cfg.model)
     load_weights(detector, args.checkpoint)
     detector.eval()
+    layers = [m for m in detector.modules() if isinstance(m, LSConv2d)]
+    switch_to_deploy(detector)
+    whole = sum(all(s == round(s) for s in m.deploy_stride) and m.deploy_phase_is_constant
+                for m in layers)
     cfg.test_dataloader.batch_size = args.images
     loader = Runner.build_dataloader(cfg.test_dataloader)
     batch = next(iter(loader))
@@ -168,8 +183,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     images, samples = data['inputs'], data['data_samples']
 
     network, fixed = TensorHead(detector).eval(), TensorHead(fixed_stride_copy(detector)).eval()
-    export(network, images, out / 'detector.onnx', args.opset)
-    export(fixed, images, out / 'detector_fixed_strides.onnx', args.opset)
+    export(network, images, out / 'detector.onnx', args.opset, args.form)
+    export(fixed, images, out / 'detector_fixed_strides.onnx', args.opset, args.form)
     session = session_for(out / 'detector.onnx')
     baseline = session_for(out / 'detector_fixed_strides.onnx')
 
@@ -182,17 +197,26 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         onnx_results = detections(detector, found, samples)
     kept = [(int((r.scores >= 0.3).sum()), int((o.scores >= 0.3).sum()))
             for r, o in zip(torch_results, onnx_results)]
-    lsconv_ms, fixed_ms, ratio = median_latency_ratio(session, baseline, images, args.repeats)
+    lsconv_ms, fixed_ms, ratio = median_latency_ratio(
+        lambda: run_session(session, images), lambda: run_session(baseline, images),
+        args.repeats)
+    with torch.no_grad():
+        eager = median_latency_ratio(lambda: network(images), lambda: fixed(images),
+                                     args.repeats)
     draw(samples[:4], torch_results[:4], onnx_results[:4], loader.dataset.metainfo['classes'],
          out / 'detections.jpg')
 
-    print(f'exported {out / "detector.onnx"} (opset {args.opset}, dynamic batch, height, width)')
+    print(f'exported {out / "detector.onnx"} (opset {args.opset}, dynamic batch, height, width); '
+          f'{len(layers)} LSConv layers, {whole} at whole strides (plain Conv), '
+          f'{len(layers) - whole} in form {args.form!r}')
     print(f'{len(samples)} test images of {tuple(images.shape[2:])} px: largest difference '
           f'ONNX Runtime vs PyTorch, relative to each output\'s largest value: {worst:.1e}')
     print('detections with score >= 0.3 per image (PyTorch, ONNX Runtime): '
           + ', '.join(f'{a}/{b}' for a, b in kept))
     print(f'ONNX Runtime CPU, batch {len(samples)}: LSConv {lsconv_ms:.1f} ms, fixed strides '
           f'{fixed_ms:.1f} ms, median ratio {ratio:.2f} ({args.repeats} interleaved repeats)')
+    print(f'PyTorch eager CPU, no_grad, batch {len(samples)}: LSConv {eager[0]:.1f} ms, fixed '
+          f'strides {eager[1]:.1f} ms, median ratio {eager[2]:.2f}')
     print(f'wrote {out / "detections.jpg"} (left PyTorch, right ONNX Runtime)')
 
 
