@@ -1,7 +1,7 @@
 """Export of models holding LSConv: torch.export with dynamic batch, height and width, and ONNX
-of standard operators in each form (Resize per tap, GridSample, and the plain convolution of a
-layer switched to deploy at whole strides) run in ONNX Runtime against PyTorch, at sizes other
-than the traced one."""
+of standard operators in both forms (GridSample, and the plain convolution of a layer switched
+to deploy at whole strides) run in ONNX Runtime against PyTorch, at sizes other than the
+traced one."""
 import warnings
 
 import pytest
@@ -9,7 +9,7 @@ import torch
 from torch.export import Dim
 
 from conftest import require_module
-from mmlstride.ops import LSConv2d, ls_conv2d, onnx_form, switch_to_deploy
+from mmlstride.ops import LSConv2d, ls_conv2d, switch_to_deploy
 from mmlstride.ops.ls_conv2d_export import ls_conv2d_at_integer_stride, ls_conv2d_by_sampling
 from mmlstride.testing import random_case, relative_error
 
@@ -73,14 +73,14 @@ def test_torch_export_with_dynamic_batch_height_width(spec):
         assert torch.equal(program.module()(x), layer(x))
 
 
-def onnx_session(model, example, path, opset, dynamo=True, minimum=8, form='auto'):
-    """Exports ``model`` to ONNX (dynamic batch, height and width with the default exporter;
-    LSConv in ``form``) and returns an ONNX Runtime CPU session and the ONNX model."""
+def onnx_session(model, example, path, opset, dynamo=True, minimum=8):
+    """Exports ``model`` to ONNX (dynamic batch, height and width with the default exporter)
+    and returns an ONNX Runtime CPU session and the ONNX model."""
     require_module('onnx')
     require_module('onnxscript')
     ort = require_module('onnxruntime')
     import onnx
-    with warnings.catch_warnings(), onnx_form(form):
+    with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         if dynamo:
             torch.onnx.export(model, (example, ), path, opset_version=opset, dynamo=True,
@@ -100,32 +100,29 @@ def attributes(model, op_type, name):
 
 
 def assert_standard_operators(model, opset, form='grid_sample'):
-    """Only ai.onnx operators at the requested opset, in ``form``: GridSample as 'bilinear';
-    Resize as linear tf_crop_and_resize; 'conv', neither."""
+    """Only ai.onnx operators at the requested opset, in ``form``: 'grid_sample', GridSample
+    as 'bilinear' without align_corners (ONNX Runtime's fast path); 'conv', none."""
     assert [entry.version for entry in model.opset_import if entry.domain in ('', 'ai.onnx')] \
         == [opset]
     assert {node.domain for node in model.graph.node} <= {''}
     samplers = {node.op_type for node in model.graph.node} & {'GridSample', 'Resize'}
-    assert samplers == {'grid_sample': {'GridSample'}, 'resize': {'Resize'}, 'conv': set()}[form]
+    assert samplers == {'grid_sample': {'GridSample'}, 'conv': set()}[form]
     if form == 'grid_sample':
         assert set(attributes(model, 'GridSample', 'mode')) == {b'bilinear'}
-    if form == 'resize':
-        assert set(attributes(model, 'Resize', 'mode')) == {b'linear'}
-        assert set(attributes(model, 'Resize', 'coordinate_transformation_mode')) == \
-            {b'tf_crop_and_resize'}
+        align = [node for node in model.graph.node if node.op_type == 'GridSample']
+        assert all(attribute.i == 0 for node in align for attribute in node.attribute
+                   if attribute.name == 'align_corners')
 
 
-@pytest.mark.parametrize('form', ['resize', 'grid_sample'])
 @pytest.mark.parametrize('opset', [18, 19])
 @pytest.mark.parametrize('spec', LAYERS, ids=LAYER_IDS)
-def test_onnx_export_runs_in_onnxruntime(spec, opset, form, tmp_path):
+def test_onnx_export_runs_in_onnxruntime(spec, opset, tmp_path):
     """torch.onnx.export (the default exporter, dynamic batch, height and width) of an
-    LSConv2d gives standard operators in either form whose ONNX Runtime output matches
-    PyTorch to 1e-4 at sizes other than the traced one."""
+    LSConv2d gives standard operators whose ONNX Runtime output matches PyTorch to 1e-4 at
+    sizes other than the traced one."""
     layer = make_layer(spec)
-    session, model = onnx_session(layer, torch.randn(TRACED), tmp_path / 'layer.onnx', opset,
-                                  form=form)
-    assert_standard_operators(model, opset, form)
+    session, model = onnx_session(layer, torch.randn(TRACED), tmp_path / 'layer.onnx', opset)
+    assert_standard_operators(model, opset)
     with torch.no_grad():
         for shape in OTHER_SIZES:
             x = torch.randn(shape)
@@ -277,16 +274,3 @@ def test_deployed_whole_strides_export_as_plain_convolutions(spec, phase, dynamo
         for shape in OTHER_SIZES if dynamo else [TRACED]:
             x = torch.randn(shape)
             assert relative_error(run_onnx(session, x), layer(x)) < 1e-4
-
-
-def test_onnx_form_is_checked(tmp_path):
-    """An unknown form and the Resize form with dynamo=False are refused, naming the form."""
-    with pytest.raises(ValueError, match=r"form='nearest' expected one of 'auto', 'resize', "
-                                         r"'grid_sample'"):
-        with onnx_form('nearest'):
-            pass
-    require_module('onnx')
-    with pytest.raises(ValueError, match=r"onnx_form\('resize'\) expected the default exporter"):
-        with onnx_form('resize'):
-            torch.onnx.export(make_layer(LAYERS[0]), (torch.randn(TRACED), ),
-                              tmp_path / 'x.onnx', opset_version=17, dynamo=False)

@@ -144,7 +144,7 @@ def test_count_launches_sees_gemms_in_place_with_the_bias(capsys):
 
 def test_deploy_exports_a_detector_that_onnxruntime_runs(tmp_path, capsys):
     """tools/deploy.py on a digits RetinaNet checkpoint (LSConv, half the strides moved off
-    nominal): the layers at whole strides export as plain convolutions, the others by Resize;
+    nominal): the layers at whole strides export as plain convolutions, the others sampled;
     the ONNX model runs in ONNX Runtime with PyTorch's outputs, finds the same detections, and
     the tool writes its files and figures and times both runtimes."""
     for name in ('onnx', 'onnxruntime', 'onnxscript', 'mmdet'):
@@ -180,8 +180,8 @@ def test_deploy_exports_a_detector_that_onnxruntime_runs(tmp_path, capsys):
     total, whole = map(int, re.search(r'(\d+) LSConv layers, (\d+) at whole', printed).groups())
     assert 0 < whole < total, printed
     import onnx
-    operators = {n.op_type for n in onnx.load(tmp_path / 'out' / 'detector.onnx').graph.node}
-    assert 'Resize' in operators and 'GridSample' not in operators
+    operators = [n.op_type for n in onnx.load(tmp_path / 'out' / 'detector.onnx').graph.node]
+    assert operators.count('GridSample') == total - whole  # one per sampled layer
     assert re.search(r'PyTorch eager CPU.*median ratio [.0-9]+', printed), printed
 
 
@@ -267,3 +267,25 @@ def test_deploy_stacks_the_labels_of_boxes_on_one_object():
     corners = numpy.array([[10.0, 20.0], [11.0, 21.0], [12.0, 19.0], [100.0, 20.0]])
     assert deploy.label_positions(corners, 16) == [(10.0, 20.0), (11.0, 37.0), (12.0, 67.0),
                                                    (100.0, 20.0)]
+
+
+def test_benchmark_export_checks_and_times_every_form(tmp_path, capsys):
+    """tools/benchmark_export.py exports the network in every form, each matching PyTorch at
+    another batch and size; a layer switched to deploy at stride 2 is a plain Conv, at the
+    half phase an AveragePool and a Conv, else a GridSample; it writes its table and chart."""
+    for name in ('onnx', 'onnxruntime', 'onnxscript', 'matplotlib'):
+        require_module(name)
+    rows = load_tool('benchmark_export').main(
+        ['--out', str(tmp_path), '--repeats', '1', '--warmup', '0', '--no-layers',
+         '--batch', '1', '--size', '32'])
+    assert len(rows) == 7 and all(row['difference'] < 1e-4 for row in rows)
+    operators = {(row['setting'], row['form']): row['operators'] for row in rows}
+    assert operators['stride-2', 'deploy'] == ['Conv', 'Relu']
+    assert {'AveragePool', 'Conv'} <= set(operators['half-phase', 'deploy'])
+    assert 'GridSample' not in operators['half-phase', 'deploy']
+    for setting in ('stride-2', 'half-phase', 'learned'):
+        assert 'GridSample' in operators[setting, 'grid_sample']
+    assert 'GridSample' in operators['learned', 'deploy']
+    assert '| `half-phase` | `deploy` |' in capsys.readouterr().out
+    for name in ('benchmark_export.json', 'benchmark_export.md', 'benchmark_export.png'):
+        assert (tmp_path / name).stat().st_size > 0

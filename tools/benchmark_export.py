@@ -3,12 +3,11 @@
 Exports, with the default exporter (dynamic batch, height and width), a network of three
 strided 3x3 convolutions (32->64->128->256 channels, padding 1, each followed by a stride-1
 3x3 conv and ReLU) and each of its strided layers alone, as nn.Conv2d (the floor) and as
-LSConv2d at three settings of stride and phase, each in the export forms that apply:
+LSConv2d at three settings of stride and phase, each as exported:
 
 - ``deploy``: after :func:`mmlstride.ops.switch_to_deploy`: a plain strided Conv at whole
-  strides (after an AveragePool of 2 x 2 with a half-pixel phase), else one Resize per tap;
-- ``resize``: one Resize per kernel tap and a 1 x 1 Conv (``onnx_form('resize')``);
-- ``grid_sample``: one GridSample and a Conv of stride (kh, kw) (``onnx_form('grid_sample')``).
+  strides (after an AveragePool of 2 x 2 with a half-pixel phase), else as below;
+- ``grid_sample``: not switched: one GridSample and a Conv of stride (kh, kw).
 
 Every model is checked against PyTorch (largest relative difference), then all run in one
 ONNX Runtime process, CPU provider, the machine's threads (not spinning between runs, so
@@ -17,6 +16,7 @@ prints a table of median latencies with ratios to nn.Conv2d, writes it as JSON a
 and draws a bar chart.
 
     python tools/benchmark_export.py [--out work_dirs/benchmark_export] [--repeats 30]
+        [--batch 4] [--size 128] [--no-layers]
 """
 import argparse
 import json
@@ -32,17 +32,16 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from mmlstride.ops import LSConv2d, onnx_form, switch_to_deploy
+from mmlstride.ops import LSConv2d, switch_to_deploy
 
 CHANNELS = (32, 64, 128, 256)
-BATCH, SIZE = 4, 128
 # name: (learned stride, phase, description)
 SETTINGS = {
     'stride-2': ((2.0, 2.0), None, 'stride 2 (untrained), no phase'),
     'half-phase': ((2.0, 2.0), 0.5, 'stride 2, phase 0.5 (the fixed half phase)'),
     'learned': ((1.87, 2.13), (0.3, -0.2), 'strides (1.87, 2.13), phase (0.3, -0.2)'),
 }
-FORMS = ('deploy', 'resize', 'grid_sample')
+FORMS = ('deploy', 'grid_sample')
 OPSET = 18
 
 
@@ -66,19 +65,19 @@ def network(setting: Optional[str]) -> nn.Sequential:
     return nn.Sequential(*layers).eval()
 
 
-def layer_input(index: int) -> Tuple[int, int, int, int]:
-    """The input shape of strided layer ``index`` inside the network."""
-    return (BATCH, CHANNELS[index], SIZE >> index, SIZE >> index)
+def layer_input(index: int, batch: int, size: int) -> Tuple[int, int, int, int]:
+    """The input shape of strided layer ``index`` inside the network for a batch of
+    ``batch`` at ``size`` x ``size``."""
+    return (batch, CHANNELS[index], size >> index, size >> index)
 
 
 def export(model: nn.Module, example: torch.Tensor, path: str, form: str) -> None:
-    """torch.onnx.export with the default exporter, dynamic batch, height and width, LSConv
-    written in ``form`` (``deploy``: switched to deploy first, then the automatic form;
-    ``conv``: no LSConv)."""
+    """torch.onnx.export with the default exporter, dynamic batch, height and width; with
+    ``form`` 'deploy' LSConv layers are switched to deploy first."""
     if form == 'deploy':
         switch_to_deploy(model)
     dynamic = ({0: Dim('batch'), 2: Dim('height', min=8), 3: Dim('width', min=8)}, )
-    with warnings.catch_warnings(), onnx_form(form if form in FORMS[1:] else 'auto'):
+    with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         torch.onnx.export(model, (example, ), path, opset_version=OPSET, dynamo=True,
                           dynamic_shapes=dynamic, verbose=False)
@@ -103,15 +102,16 @@ def operators(path: str) -> List[str]:
     return sorted({node.op_type for node in onnx.load(path).graph.node})
 
 
-def cases(layers: bool) -> List[Tuple[str, str, str, nn.Module, Tuple[int, ...]]]:
+def cases(layers: bool, batch: int,
+          size: int) -> List[Tuple[str, str, str, nn.Module, Tuple[int, ...]]]:
     """(model, setting, form, module, input shape) of every model to time: the network and,
     with ``layers``, each strided layer alone."""
     found = []
-    models = [('network', lambda setting: network(setting), layer_input(0))]
+    models = [('network', lambda setting: network(setting), layer_input(0, batch, size))]
     if layers:
         for k in range(3):
             models.append((f'layer {k + 1}', lambda setting, k=k: network(setting)[4 * k],
-                           layer_input(k)))
+                           layer_input(k, batch, size)))
     for name, build, shape in models:
         found.append((name, 'nn.Conv2d', 'conv', build(None), shape))
         for setting in SETTINGS:
@@ -120,15 +120,17 @@ def cases(layers: bool) -> List[Tuple[str, str, str, nn.Module, Tuple[int, ...]]
     return found
 
 
-def measure(repeats: int, warmup: int, layers: bool, directory: str) -> List[dict]:
-    """Exports and checks every case, then times all of them interleaved."""
+def measure(repeats: int, warmup: int, layers: bool, batch: int, size: int,
+            directory: str) -> List[dict]:
+    """Exports and checks every case (on another batch and size than the traced one), then
+    times all of them interleaved."""
     rows, sessions, inputs = [], [], []
-    for k, (name, setting, form, module, shape) in enumerate(cases(layers)):
+    for k, (name, setting, form, module, shape) in enumerate(cases(layers, batch, size)):
         path = os.path.join(directory, f'{k}.onnx')
         example = torch.randn(shape)
         export(module, example, path, form)
         onnx_session = session(path)
-        other = torch.randn(shape[0] - 1, shape[1], shape[2] - 3, shape[3] + 5)
+        other = torch.randn(shape[0] + 1, shape[1], shape[2] - 3, shape[3] + 5)
         with torch.no_grad():
             expected = module(other)
         difference = float((run(onnx_session, other) - expected).abs().max() /
@@ -176,7 +178,7 @@ def figure(rows: List[dict], path: str) -> None:
     import matplotlib.pyplot as plt
     network_rows = [r for r in rows if r['model'] == 'network' and r['form'] != 'conv']
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    colours = {'deploy': 'tab:green', 'resize': 'tab:blue', 'grid_sample': 'tab:orange'}
+    colours = {'deploy': 'tab:green', 'grid_sample': 'tab:orange'}
     for k, row in enumerate(network_rows):
         ax.bar(k, row['ratio'], color=colours[row['form']])
         ax.text(k, row['ratio'], f'{row["ratio"]:.2f}', ha='center', va='bottom', fontsize=8)
@@ -185,7 +187,7 @@ def figure(rows: List[dict], path: str) -> None:
     ax.set_xticks(range(len(network_rows)))
     ax.set_xticklabels([f'{r["setting"]}\n{r["form"]}' for r in network_rows], fontsize=7)
     ax.set_ylabel('latency / nn.Conv2d')
-    ax.set_title('ONNX Runtime (CPU), three strided layers, batch 4 at 128 px', fontsize=9)
+    ax.set_title('ONNX Runtime (CPU), three strided layers', fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -199,18 +201,24 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser.add_argument('--warmup', type=int, default=3, help='untimed runs first')
     parser.add_argument('--no-layers', action='store_true',
                         help='time the network only, not each strided layer alone')
+    parser.add_argument('--batch', type=int, default=4, help='images per run')
+    parser.add_argument('--size', type=int, default=128, help='input height and width')
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f'--repeats {args.repeats}: expected >= 1')
     if args.warmup < 0:
         parser.error(f'--warmup {args.warmup}: expected >= 0')
+    if args.batch < 1 or args.size < 32:
+        parser.error(f'--batch {args.batch} --size {args.size}: expected >= 1 and >= 32')
     import onnxruntime as ort
     with tempfile.TemporaryDirectory() as directory:
-        rows = measure(args.repeats, args.warmup, not args.no_layers, directory)
+        rows = measure(args.repeats, args.warmup, not args.no_layers, args.batch, args.size,
+                       directory)
     os.makedirs(args.out, exist_ok=True)
     lines = markdown(rows)
     header = (f'ONNX Runtime {ort.__version__}, CPU provider, {os.cpu_count()} CPUs, torch '
-              f'{torch.__version__}, opset {OPSET}; median of {args.repeats} interleaved runs; '
+              f'{torch.__version__}, opset {OPSET}; batch {args.batch} at {args.size} px; median '
+              f'of {args.repeats} interleaved runs; '
               'ratios to nn.Conv2d:')
     print('\n'.join([header, ''] + lines))
     with open(os.path.join(args.out, 'benchmark_export.md'), 'w') as f:

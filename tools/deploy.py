@@ -1,11 +1,10 @@
 """Exports an mmdet detector with LSConv to ONNX and checks it in ONNX Runtime.
 
     python tools/deploy.py CONFIG CHECKPOINT --out DIR [--images 8] [--opset 18]
-        [--form auto|resize|grid_sample]
 
 Like mmdeploy's torch2onnx for the network part: the detector's LSConv layers are switched
 to deploy (their learned strides and phases held as constants: a plain strided Conv where a
-stride is whole, else ``--form``'s sampling; see mmlstride.ops.onnx_form), and its
+stride is whole, else GridSample and a Conv; see mmlstride.ops.ls_conv2d_export), and its
 tensor-mode forward (backbone, neck and head outputs, before box decoding and NMS, which run
 on the host as in mmdet) is exported with dynamic batch, height and width to
 DIR/detector.onnx, in standard operators only. Then, on images of the config's test set, it
@@ -30,7 +29,7 @@ from torch import Tensor, nn
 
 import mmlstride  # noqa: F401  (registers LSConv, LSResNet and the digits dataset)
 from mmlstride.engine import load_config, load_weights
-from mmlstride.ops import LSConv2d, onnx_form, switch_to_deploy
+from mmlstride.ops import LSConv2d, switch_to_deploy
 
 
 class TensorHead(nn.Module):
@@ -60,12 +59,11 @@ def fixed_stride_copy(detector: nn.Module) -> nn.Module:
     return fixed
 
 
-def export(model: nn.Module, images: Tensor, path: Path, opset: int, form: str) -> None:
-    """Exports ``model`` with dynamic batch, height and width (from 64 pixels), LSConv at
-    fractional strides in ``form``."""
+def export(model: nn.Module, images: Tensor, path: Path, opset: int) -> None:
+    """Exports ``model`` with dynamic batch, height and width (from 64 pixels)."""
     dim = torch.export.Dim
     shapes = ({0: dim('batch'), 2: dim('height', min=64), 3: dim('width', min=64)}, )
-    with warnings.catch_warnings(), onnx_form(form):
+    with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         torch.onnx.export(model, (images, ), str(path), opset_version=opset, dynamo=True,
                           dynamic_shapes=shapes, verbose=False)
@@ -160,9 +158,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--images', type=int, default=8, help='test images to check on')
     parser.add_argument('--opset', type=int, default=18, choices=(18, 19))
     parser.add_argument('--repeats', type=int, default=20, help='latency repeats')
-    parser.add_argument('--form', default='auto', choices=('auto', 'resize', 'grid_sample'),
-                        help='ONNX form of LSConv layers at fractional strides (grid_sample: '
-                             'the one TensorRT parses)')
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -183,8 +178,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     images, samples = data['inputs'], data['data_samples']
 
     network, fixed = TensorHead(detector).eval(), TensorHead(fixed_stride_copy(detector)).eval()
-    export(network, images, out / 'detector.onnx', args.opset, args.form)
-    export(fixed, images, out / 'detector_fixed_strides.onnx', args.opset, args.form)
+    export(network, images, out / 'detector.onnx', args.opset)
+    export(fixed, images, out / 'detector_fixed_strides.onnx', args.opset)
     session = session_for(out / 'detector.onnx')
     baseline = session_for(out / 'detector_fixed_strides.onnx')
 
@@ -208,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     print(f'exported {out / "detector.onnx"} (opset {args.opset}, dynamic batch, height, width); '
           f'{len(layers)} LSConv layers, {whole} at whole strides (plain Conv), '
-          f'{len(layers) - whole} in form {args.form!r}')
+          f'{len(layers) - whole} sampled (GridSample)')
     print(f'{len(samples)} test images of {tuple(images.shape[2:])} px: largest difference '
           f'ONNX Runtime vs PyTorch, relative to each output\'s largest value: {worst:.1e}')
     print('detections with score >= 0.3 per image (PyTorch, ONNX Runtime): '

@@ -1,19 +1,15 @@
-"""LSConv in standard operators, for export, in three exact forms.
+"""LSConv in standard operators, for export, in two exact forms.
 
 - :func:`ls_conv2d_at_integer_stride`: whole strides and a constant phase (a layer switched to
   deploy, :func:`mmlstride.ops.switch_to_deploy`): a plain strided convolution, after a 2 x 2
   blend when the phase has a fraction.
-- :func:`ls_conv2d_by_resize`: any stride, the default exporter: one ``Resize`` per tap and a
-  1 x 1 convolution.
-- :func:`ls_conv2d_by_sampling`: any stride, any exporter, the form TensorRT reads: one
-  bilinear ``GridSample`` and one strided convolution.
-
-In the last, the sample of every (output pixel, kernel tap) is taken once, by ``F.grid_sample`` (ONNX
-GridSample, bilinear, zero padding), into a map whose rows are (a, i) pairs and columns
-(b, j) pairs; a convolution with kernel (kh, kw) and stride (kh, kw) over that map then does
-exactly the multiply-adds of the strided convolution. The input gets a border of one zero
-pixel first, which makes GridSample's zero padding MMCV's boundary rule (a sample at or
-beyond -1 or the size is 0) for any input size, 1 included.
+- :func:`ls_conv2d_by_sampling`: any stride: the sample of every (output pixel, kernel tap)
+  taken once, by ``F.grid_sample`` (ONNX GridSample, bilinear, zero padding), into a map
+  whose rows are (a, i) pairs and columns (b, j) pairs; a convolution with kernel (kh, kw) and
+  stride (kh, kw) over that map then does exactly the multiply-adds of the strided
+  convolution. The input gets a border of one zero pixel first, which makes GridSample's zero
+  padding MMCV's boundary rule (a sample at or beyond -1 or the size is 0) for any input
+  size, 1 included.
 """
 import math
 from typing import Optional, Tuple
@@ -41,12 +37,13 @@ def ls_conv2d_by_sampling(input: Tensor, weight: Tensor, stride: Tensor, bias: O
             position = position + phase[k].to(stride.dtype)
         position = position.reshape(-1)
         size = input.shape[2 + k] + 2
-        axes.append(2 * position / (size - 1) - 1)  # align_corners=True coordinates
+        # align_corners=False coordinates: ONNX Runtime's fast GridSample path takes only these
+        axes.append((2 * position + 1) / size - 1)
     grid_y, grid_x = torch.meshgrid(axes[0], axes[1], indexing='ij')
     grid = torch.stack((grid_x, grid_y), dim=-1).to(input.dtype)
     grid = grid.unsqueeze(0).expand(input.shape[0], -1, -1, -1)
     samples = F.grid_sample(bordered, grid, mode='bilinear', padding_mode='zeros',
-                            align_corners=True)
+                            align_corners=False)
     return F.conv2d(samples, weight, bias, stride=tuple(kernel), groups=groups)
 
 
@@ -112,51 +109,3 @@ def ls_conv2d_at_integer_stride(input: Tensor, weight: Tensor, stride: Tuple[int
         x = F.conv2d(x, kernel2, groups=channels)
     return F.conv2d(x, weight, bias, stride=tuple(stride), padding=conv_padding,
                     dilation=dilation, groups=groups)
-
-
-def ls_conv2d_by_resize(input: Tensor, weight: Tensor, stride: Tensor, bias: Optional[Tensor],
-                        padding: Tuple[int, int], dilation: Tuple[int, int], groups: int,
-                        output_size: Tuple[int, int], phase: Optional[Tensor] = None) -> Tensor:
-    """LSConv as one ONNX ``Resize`` per kernel tap and a 1 x 1 convolution, for
-    ``torch.onnx.export`` with the default (dynamo) exporter only.
-
-    Tap (i, j) samples at an affine map of the output index, which ``Resize`` (mode linear,
-    ``tf_crop_and_resize`` with a region of interest, extrapolation 0) computes on the input
-    with a one-pixel zero border (MMCV's boundary rule). The taps' maps are stacked per group,
-    tap-major, and a 1 x 1 convolution with the weight so reordered does the multiply-adds
-    of the strided convolution.
-    """
-    kernel_h, kernel_w = weight.shape[2:]
-    bordered = F.pad(input, (1, 1, 1, 1))
-    batch, channels, height, width = bordered.shape
-    out_h, out_w = output_size
-    dtype = input.dtype
-    stride = stride.to(dtype)
-    phase = torch.zeros(2, dtype=dtype, device=input.device) if phase is None else phase.to(dtype)
-    sizes = torch.stack([torch.scalar_tensor(v, dtype=torch.int64, device=input.device)
-                         for v in (batch, channels, out_h, out_w)])
-    # tf_crop_and_resize reads output index o at start * (n - 1) + o * (end - start) *
-    # (n - 1) / (out - 1): start and end are the first and last positions over n - 1.
-    spans = [(torch.scalar_tensor(n - 1, dtype=dtype), torch.scalar_tensor(out - 1, dtype=dtype))
-             for n, out in ((height, out_h), (width, out_w))]
-    zero, one = torch.zeros((), dtype=dtype), torch.ones((), dtype=dtype)
-    maps = []
-    for i in range(kernel_h):
-        for j in range(kernel_w):
-            start, end = [], []
-            for k, tap in enumerate((i, j)):
-                last, steps = spans[k]
-                first = phase[k] + (tap * dilation[k] - padding[k] + 1)
-                start.append(first / last)
-                end.append((first + stride[k] * steps) / last)
-            roi = torch.stack([zero, zero, start[0], start[1], one, one, end[0], end[1]])
-            taken = torch.onnx.ops.symbolic(
-                'Resize', (bordered, roi, None, sizes),
-                dict(mode='linear', coordinate_transformation_mode='tf_crop_and_resize',
-                     extrapolation_value=0.0),
-                dtype=dtype, shape=(batch, channels, out_h, out_w))
-            maps.append(taken.reshape(batch, groups, channels // groups, out_h, out_w))
-    samples = torch.stack(maps, 2).reshape(batch, -1, out_h, out_w)  # (group, tap, channel)
-    out_channels, group_channels = weight.shape[:2]
-    taps_weight = weight.reshape(out_channels, group_channels, -1).transpose(1, 2)
-    return F.conv2d(samples, taps_weight.reshape(out_channels, -1, 1, 1), bias, groups=groups)

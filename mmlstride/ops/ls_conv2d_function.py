@@ -9,7 +9,6 @@ where X is bilinear interpolation with MMCV's deform-conv boundary rule, the str
 s = (s_h, s_w) is a differentiable tensor and so is the optional phase t = (t_h, t_w), a
 translation of the sampling grid (0 when absent).
 """
-import contextlib
 import math
 from typing import Optional, Sequence, Tuple, Union
 
@@ -17,8 +16,7 @@ import torch
 from torch import Tensor
 
 from .extension import EXTENSION_ERROR, has_kernel
-from .ls_conv2d_export import (ls_conv2d_at_integer_stride, ls_conv2d_by_resize,
-                               ls_conv2d_by_sampling)
+from .ls_conv2d_export import ls_conv2d_at_integer_stride, ls_conv2d_by_sampling
 from .ls_conv2d_reference import ls_conv2d_reference
 
 IntPair = Union[int, Sequence[int]]
@@ -51,31 +49,6 @@ def _check_onnx_opset() -> None:
                          "GridSample (opset 16) with mode 'bilinear' (opsets 16-19)")
 
 
-# How ``torch.onnx.export`` writes LSConv at a stride that is not a whole constant: 'auto'
-# (Resize with the default exporter, GridSample with dynamo=False) or one of the two forms.
-ONNX_FORMS = ('auto', 'resize', 'grid_sample')
-_onnx_form = 'auto'
-
-
-@contextlib.contextmanager
-def onnx_form(form: str):
-    """Within the ``with`` block, ``torch.onnx.export`` writes LSConv layers whose stride is
-    not a whole constant in ``form``: ``'grid_sample'`` (one bilinear GridSample and a
-    strided Conv, any exporter; the form TensorRT parses), ``'resize'`` (one Resize per kernel
-    tap and a 1 x 1 Conv, the default exporter only; faster in ONNX Runtime) or ``'auto'`` (the
-    default: Resize with the default exporter, GridSample with ``dynamo=False``). Layers at
-    whole constant strides (:func:`switch_to_deploy`) export as plain convolutions in every
-    form."""
-    global _onnx_form
-    if form not in ONNX_FORMS:
-        raise ValueError(f'form={form!r} expected one of {", ".join(map(repr, ONNX_FORMS))}')
-    previous, _onnx_form = _onnx_form, form
-    try:
-        yield
-    finally:
-        _onnx_form = previous
-
-
 def _whole_constant(value) -> Optional[Tuple[int, int]]:
     """``value`` as two ints when it is a pair of whole numbers given as numbers, not as a
     tensor; else None."""
@@ -99,9 +72,9 @@ def _pair_of_numbers(value) -> Optional[Tuple[float, float]]:
 def _export_in_standard_operators(input, weight, stride, bias, padding, dilation, groups,
                                   output_size, phase, given_stride, given_phase,
                                   own_size: bool) -> Tensor:
-    """LSConv in standard ONNX operators, in the form :func:`onnx_form` asks for (see
-    :mod:`mmlstride.ops.ls_conv2d_export`); ``own_size``: ``output_size`` is the default one,
-    computed from the stride."""
+    """LSConv in standard ONNX operators (:mod:`mmlstride.ops.ls_conv2d_export`): a plain
+    convolution at whole strides and a constant phase given as numbers, else GridSample;
+    ``own_size``: ``output_size`` is the default one, computed from the stride."""
     _check_onnx_opset()
     whole = _whole_constant(given_stride)
     constant_phase = (0.0, 0.0) if given_phase is None else (
@@ -109,16 +82,6 @@ def _export_in_standard_operators(input, weight, stride, bias, padding, dilation
     if whole is not None and constant_phase is not None:
         return ls_conv2d_at_integer_stride(input, weight, whole, bias, padding, dilation, groups,
                                            None if own_size else output_size, constant_phase)
-    form = _onnx_form
-    if form == 'auto':
-        form = 'resize' if torch.compiler.is_exporting() else 'grid_sample'
-    if form == 'resize':
-        if not torch.compiler.is_exporting():
-            raise ValueError("onnx_form('resize') expected the default exporter "
-                             "(torch.onnx.export(..., dynamo=True)); dynamo=False writes "
-                             "'grid_sample'")
-        return ls_conv2d_by_resize(input, weight, stride, bias, padding, dilation, groups,
-                                   output_size, phase)
     return ls_conv2d_by_sampling(input, weight, stride, bias, padding, dilation, groups,
                                  output_size, phase)
 
