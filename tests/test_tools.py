@@ -289,3 +289,29 @@ def test_benchmark_export_checks_and_times_every_form(tmp_path, capsys):
     assert '| `half-phase` | `deploy` |' in capsys.readouterr().out
     for name in ('benchmark_export.json', 'benchmark_export.md', 'benchmark_export.png'):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_benchmark_real_size_times_both_detectors_in_processes(tmp_path):
+    """tools/benchmark_real_size.py at a small size: the plain detector has no LSConv and the
+    same other parameters, each (detector, step) ran in its own process, and the table has
+    positive times and memory with ratios."""
+    require_module('mmdet')
+    tool = load_tool('benchmark_real_size')
+    from mmengine.registry import init_default_scope
+
+    from mmlstride.ops import LSConv2d
+    init_default_scope('mmdet')
+    plain, _ = tool.build_detector(tool.DEFAULT_CONFIG, 'plain')
+    lsconv, _ = tool.build_detector(tool.DEFAULT_CONFIG, 'lsconv')
+    assert not any(isinstance(m, LSConv2d) for m in plain.modules())
+    assert sum(isinstance(m, LSConv2d) for m in lsconv.modules()) == 6
+    assert {k for k, _ in plain.named_parameters()} == {
+        k for k, _ in lsconv.named_parameters() if 'learnable_' not in k}
+    report = tool.main(['--size', '96', '128', '--batch', '1', '--repeats', '1', '--iters', '1',
+                        '--warmup', '0', '--out', str(tmp_path / 'real.json')])
+    assert len(report['results']) == 4
+    for step in ('train', 'inference'):
+        for variant in ('plain', 'lsconv'):
+            assert report['table'][step][variant]['seconds'] > 0
+            assert report['table'][step][variant]['peak_mib'] > 0
+    assert json.loads((tmp_path / 'real.json').read_text())['size'] == [96, 128]
