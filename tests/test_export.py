@@ -274,3 +274,15 @@ def test_deployed_whole_strides_export_as_plain_convolutions(spec, phase, dynamo
         for shape in OTHER_SIZES if dynamo else [TRACED]:
             x = torch.randn(shape)
             assert relative_error(run_onnx(session, x), layer(x)) < 1e-4
+
+
+@pytest.mark.parametrize('phase', [None, 0.5], ids=str)
+def test_torch_export_of_a_deployed_layer(phase):
+    """torch.export.export of a layer switched to deploy (its output size then computed from
+    the held stride) with dynamic batch, height and width gives the eager result."""
+    layer = LSConv2d(8, 12, 3, stride=2, padding=1, phase=phase).eval()
+    switch_to_deploy(layer)
+    program = torch.export.export(layer, (torch.randn(TRACED), ), dynamic_shapes=dynamic_shapes())
+    for shape in OTHER_SIZES:
+        x = torch.randn(shape)
+        assert torch.equal(program.module()(x), layer(x))
