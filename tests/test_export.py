@@ -48,7 +48,7 @@ def dynamic_shapes(minimum=8):
 
 @pytest.mark.parametrize('seed', range(12))
 def test_sampling_decomposition_is_the_op(seed):
-    """The export decomposition (one GridSample, one conv of stride (kh, kw)) computes the op
+    """The export decomposition (one GridSample, one 1 x 1 conv) computes the op
     (float64 random cases: groups, dilation, padding, asymmetric strides)."""
     args = random_case(seed).args()  # the argument order of both
     expected = ls_conv2d(*args)
@@ -274,6 +274,24 @@ def test_deployed_whole_strides_export_as_plain_convolutions(spec, phase, dynamo
         for shape in OTHER_SIZES if dynamo else [TRACED]:
             x = torch.randn(shape)
             assert relative_error(run_onnx(session, x), layer(x)) < 1e-4
+
+
+@pytest.mark.parametrize('dynamo', [True, False], ids=['default', 'torchscript'])
+def test_onnx_export_before_deploy_points_to_switch_to_deploy(dynamo, tmp_path):
+    """Exporting a layer not switched to deploy (the slower sampled form) warns and names
+    switch_to_deploy; a deployed layer exports without that warning."""
+    require_module('onnxscript')
+    layer = LSConv2d(8, 12, 3, stride=2, padding=1).eval()
+    example = (torch.randn(TRACED), )
+    hints = []
+    for name in ('sampled', 'plain'):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            torch.onnx.export(layer, example, str(tmp_path / f'{name}.onnx'),
+                              opset_version=18 if dynamo else 17, dynamo=dynamo, verbose=False)
+        hints.append([w for w in caught if 'switch_to_deploy(model)' in str(w.message)])
+        switch_to_deploy(layer)
+    assert len(hints[0]) >= 1 and hints[1] == []
 
 
 @pytest.mark.parametrize('phase', [None, 0.5], ids=str)

@@ -7,7 +7,7 @@ LSConv2d at three settings of stride and phase, each as exported:
 
 - ``deploy``: after :func:`mmlstride.ops.switch_to_deploy`: a plain strided Conv at whole
   strides (after an AveragePool of 2 x 2 with a half-pixel phase), else as below;
-- ``grid_sample``: not switched: one GridSample and a Conv of stride (kh, kw).
+- ``grid_sample``: not switched: one GridSample and a 1 x 1 Conv over the tap planes.
 
 Every model is checked against PyTorch (largest relative difference), then all run in one
 ONNX Runtime process, CPU provider, the machine's threads (not spinning between runs, so

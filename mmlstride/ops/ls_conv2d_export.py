@@ -3,12 +3,12 @@
 - :func:`ls_conv2d_at_integer_stride`: whole strides and a constant phase (a layer switched to
   deploy, :func:`mmlstride.ops.switch_to_deploy`): a plain strided convolution, after a 2 x 2
   blend when the phase has a fraction.
-- :func:`ls_conv2d_by_sampling`: any stride: the sample of every (output pixel, kernel tap)
-  taken once, by ``F.grid_sample`` (ONNX GridSample, bilinear, zero padding), into a map
-  whose rows are (a, i) pairs and columns (b, j) pairs; a convolution with kernel (kh, kw) and
-  stride (kh, kw) over that map then does exactly the multiply-adds of the strided
-  convolution. The input gets a border of one zero pixel first, which makes GridSample's zero
-  padding MMCV's boundary rule (a sample at or beyond -1 or the size is 0) for any input
+- :func:`ls_conv2d_by_sampling`: any stride: the sample of every (kernel tap, output pixel)
+  taken once, by ``F.grid_sample`` (ONNX GridSample, bilinear, zero padding), into a map of
+  kh * kw tap planes per input channel; read as C * kh * kw channels, a 1 x 1 convolution
+  then does exactly the multiply-adds of the strided convolution, as one matrix product with
+  no unfolding. The input gets a border of one zero pixel first, which makes GridSample's
+  zero padding MMCV's boundary rule (a sample at or beyond -1 or the size is 0) for any input
   size, 1 included.
 """
 import math
@@ -22,29 +22,33 @@ from torch import Tensor
 def ls_conv2d_by_sampling(input: Tensor, weight: Tensor, stride: Tensor, bias: Optional[Tensor],
                           padding: Tuple[int, int], dilation: Tuple[int, int], groups: int,
                           output_size: Tuple[int, int], phase: Optional[Tensor] = None) -> Tensor:
-    """LSConv by one F.grid_sample of every tap's samples and one convolution of stride
-    (kh, kw). Arguments are those of :func:`mmlstride.ops.ls_conv2d`, checked and normalised.
+    """LSConv by one F.grid_sample of every tap's samples and one 1 x 1 convolution.
+    Arguments are those of :func:`mmlstride.ops.ls_conv2d`, checked and normalised.
     """
-    kernel = weight.shape[2:]
+    kh, kw = weight.shape[2:]
     bordered = F.pad(input, (1, 1, 1, 1))
     axes = []
-    for k in range(2):
+    for k, taps in enumerate((kh, kw)):
         out = torch.arange(output_size[k], dtype=stride.dtype, device=input.device)
-        tap = torch.arange(kernel[k], dtype=stride.dtype, device=input.device) * dilation[k]
-        # position of (output index, tap) in the bordered input, output-major
-        position = out[:, None] * stride[k] + (tap[None, :] - padding[k] + 1)
+        tap = torch.arange(taps, dtype=stride.dtype, device=input.device) * dilation[k]
+        # position of (tap, output index) in the bordered input
+        position = tap[:, None] + (out[None, :] * stride[k] - padding[k] + 1)
         if phase is not None:
             position = position + phase[k].to(stride.dtype)
-        position = position.reshape(-1)
         size = input.shape[2 + k] + 2
         # align_corners=False coordinates: ONNX Runtime's fast GridSample path takes only these
-        axes.append((2 * position + 1) / size - 1)
-    grid_y, grid_x = torch.meshgrid(axes[0], axes[1], indexing='ij')
-    grid = torch.stack((grid_x, grid_y), dim=-1).to(input.dtype)
-    grid = grid.unsqueeze(0).expand(input.shape[0], -1, -1, -1)
+        axes.append(((2 * position + 1) / size - 1).to(input.dtype))
+    # grid[i, j, a, b] samples tap (i, j) of output pixel (a, b); rows (i, j, a), columns b
+    rows, columns = output_size
+    grid_y = axes[0][:, None, :, None].expand(kh, kw, rows, columns)
+    grid_x = axes[1][None, :, None, :].expand(kh, kw, rows, columns)
+    grid = torch.stack((grid_x, grid_y), dim=-1).reshape(1, kh * kw * rows, columns, 2)
+    grid = grid.expand(input.shape[0], -1, -1, -1)
     samples = F.grid_sample(bordered, grid, mode='bilinear', padding_mode='zeros',
                             align_corners=False)
-    return F.conv2d(samples, weight, bias, stride=tuple(kernel), groups=groups)
+    # channel c's tap planes are channels c * kh * kw + (i * kw + j), weight's own order
+    samples = samples.reshape(input.shape[0], -1, rows, columns)
+    return F.conv2d(samples, weight.reshape(weight.shape[0], -1, 1, 1), bias, groups=groups)
 
 
 def ls_conv2d_at_integer_stride(input: Tensor, weight: Tensor, stride: Tuple[int, int],

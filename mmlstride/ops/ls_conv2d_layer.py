@@ -1,5 +1,6 @@
 """``LSConv2d``: a drop-in nn.Conv2d whose stride is learned, registered as ``'LSConv'``."""
 import numbers
+import warnings
 from typing import Optional, Tuple, Union
 
 import torch
@@ -290,6 +291,11 @@ class LSConv2d(nn.Conv2d):
         if input.dim() != 4:
             raise ValueError(f'input.dim()={input.dim()} expected 4 (N, C, H, W)')
         deployed = self.deploy_stride is not None
+        if not deployed and torch.onnx.is_in_onnx_export():
+            warnings.warn('LSConv2d exports its learnable stride as GridSample sampling, 1.5-3x '
+                          'the time of a plain Conv in ONNX Runtime; call '
+                          'mmlstride.ops.switch_to_deploy(model) before exporting a trained '
+                          'model: layers at whole strides then export as a plain Conv')
         constant = deployed and self.deploy_phase_is_constant
         stride = None if constant else self.sampling_stride()
         # nn.Conv2d's size at the nominal (integer) stride, in integer arithmetic, so that
