@@ -177,7 +177,7 @@ def test_ls_resnet_with_a_fixed_phase():
     phase parameter), its shortcut samples on that grid, and the strides still learn."""
     from mmlstride.ops import ls_conv2d_reference
     backbone = LSResNet(depth=18, base_channels=8, out_indices=(1, 2, 3),
-                        stage_conv=dict(type='LSConv', phase=0.5)).double()
+                        stage_conv=dict(type='LSConv', phase=0.5), learn_stride=True).double()
     assert not [name for name, _ in backbone.named_parameters() if 'phase' in name]
     assert sorted(name for name in backbone.state_dict() if 'phase' in name) == [
         f'layer{i}.0.conv1.fixed_phase' for i in (2, 3, 4)]
@@ -222,25 +222,41 @@ def test_blur_resnet_blurs_where_lsconv_goes_and_loads_resnet_weights(order):
     assert (found[0] - plain[0]).abs().max() > 1e-3  # the blur changes what stage 2 sees
 
 
-def test_ls_resnet_default_learns_a_phase():
-    """LSResNet's default stage conv learns a phase (the study's winner); dict(type='LSConv')
-    gives the corner grid alone; learn_stride=False freezes phases with the strides."""
-    default = LSResNet(depth=18)
+def test_ls_resnet_default_is_the_fixed_half_phase_at_frozen_strides():
+    """LSResNet's default (the anti-aliasing study's choice): every strided conv samples half a
+    pixel in, a fixed phase (no phase parameter), at the nominal stride, frozen; a 2 x 2 box
+    average then the plain strided conv. learn_stride=True learns the strides (and a learned
+    phase) from there; dict(type='LSConv') gives the corner grid alone."""
+    from mmdet.models.backbones import ResNet
+    default = LSResNet(depth=18, base_channels=8).double()
     layers = [m for _, m in default.learned_strides()]
-    assert len(layers) == 3 and all(m.learnable_phase is not None and m.pivot == 'corner'
-                                    for m in layers)
-    assert all(m.learnable_phase.requires_grad for m in layers)
+    assert len(layers) == 3
+    for m in layers:
+        assert m.learnable_phase is None and m.fixed_phase.tolist() == [0.5, 0.5]
+        assert m.learnable_stride.tolist() == [2.0, 2.0]
+        assert not m.learnable_stride.requires_grad
+    # A strided conv of the default is the box average, then the plain conv at stride 2.
+    conv = default.layer3[0].conv1
+    x = torch.randn(2, conv.in_channels, 12, 12, dtype=torch.float64)
+    box = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (1, 1, 1, 1)), 2, stride=1)
+    expected = torch.nn.functional.conv2d(box, conv.weight, conv.bias, stride=2)
+    torch.testing.assert_close(conv(x), expected)
+    plain = ResNet(depth=18, base_channels=8)
+    assert set(plain.state_dict()) <= set(default.state_dict())
+    learned = LSResNet(depth=18, learn_stride=True,
+                       stage_conv=dict(type='LSConv', learn_phase=True))
+    assert all(m.learnable_stride.requires_grad and m.learnable_phase.requires_grad
+               for _, m in learned.learned_strides())
     corner = LSResNet(depth=18, stage_conv=dict(type='LSConv'))
-    assert all(m.learnable_phase is None for _, m in corner.learned_strides())
-    frozen = LSResNet(depth=18, learn_stride=False)
-    assert not any(p.requires_grad for _, m in frozen.learned_strides()
-                   for p in (m.learnable_stride, m.learnable_phase))
+    assert all(m.learnable_phase is None and m.fixed_phase is None
+               for _, m in corner.learned_strides())
 
 
 def test_all_3x3_and_initial_stride():
     """all_3x3 makes every 3x3 conv of stages 2-4 an LSConv (13 at depth 50, plus the 3
     strided shortcuts); initial_stride moves only the strided ones."""
-    backbone = LSResNet(depth=50, base_channels=8, all_3x3=True, initial_stride=1.5)
+    backbone = LSResNet(depth=50, base_channels=8, all_3x3=True, initial_stride=1.5,
+                        learn_stride=True)
     convs = [m for m in backbone.modules() if isinstance(m, LSConv2d)]
     assert len(convs) == 16
     assert len(LSResNet(depth=50, base_channels=8).learned_strides()) == 3
@@ -262,7 +278,7 @@ DIGITS = REPO / 'configs' / 'digits'
     ('retinanet_r18n-ls-frozen_digits.py', 2.0, False, 20.0),
     ('retinanet_r18n-ls-badinit_digits.py', 1.5, True, 20.0),
     ('retinanet_r18n-ls-badinit-frozen_digits.py', 1.5, False, 20.0),
-    ('../lsconv/faster-rcnn_r50-ls_fpn_1x_coco.py', 2.0, True, 0.1),
+    ('../lsconv/faster-rcnn_r50-ls_fpn_1x_coco.py', 2.0, False, 0.1),
 ])
 def test_config_strides_and_their_optimizer_group(config, stride, learned, lr_mult):
     """Each config's initial strides and whether they learn, and the strides' own learning

@@ -27,10 +27,12 @@ bench --suite antialias --settings $main_cells --seeds $five --other-seeds $five
 bench --suite antialias-scaled --settings fixed lsconv-half-frozen blurpool blurfirst \
   --seeds $three --other-seeds $three
 bench --suite antialias-frcnn --settings $main_cells --seeds $three --other-seeds $three
-# 3. Scaled digits: the best LSConv setting, then 5 seeds of the main cells, then the side
-#    questions (the learned phase, the corner grid), 3 seeds.
-bench --suite antialias-scaled --settings $main_cells --seeds $three --other-seeds $three
-bench --suite antialias-scaled --settings $main_cells --seeds $five --other-seeds $five
+# 3. Scaled digits: 5 seeds of fixed strides, the fixed half phase with frozen strides and
+#    BlurPool (the comparison the default rests on), then the best LSConv setting, then the
+#    side questions (the learned phase, the corner grid), 3 seeds.
+bench --suite antialias-scaled --settings fixed lsconv-half-frozen $best_blur --seeds $five \
+  --other-seeds $five
+bench --suite antialias-scaled --settings $best_lsconv --seeds $three --other-seeds $three
 bench --suite antialias-scaled --settings lsconv-phase lsconv --seeds $three \
   --other-seeds $three
 # 4. Costs, measured alone (nothing else may run meanwhile), then the sections of

@@ -9,5 +9,5 @@ _base_ = './retinanet_r18n-p6p7_digits_fixed.py'
 
 model = dict(
     backbone=dict(type='LSResNet', ls_stages=(False, True, True, True),
-                  stage_conv=dict(type='LSConv')),  # corner grids, no phase
+                  stage_conv=dict(type='LSConv'), learn_stride=True),  # corner grids, no phase
     neck=dict(conv_cfg=dict(type='LSConv')))

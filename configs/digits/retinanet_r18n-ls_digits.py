@@ -4,4 +4,4 @@
 _base_ = './retinanet_r18n_digits_fixed.py'
 
 model = dict(backbone=dict(type='LSResNet', ls_stages=(False, True, True, True),
-                           stage_conv=dict(type='LSConv')))
+                           stage_conv=dict(type='LSConv'), learn_stride=True))

@@ -3,4 +3,4 @@
 _base_ = './retinanet_r18n_scaled-digits_fixed.py'
 
 model = dict(backbone=dict(type='LSResNet', ls_stages=(False, True, True, True),
-                           stage_conv=dict(type='LSConv', pivot='centre')))
+                           stage_conv=dict(type='LSConv', pivot='centre'), learn_stride=True))

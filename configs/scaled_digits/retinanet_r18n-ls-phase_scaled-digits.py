@@ -4,4 +4,4 @@
 _base_ = './retinanet_r18n_scaled-digits_fixed.py'
 
 model = dict(backbone=dict(type='LSResNet', ls_stages=(False, True, True, True),
-                           stage_conv=dict(type='LSConv', learn_phase=True)))
+                           stage_conv=dict(type='LSConv', learn_phase=True), learn_stride=True))
