@@ -1076,11 +1076,12 @@ def test_benchmark_costs_are_measured_interleaved_and_tabled(tmp_path, monkeypat
 def test_detector_costs_counts_the_backbone_and_times_both_steps(tmp_path):
     """tools/detector_costs.py on tiny configs: positive times for each step timed, and the
     backbone's multiply-adds in the order the layers imply (LSConv adds its sampling to the
-    plain ResNet's; BlurPool's placement runs the replaced convs at stride 1)."""
+    plain ResNet's; BlurPool's placement runs the replaced convs at stride 1). A two-stage
+    detector's network is timed too (its RPN needs the image's metadata)."""
     tool = load_tool('detector_costs')
     macs = {}
     for name in ('retinanet_r18n_digits_fixed.py', 'retinanet_r18n-ls-half_digits.py',
-                 'retinanet_r18n-blurpool_digits.py'):
+                 'retinanet_r18n-blurpool_digits.py', 'faster-rcnn_r18n-ls-half_digits.py'):
         cfg = tiny_run_config(tmp_path / name, tmp_path / 'data',
                               config=str(REPO / 'configs' / 'digits' / name))
         dumped = tmp_path / f'tiny-{name}'

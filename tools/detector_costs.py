@@ -55,7 +55,8 @@ def backbone_macs(cfg) -> int:
 def inference_times(cfg, checkpoint: Optional[str], images: int,
                     warmup: int) -> Tuple[List[float], List[float]]:
     """Seconds per val image, batch 1, after ``warmup`` images: of the test step, and of the
-    network alone (tensor mode) on a random image of the test size."""
+    network alone (tensor mode, which a two-stage detector runs up to its RoI head's outputs)
+    on the first val image, preprocessed."""
     from mmdet.registry import DATASETS, MODELS
     from mmengine.dataset import pseudo_collate
     model = MODELS.build(cfg.model)
@@ -64,15 +65,15 @@ def inference_times(cfg, checkpoint: Optional[str], images: int,
     model.eval()
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
     samples = [dataset[i % len(dataset)] for i in range(warmup + images)]
-    image = torch.randn(1, 3, *test_size(cfg))
     steps, networks = [], []
     with torch.no_grad():
+        first = model.data_preprocessor(pseudo_collate(samples[:1]), False)
         for sample in samples:
             start = time.perf_counter()
             model.test_step(pseudo_collate([sample]))
             steps.append(time.perf_counter() - start)
             start = time.perf_counter()
-            model(image, mode='tensor')
+            model(first['inputs'], first['data_samples'], mode='tensor')
             networks.append(time.perf_counter() - start)
     return steps[warmup:], networks[warmup:]
 
