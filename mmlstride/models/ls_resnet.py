@@ -21,10 +21,11 @@ class LSResNet(ResNet):
     ``initial_phase``, 0 by default). In each stage with
     ``ls_stages[i]`` True, the strided conv of the main branch becomes
     ``stage_conv`` (default LSConv with its grid held half a pixel in, strides
-    frozen: a 2 x 2 box blur before each strided conv), and when it is LSConv the block's strided 1x1 shortcut becomes an LSConv
-    that follows the main conv's stride (:meth:`LSConv2d.follow_stride`): one
-    learned stride per block, both branches on one grid, so the residual sum
-    stays aligned as the stride moves.
+    frozen: a 2 x 2 box blur before each strided conv), and when it is LSConv
+    the block's strided 1x1 shortcut becomes an LSConv that follows the main
+    conv's stride (:meth:`LSConv2d.follow_stride`): one learned stride per
+    block, both branches on one grid, so the residual sum stays aligned as
+    the stride moves.
 
     Args:
         ls_stages: per stage, whether its strided convs are replaced.
