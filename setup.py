@@ -74,6 +74,17 @@ def build_cuda() -> bool:
     return True
 
 
+def check_torch() -> None:
+    """An ImportError naming the torch found and the oldest supported one (TORCH_FLOOR of
+    mmlstride/torch_compat.py) when the installed torch is older."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'mmlstride_torch_compat', os.path.join(HERE, 'mmlstride', 'torch_compat.py'))
+    compat = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compat)
+    compat.check_torch_floor()
+
+
 def make_extensions():
     """The extension modules and the build_ext command that builds them.
 
@@ -82,6 +93,7 @@ def make_extensions():
     kernels are added when build_cuda() says so; TORCH_CUDA_ARCH_LIST picks
     the GPU architectures, as for any torch extension.
     """
+    check_torch()
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     sources = sorted(glob.glob('csrc/pytorch/*.cpp') + glob.glob('csrc/pytorch/cpu/*.cpp'))
@@ -162,7 +174,7 @@ def run_setup() -> None:
         license='Apache-2.0',
         packages=find_packages(include=['mmlstride', 'mmlstride.*']),
         package_data={'mmlstride': ['.mim/configs/*/*.py', '.mim/configs/*.md', '.mim/tools/*']},
-        python_requires='>=3.8',
+        python_requires='>=3.9',
         install_requires=read_requirements('runtime.txt'),
         extras_require={'tests': read_requirements('tests.txt')},
         ext_modules=ext_modules,

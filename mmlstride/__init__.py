@@ -7,9 +7,13 @@ and ``StrideLoggerHook`` in ``HOOKS``; where mmdet is installed, also the
 """
 import importlib.util
 
-from . import engine
-from .ops import LSConv2d, ls_conv2d, ls_conv2d_reference
-from .version import __version__
+from .torch_compat import check_torch_floor
+
+check_torch_floor()  # before anything that needs the supported torch
+
+from . import engine  # noqa: E402
+from .ops import LSConv2d, ls_conv2d, ls_conv2d_reference  # noqa: E402
+from .version import __version__  # noqa: E402
 
 if importlib.util.find_spec('mmdet') is not None:
     from . import datasets, models  # noqa: F401  (registrations)

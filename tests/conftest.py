@@ -8,6 +8,8 @@ import os
 import pytest
 import torch
 
+from mmlstride.torch_compat import FEATURES, has_feature
+
 # Older torch versions refuse cuBLAS under torch.use_deterministic_algorithms(True)
 # unless this is set before CUDA starts (tests/test_cuda.py uses deterministic mode).
 os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
@@ -22,13 +24,28 @@ DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not CUDA_AVAILAB
 IN_CI = os.environ.get('CI', '').lower() == 'true'
 
 
-def require(available: bool, what: str) -> None:
-    """Skips the calling test when ``what`` is missing; fails it under CI."""
+# tools/setup_env.sh with MMLSTRIDE_OPENMMLAB=0 installs no mmcv, mmdet or mim: their tests are
+# skipped then, CI or not.
+OPENMMLAB = ('mmcv', 'mmdet', 'mim')
+WITHOUT_OPENMMLAB = os.environ.get('MMLSTRIDE_OPENMMLAB') == '0'
+
+
+def require(available: bool, what: str, expected_in_ci: bool = True) -> None:
+    """Skips the calling test when ``what`` is missing; fails it under CI where CI has it
+    (``expected_in_ci``)."""
     if available:
         return
-    if IN_CI:
+    if IN_CI and expected_in_ci:
         pytest.fail(f'{what} is missing, and CI (CI=true) expects it')
     pytest.skip(f'needs {what}', allow_module_level=True)
+
+
+def needs_torch_for(feature: str):
+    """Skips a test of ``feature`` (a key of mmlstride.torch_compat.FEATURES) on a torch
+    older than the one that has it, saying which."""
+    needed = '.'.join(map(str, FEATURES[feature]))
+    return pytest.mark.skipif(not has_feature(feature),
+                              reason=f'{feature} needs torch >= {needed}')
 
 
 def require_module(name: str):
@@ -36,7 +53,8 @@ def require_module(name: str):
     try:
         return __import__(name, fromlist=['_'])
     except ImportError:
-        require(False, f'the Python module {name}')
+        require(False, f'the Python module {name}',
+                expected_in_ci=not (WITHOUT_OPENMMLAB and name.split('.')[0] in OPENMMLAB))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import require_module
+from conftest import needs_torch_for, require_module
 from mmlstride.ops import BlurConv2d
 from mmlstride.ops.blur_conv2d import binomial_filter
 
@@ -105,6 +105,7 @@ def test_conv_cfg_builds_it():
     assert isinstance(layer, BlurConv2d) and (layer.order, layer.filter_size) == ('blur-conv', 4)
 
 
+@needs_torch_for('the dynamo ONNX exporter')
 @pytest.mark.parametrize('order', ['conv-blur', 'blur-conv'])
 def test_onnx_export_runs_in_onnxruntime(order, tmp_path):
     require_module('onnx')

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import CUDA_AVAILABLE, require_cuda_kernels
+from conftest import CUDA_AVAILABLE, needs_torch_for, require_cuda_kernels
 from mmlstride.ops import LSConv2d, ls_conv2d
 from mmlstride.testing import (compiled_op, errors, evaluate, float64_reference_errors,
                                output_gradient, random_case, relative_error)
@@ -51,6 +51,7 @@ def test_against_float64_reference(seed, dtype, phase):
     assert max(found.values()) < LOW_PRECISION_TOLERANCE[dtype], found
 
 
+@needs_torch_for('torch.library.opcheck')
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_opcheck_low_precision(dtype):
     case = random_case(2).to(dtype, 'cuda')

@@ -112,3 +112,43 @@ def test_low_precision_kernels_do_float32_sampling_math(tmp_path):
         divisions = instructions(kernels[name], r'^(div|rem)\.[su](32|64)$')
         allowed = (2 if 'input_gradient' in name else 1) * (2 if ', long' in name else 1)
         assert len(divisions) <= allowed, (name, divisions)
+
+
+# The CUDA toolkits of the torch builds mmlstride supports (torch 2.1: 11.8 and 12.1), whose
+# headers tools/setup_env.sh installs from PyPI's nvidia-cuda-runtime and nvidia-cuda-nvcc
+# wheels into <venv>/cuda-headers/<version> (no compiler there: nvcc itself is not on PyPI).
+OLD_TOOLKITS = ['11.8', '12.1']
+# Names the C++ compiler or the C library define, not the toolkit.
+NOT_FROM_THE_TOOLKIT = {'__restrict__', '__int128', '__func__', '__LINE__', '__FILE__',
+                        '__assert_fail', '__CUDA_ARCH__', '__CUDACC__'}
+
+
+def cuda_names(source: str):
+    """The CUDA names a source uses (``__x``, ``atomicX``, ``cudaX``), comments left out."""
+    code = re.sub(r'//[^\n]*|/\*.*?\*/', '', source, flags=re.DOTALL)
+    return set(re.findall(r'\b(__[A-Za-z]\w*|atomic[A-Z]\w*|cuda[A-Z]\w*)\b', code))
+
+
+def declared_in(names, include_dirs):
+    """The subset of ``names`` that appear as a whole word in the headers under
+    ``include_dirs``."""
+    text = '\n'.join(path.read_text(errors='replace') for directory in include_dirs
+                     for path in directory.rglob('*') if path.suffix in ('.h', '.hpp'))
+    return {name for name in names if re.search(rf'\b{re.escape(name)}\b', text)}
+
+
+@pytest.mark.parametrize('version', OLD_TOOLKITS)
+def test_cuda_code_uses_nothing_newer_than_old_toolkits(version):
+    """Every CUDA function, type and qualifier the kernels and launchers use is declared in
+    the headers of CUDA 11.8 and 12.1, the toolkits of torch 2.1's CUDA builds: a newer-only
+    intrinsic fails here (nvcc 13 compiles them above)."""
+    import sys
+    root = Path(sys.prefix) / 'cuda-headers' / version / 'nvidia'
+    require(root.is_dir(), f"CUDA {version}'s headers ({root}, tools/setup_env.sh)")
+    include_dirs = [root / 'cuda_runtime' / 'include', root / 'cuda_nvcc' / 'include']
+    sources = sorted((REPO / 'csrc' / 'common' / 'cuda').glob('*.cuh')) + sorted(
+        (REPO / 'csrc' / 'pytorch' / 'cuda').glob('*.cu'))
+    used = set().union(*(cuda_names(path.read_text()) for path in sources))
+    assert {'atomicAdd', '__syncthreads', '__nv_bfloat16', 'cudaStream_t'} <= used
+    wanted = used - NOT_FROM_THE_TOOLKIT
+    assert sorted(wanted - declared_in(wanted, include_dirs)) == []

@@ -6,11 +6,11 @@ import warnings
 
 import pytest
 import torch
-from torch.export import Dim
 
-from conftest import require_module
+from conftest import needs_torch_for, require_module
 from mmlstride.ops import LSConv2d, ls_conv2d, switch_to_deploy
 from mmlstride.ops.ls_conv2d_export import ls_conv2d_at_integer_stride, ls_conv2d_by_sampling
+from mmlstride.torch_compat import onnx_export
 from mmlstride.testing import random_case, relative_error
 
 # (kernel, stride, padding, dilation, groups, learned stride[, pivot, learned phase]):
@@ -42,7 +42,13 @@ def make_layer(spec) -> LSConv2d:
     return layer
 
 
+EXPORT = needs_torch_for('torch.export with dynamic shapes')
+DYNAMO_ONNX = needs_torch_for('the dynamo ONNX exporter')
+EXPORTERS = [pytest.param(True, marks=DYNAMO_ONNX), False]
+
+
 def dynamic_shapes(minimum=8):
+    from torch.export import Dim
     return ({0: Dim('batch'), 2: Dim('height', min=minimum), 3: Dim('width', min=minimum)}, )
 
 
@@ -62,6 +68,7 @@ def test_sampling_decomposition_with_a_phase_is_the_op(seed):
     assert relative_error(ls_conv2d_by_sampling(*args), ls_conv2d(*args)) < 1e-12
 
 
+@EXPORT
 @pytest.mark.parametrize('spec', LAYERS, ids=LAYER_IDS)
 def test_torch_export_with_dynamic_batch_height_width(spec):
     """torch.export.export of an LSConv2d with dynamic batch, height and width; the exported
@@ -83,10 +90,10 @@ def onnx_session(model, example, path, opset, dynamo=True, minimum=8):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         if dynamo:
-            torch.onnx.export(model, (example, ), path, opset_version=opset, dynamo=True,
-                              dynamic_shapes=dynamic_shapes(minimum), verbose=False)
+            onnx_export(model, (example, ), path, opset, dynamo=True,
+                        dynamic_shapes=dynamic_shapes(minimum), verbose=False)
         else:
-            torch.onnx.export(model, (example, ), path, opset_version=opset, dynamo=False)
+            onnx_export(model, (example, ), path, opset, dynamo=False)
     return ort.InferenceSession(str(path), providers=['CPUExecutionProvider']), onnx.load(path)
 
 
@@ -114,6 +121,7 @@ def assert_standard_operators(model, opset, form='grid_sample'):
                    if attribute.name == 'align_corners')
 
 
+@DYNAMO_ONNX
 @pytest.mark.parametrize('opset', [18, 19])
 @pytest.mark.parametrize('spec', LAYERS, ids=LAYER_IDS)
 def test_onnx_export_runs_in_onnxruntime(spec, opset, tmp_path):
@@ -144,10 +152,12 @@ def test_onnx_export_torchscript_exporter(opset, spec, tmp_path):
 def test_onnx_opset_below_16_is_refused(tmp_path):
     require_module('onnx')
     with pytest.raises(ValueError, match=r'opset_version=15 expected 16 to 19'):
-        torch.onnx.export(make_layer(LAYERS[0]), (torch.randn(TRACED), ), tmp_path / 'x.onnx',
-                          opset_version=15, dynamo=False)
+        onnx_export(make_layer(LAYERS[0]), (torch.randn(TRACED), ), tmp_path / 'x.onnx', 15,
+                    dynamo=False)
 
 
+@DYNAMO_ONNX
+@EXPORT
 @pytest.mark.parametrize('stage_conv', [None, dict(type='LSConv'),
                                         dict(type='LSConv', pivot='centre', learn_phase=True)],
                          ids=['default-phase', 'corner', 'centre-phase'])
@@ -254,7 +264,7 @@ def test_switch_to_deploy_centre_pivot_and_followers():
     assert follower.deploy_stride == pytest.approx((1.75, 2.25))
 
 
-@pytest.mark.parametrize('dynamo', [True, False], ids=['default', 'torchscript'])
+@pytest.mark.parametrize('dynamo', EXPORTERS, ids=['default', 'torchscript'])
 @pytest.mark.parametrize('phase', WHOLE_PHASES[2:5], ids=str)
 @pytest.mark.parametrize('spec', LAYERS[:3], ids=LAYER_IDS[:3])
 def test_deployed_whole_strides_export_as_plain_convolutions(spec, phase, dynamo, tmp_path):
@@ -276,7 +286,7 @@ def test_deployed_whole_strides_export_as_plain_convolutions(spec, phase, dynamo
             assert relative_error(run_onnx(session, x), layer(x)) < 1e-4
 
 
-@pytest.mark.parametrize('dynamo', [True, False], ids=['default', 'torchscript'])
+@pytest.mark.parametrize('dynamo', EXPORTERS, ids=['default', 'torchscript'])
 def test_onnx_export_before_deploy_points_to_switch_to_deploy(dynamo, tmp_path):
     """Exporting a layer not switched to deploy (the slower sampled form) warns and names
     switch_to_deploy; a deployed layer exports without that warning."""
@@ -287,13 +297,14 @@ def test_onnx_export_before_deploy_points_to_switch_to_deploy(dynamo, tmp_path):
     for name in ('sampled', 'plain'):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always')
-            torch.onnx.export(layer, example, str(tmp_path / f'{name}.onnx'),
-                              opset_version=18 if dynamo else 17, dynamo=dynamo, verbose=False)
+            onnx_export(layer, example, str(tmp_path / f'{name}.onnx'), 18 if dynamo else 17,
+                        dynamo=dynamo, verbose=False)
         hints.append([w for w in caught if 'switch_to_deploy(model)' in str(w.message)])
         switch_to_deploy(layer)
     assert len(hints[0]) >= 1 and hints[1] == []
 
 
+@EXPORT
 @pytest.mark.parametrize('phase', [None, 0.5], ids=str)
 def test_torch_export_of_a_deployed_layer(phase):
     """torch.export.export of a layer switched to deploy (its output size then computed from

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require, require_module
+from conftest import needs_torch_for, require, require_module
+from mmlstride.torch_compat import torch_version
 
 TOOLS = Path(__file__).resolve().parents[1] / 'tools'
 
@@ -126,6 +127,8 @@ def test_default_cuda_arch_list_from_the_real_nvcc():
     assert setup_module.default_cuda_arch_list(archs) == expected
 
 
+@pytest.mark.skipif(torch_version() < (2, 13), reason='torch.profiler of older torch loses the '
+                    'parents of some events (seen on 2.1.2), which the counts are made from')
 def test_count_launches_sees_gemms_in_place_with_the_bias(capsys):
     """tools/count_launches.py counts the host code's memory-touching ATen calls: for a tile
     that is one whole image the forward GEMM adds the bias and writes the output in place and
@@ -142,6 +145,7 @@ def test_count_launches_sees_gemms_in_place_with_the_bias(capsys):
     assert 'r50-s2' in capsys.readouterr().out
 
 
+@needs_torch_for('the dynamo ONNX exporter')
 def test_deploy_exports_a_detector_that_onnxruntime_runs(tmp_path, capsys):
     """tools/deploy.py on a digits RetinaNet checkpoint (LSConv, half the strides moved off
     nominal): the layers at whole strides export as plain convolutions, the others sampled;
@@ -202,7 +206,8 @@ def test_cuda_check_dry_run_builds_then_stops(tmp_path):
     extension then lost the numbers of its error messages, or crashed): setup.py links it
     dynamically all the same, and the script checks the errors of what it built."""
     compiler = tmp_path / 'static-runtime-c++'
-    compiler.write_text('#!/bin/sh\nexec c++ "$@" -static-libstdc++\n')
+    # torch < 2.4 asks the compiler for its version (-v alone), which the flag would fail.
+    compiler.write_text('#!/bin/sh\n[ "$*" = -v ] && exec c++ -v\nexec c++ "$@" -static-libstdc++\n')
     compiler.chmod(0o755)
     result = run_cuda_check(tmp_path, '--dry-run', CXX=str(compiler))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -269,6 +274,7 @@ def test_deploy_stacks_the_labels_of_boxes_on_one_object():
                                                    (100.0, 20.0)]
 
 
+@needs_torch_for('the dynamo ONNX exporter')
 def test_benchmark_export_checks_and_times_every_form(tmp_path, capsys):
     """tools/benchmark_export.py exports the network in every form, each matching PyTorch at
     another batch and size; a layer switched to deploy at stride 2 is a plain Conv, at the

@@ -4,10 +4,15 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import needs_torch_for
 from mmlstride.testing import random_case
 from mmlstride.ops import LSConv2d
 
 
+OPCHECK = needs_torch_for('torch.library.opcheck')
+
+
+@OPCHECK
 @pytest.mark.parametrize('phase', [False, True], ids=['no_phase', 'phase'])
 @pytest.mark.parametrize('seed', range(3))
 def test_opcheck_forward(seed, phase, device):
@@ -17,6 +22,7 @@ def test_opcheck_forward(seed, phase, device):
     torch.library.opcheck(torch.ops.mmlstride.ls_conv2d.default, args)
 
 
+@OPCHECK
 @pytest.mark.parametrize('phase,output_mask', [
     (False, [True] * 4 + [False]), (False, [False, True, False, True, False]),
     (False, [True, False, True, False, False]), (True, [True] * 5),
@@ -39,6 +45,7 @@ def small_net(device, **grid):
         LSConv2d(8, 4, 1, stride=1, **grid)).double().to(device)
 
 
+@needs_torch_for('torch.compile with fullgraph=True')
 @pytest.mark.parametrize('backend,dynamic,grid', [
     ('aot_eager', True, {}), ('inductor', False, {}),
     ('aot_eager', True, dict(pivot='centre', learn_phase=True))],

@@ -30,9 +30,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.export import Dim
 
 from mmlstride.ops import LSConv2d, switch_to_deploy
+from mmlstride.torch_compat import onnx_export, require_feature
 
 CHANNELS = (32, 64, 128, 256)
 # name: (learned stride, phase, description)
@@ -74,13 +74,15 @@ def layer_input(index: int, batch: int, size: int) -> Tuple[int, int, int, int]:
 def export(model: nn.Module, example: torch.Tensor, path: str, form: str) -> None:
     """torch.onnx.export with the default exporter, dynamic batch, height and width; with
     ``form`` 'deploy' LSConv layers are switched to deploy first."""
+    require_feature('the dynamo ONNX exporter')
     if form == 'deploy':
         switch_to_deploy(model)
-    dynamic = ({0: Dim('batch'), 2: Dim('height', min=8), 3: Dim('width', min=8)}, )
+    dim = torch.export.Dim
+    dynamic = ({0: dim('batch'), 2: dim('height', min=8), 3: dim('width', min=8)}, )
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch.onnx.export(model, (example, ), path, opset_version=OPSET, dynamo=True,
-                          dynamic_shapes=dynamic, verbose=False)
+        onnx_export(model, (example, ), path, OPSET, dynamo=True, dynamic_shapes=dynamic,
+                    verbose=False)
 
 
 def session(path: str):

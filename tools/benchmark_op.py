@@ -207,7 +207,7 @@ def peak_memory(forward: Callable, p: Problem, out: int, device: torch.device) -
                                            profile_memory=True) as prof:
         forward(p, out).backward(p.grad_output)
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]'),
-                    key=lambda e: e.start_ns())
+                    key=lambda e: e.start_ns() if hasattr(e, 'start_ns') else e.start_us())
     live = peak = 0
     for event in events:
         live += event.nbytes()

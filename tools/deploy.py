@@ -30,6 +30,7 @@ from torch import Tensor, nn
 import mmlstride  # noqa: F401  (registers LSConv, LSResNet and the digits dataset)
 from mmlstride.engine import load_config, load_weights
 from mmlstride.ops import LSConv2d, switch_to_deploy
+from mmlstride.torch_compat import onnx_export, require_feature
 
 
 class TensorHead(nn.Module):
@@ -61,12 +62,13 @@ def fixed_stride_copy(detector: nn.Module) -> nn.Module:
 
 def export(model: nn.Module, images: Tensor, path: Path, opset: int) -> None:
     """Exports ``model`` with dynamic batch, height and width (from 64 pixels)."""
+    require_feature('the dynamo ONNX exporter')
     dim = torch.export.Dim
     shapes = ({0: dim('batch'), 2: dim('height', min=64), 3: dim('width', min=64)}, )
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch.onnx.export(model, (images, ), str(path), opset_version=opset, dynamo=True,
-                          dynamic_shapes=shapes, verbose=False)
+        onnx_export(model, (images, ), str(path), opset, dynamo=True, dynamic_shapes=shapes,
+                    verbose=False)
 
 
 def session_for(path: Path):

@@ -4,6 +4,7 @@
 // work is done by the backend kernels of ls_conv_kernels.h.
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/record_function.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
@@ -45,7 +46,7 @@ at::ScalarType accumulate_type(at::ScalarType dtype) {
 // out (float32) <- a @ b for float16 or bfloat16 batches a and b, without
 // rounding the product to their dtype (cuBLAS accumulates in float32 anyway).
 void bmm_float32_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
+#if MMLSTRIDE_TORCH_AT_LEAST(2, 8)
   at::bmm_out(out, a, b, at::kFloat);  // the out_dtype overload (torch 2.8)
 #else
   at::bmm_out(out, a.to(at::kFloat), b.to(at::kFloat));
@@ -120,7 +121,7 @@ LSConvGeometry make_geometry(const at::Tensor& input, const at::Tensor& weight,
 // The phase (undefined when absent) after checking it like the stride: on input's device,
 // a floating dtype (any: it is read in float64), shape [2]. Its values are checked where
 // they are read (finite), as the stride's.
-at::Tensor checked_phase(const std::optional<at::Tensor>& phase, const at::Tensor& input) {
+at::Tensor checked_phase(const optional<at::Tensor>& phase, const at::Tensor& input) {
   if (!phase.has_value() || !phase->defined()) return at::Tensor();
   TORCH_CHECK_VALUE(phase->device() == input.device(), "phase.device=", phase->device(),
                     " expected ", input.device(), " (the device of input)");
@@ -259,7 +260,7 @@ bool gemm_as_convolution(const at::Tensor& input) {
 
 // 1x1 convolution of a (K, ncols) matrix with an (O, K / groups) weight: (O, ncols).
 at::Tensor convolve_1x1(const at::Tensor& matrix, const at::Tensor& weight,
-                        const std::optional<at::Tensor>& bias, int64_t groups) {
+                        const optional<at::Tensor>& bias, int64_t groups) {
   const at::Tensor out = at::convolution(
       matrix.view({1, matrix.size(0), 1, matrix.size(1)}),
       weight.view({weight.size(0), weight.numel() / weight.size(0), 1, 1}), bias, {1, 1},
@@ -280,7 +281,7 @@ bool takes_pixel_columns(const at::Tensor& input, const at::Tensor& weight) {
 // cache (ls_conv_forward_pixels_cpu); the weight's taps are first reordered to the columns'
 // order.
 void forward_by_pixel_columns(const at::Tensor& input, const at::Tensor& weight,
-                              const std::optional<at::Tensor>& bias,
+                              const optional<at::Tensor>& bias,
                               const PreparedStride& prepared, const LSConvGeometry& g,
                               int64_t groups, at::Tensor& output) {
   const int64_t out_channels = weight.size(0);
@@ -292,10 +293,10 @@ void forward_by_pixel_columns(const at::Tensor& input, const at::Tensor& weight,
 }
 
 at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_,
-                             const std::optional<at::Tensor>& bias_, const at::Tensor& stride,
+                             const optional<at::Tensor>& bias_, const at::Tensor& stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                              at::IntArrayRef output_size,
-                             const std::optional<at::Tensor>& phase_) {
+                             const optional<at::Tensor>& phase_) {
   const LSConvGeometry g =
       make_geometry(input_, weight_, stride, padding, dilation, groups, output_size);
   const at::Tensor phase = checked_phase(phase_, input_);
@@ -305,7 +306,7 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
   const int64_t batch = input.size(0);
   const int64_t out_channels = weight.size(0);
   const int64_t col_rows = g.channels * g.kernel_h * g.kernel_w;
-  std::optional<at::Tensor> bias;
+  optional<at::Tensor> bias;
   if (bias_.has_value() && bias_->defined()) {
     check_like_input(*bias_, "bias", input);
     TORCH_CHECK_VALUE(bias_->dim() == 1 && bias_->size(0) == out_channels, "bias.shape=",
@@ -350,7 +351,7 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
     if (ls_conv_onednn_matmul_cpu(input)) {  // per group, then the bias
       for (int64_t group = 0; group < groups; ++group) {
         target.select(0, group).copy_(ls_conv_onednn_linear_cpu(
-            weight_g.select(0, group), columns_g.select(0, group).t(), std::nullopt));
+            weight_g.select(0, group), columns_g.select(0, group).t(), nullopt));
       }
       if (bias) target.add_(bias->view({groups, out_channels / groups, 1}));
     } else if (bias) {  // target <- bias + weight @ columns
@@ -370,7 +371,7 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
 // where not). The phase's needs a phase.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward(
     const at::Tensor& grad_output_, const at::Tensor& input_, const at::Tensor& weight_,
-    const at::Tensor& stride, const std::optional<at::Tensor>& phase_, at::IntArrayRef padding,
+    const at::Tensor& stride, const optional<at::Tensor>& phase_, at::IntArrayRef padding,
     at::IntArrayRef dilation, int64_t groups, std::array<bool, 5> output_mask) {
   TORCH_CHECK_VALUE(grad_output_.dim() == 4, "grad_output.dim()=", grad_output_.dim(),
                     " expected 4");
@@ -482,7 +483,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d
           const at::Tensor tile_gradient =
               std::get<1>(at::convolution_backward(
                               grad_output_g.view({1, out_channels, 1, cols}),
-                              columns.view({1, col_rows, 1, cols}), weight_1x1, std::nullopt,
+                              columns.view({1, col_rows, 1, cols}), weight_1x1, nullopt,
                               {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, groups,
                               {false, true, false}))
                   .reshape(weight.sizes());
@@ -493,7 +494,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d
         if (onednn_weight_gradient) {  // per group, each tile's product added
           for (int64_t group = 0; group < groups; ++group) {
             grad_weight_g.select(0, group).add_(ls_conv_onednn_linear_cpu(
-                grad_output_g.select(0, group), columns_g.select(0, group), std::nullopt));
+                grad_output_g.select(0, group), columns_g.select(0, group), nullopt));
           }
           continue;
         }
@@ -529,14 +530,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d
 // autocast does); the stride and the phase keep their dtypes.
 template <c10::DeviceType device_type>
 at::Tensor ls_conv2d_autocast(const at::Tensor& input, const at::Tensor& weight,
-                              const std::optional<at::Tensor>& bias, const at::Tensor& stride,
+                              const optional<at::Tensor>& bias, const at::Tensor& stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                               c10::SymIntArrayRef output_size,
-                              const std::optional<at::Tensor>& phase) {
+                              const optional<at::Tensor>& phase) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(
       at::autocast::get_autocast_dispatch_key_from_device_type(device_type));
   const at::ScalarType dtype = device_type == c10::DeviceType::CUDA
-      ? at::autocast::get_autocast_dtype(device_type)
+      ? at::autocast::get_lower_precision_fp_from_device_type(device_type)
       : at::kFloat;
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("mmlstride::ls_conv2d", "")

@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 
 #include "../common/ls_conv_sampling.h"
+#include "torch_compat.h"
 
 namespace mmlstride {
 
@@ -61,7 +62,7 @@ void ls_conv_im2col_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
 // order. The input rows the tile reads are copied channels-last into rows_buffer, which is
 // replaced by a larger one as needed and serves the next tiles.
 void ls_conv_forward_pixels_cpu(const at::Tensor& input, const at::Tensor& weight_taps,
-                                const std::optional<at::Tensor>& bias,
+                                const optional<at::Tensor>& bias,
                                 const LSConvGeometry& geometry, const PreparedStride& stride,
                                 int64_t groups, at::Tensor& output);
 
@@ -83,7 +84,7 @@ bool ls_conv_onednn_matmul_cpu(const at::Tensor& like);
 // a @ b^T, plus bias (N) on every row when given, through oneDNN's matmul (only where
 // ls_conv_onednn_matmul_cpu): a (M, K) and b (N, K), any strides; a new (M, N) tensor.
 at::Tensor ls_conv_onednn_linear_cpu(const at::Tensor& a, const at::Tensor& b,
-                                     const std::optional<at::Tensor>& bias);
+                                     const optional<at::Tensor>& bias);
 
 #ifdef WITH_CUDA
 // The CUDA counterparts of the three functions above, on the current stream, with no

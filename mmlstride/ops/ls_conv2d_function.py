@@ -18,6 +18,8 @@ from torch import Tensor
 from .extension import EXTENSION_ERROR, has_kernel
 from .ls_conv2d_export import ls_conv2d_at_integer_stride, ls_conv2d_by_sampling
 from .ls_conv2d_reference import ls_conv2d_reference
+from ..torch_compat import (autocast_enabled, is_compiling, is_exporting, onnx_export_opset,
+                            register_autograd, register_fake)
 
 IntPair = Union[int, Sequence[int]]
 _CPU_DTYPES = (torch.float32, torch.float64)
@@ -42,9 +44,8 @@ ONNX_OPSETS = range(16, 20)
 def _check_onnx_opset() -> None:
     """Raises a ValueError when the running TorchScript-based ONNX export targets an opset
     without the bilinear GridSample LSConv exports to."""
-    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
-    opset = GLOBALS.export_onnx_opset_version
-    if not torch.compiler.is_exporting() and opset not in ONNX_OPSETS:
+    opset = onnx_export_opset()
+    if not is_exporting() and opset not in ONNX_OPSETS:
         raise ValueError(f'opset_version={opset} expected 16 to 19: LSConv exports to ONNX '
                          "GridSample (opset 16) with mode 'bilinear' (opsets 16-19)")
 
@@ -86,11 +87,6 @@ def _export_in_standard_operators(input, weight, stride, bias, padding, dilation
                                  output_size, phase)
 
 
-def _autocast_enabled(device: torch.device) -> bool:
-    """Whether autocast is on for ``device`` (which then casts input, weight and bias)."""
-    return device.type in ('cpu', 'cuda') and torch.is_autocast_enabled(device.type)
-
-
 def _check_tensor(tensor: Tensor, name: str, input: Tensor, same_dtype: bool) -> None:
     if not isinstance(tensor, Tensor):
         raise TypeError(f'{name} is a {type(tensor).__name__}, expected a torch.Tensor')
@@ -115,7 +111,7 @@ def _check_arguments(input: Tensor, weight: Tensor, stride: Tensor, bias: Option
     """
     if not isinstance(input, Tensor):
         raise TypeError(f'input is a {type(input).__name__}, expected a torch.Tensor')
-    autocast = _autocast_enabled(input.device)
+    autocast = autocast_enabled(input.device)
     if input.device.type == 'cpu':
         dtypes, names = _CPU_DTYPES, 'torch.float32 or torch.float64 on cpu (float16 and ' \
                                      'bfloat16 run on CUDA)'
@@ -244,7 +240,7 @@ def ls_conv2d(input: Tensor,
     if has_kernel(input.device):  # the compiled op checks the stride and phase values itself
         return torch.ops.mmlstride.ls_conv2d(input, weight, bias, stride, padding, dilation, groups,
                                              output_size, phase)
-    if not torch.compiler.is_compiling():
+    if not is_compiling():
         if not stride_checked:
             _stride_values(stride)
         if phase is not None:
@@ -256,16 +252,19 @@ def ls_conv2d(input: Tensor,
 def _register_torch_library() -> None:
     """Fake (shape) and autograd implementations of the compiled ops."""
 
-    @torch.library.register_fake('mmlstride::ls_conv2d')
-    def _(input, weight, bias, stride, padding, dilation, groups, output_size, phase=None):
+    def fake_forward(input, weight, bias, stride, padding, dilation, groups, output_size,
+                     phase=None):
         return input.new_empty((input.shape[0], weight.shape[0], *output_size))
 
-    @torch.library.register_fake('mmlstride::ls_conv2d_backward')
-    def _(grad_output, input, weight, stride, phase, padding, dilation, groups, output_mask):
+    def fake_backward(grad_output, input, weight, stride, phase, padding, dilation, groups,
+                      output_mask):
         grads = (input.new_empty(input.shape), weight.new_empty(weight.shape),
                  weight.new_empty(weight.shape[0]), stride.new_empty(stride.shape),
                  phase.new_empty(phase.shape) if phase is not None else None)
         return tuple(grad if needed else None for grad, needed in zip(grads, output_mask))
+
+    register_fake('mmlstride::ls_conv2d', fake_forward)
+    register_fake('mmlstride::ls_conv2d_backward', fake_backward)
 
     def setup_context(ctx, inputs, output):
         input, weight, bias, stride, padding, dilation, groups, _, phase = inputs
@@ -282,7 +281,7 @@ def _register_torch_library() -> None:
                                                    *ctx.conv_args, output_mask)
         return grad_input, grad_weight, grad_bias, grad_stride, None, None, None, None, grad_phase
 
-    torch.library.register_autograd('mmlstride::ls_conv2d', backward, setup_context=setup_context)
+    register_autograd('mmlstride::ls_conv2d', backward, setup_context)
 
 
 if EXTENSION_ERROR is None:

@@ -427,7 +427,7 @@ void im2col_kernel(const T* input, const LSConvGeometry& g, const RealStride& st
 // into the output. No thread waits for another.
 template <typename T>
 void forward_pixels_kernel(const at::Tensor& input, const at::Tensor& weight_taps,
-                           const std::optional<at::Tensor>& bias, const LSConvGeometry& g,
+                           const optional<at::Tensor>& bias, const LSConvGeometry& g,
                            const RealStride& stride, int64_t groups, at::Tensor& output) {
   const int64_t out_channels = weight_taps.size(0);
   const int64_t group_out = out_channels / groups;
@@ -471,9 +471,9 @@ void forward_pixels_kernel(const at::Tensor& input, const at::Tensor& weight_tap
           const at::Tensor columns_g =
               columns.narrow(0, 0, end - begin).narrow(1, group * group_cols, group_cols);
           const at::Tensor weight_g = weight_taps.narrow(0, group * group_out, group_out);
-          const std::optional<at::Tensor> bias_g =
-              bias ? std::optional<at::Tensor>(bias->narrow(0, group * group_out, group_out))
-                   : std::nullopt;
+          const optional<at::Tensor> bias_g =
+              bias ? optional<at::Tensor>(bias->narrow(0, group * group_out, group_out))
+                   : nullopt;
           if (onednn) {
             target.copy_(ls_conv_onednn_linear_cpu(columns_g, weight_g, bias_g));
           } else if (bias_g) {
@@ -697,7 +697,7 @@ void ls_conv_im2col_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
 }
 
 void ls_conv_forward_pixels_cpu(const at::Tensor& input, const at::Tensor& weight_taps,
-                                const std::optional<at::Tensor>& bias,
+                                const optional<at::Tensor>& bias,
                                 const LSConvGeometry& geometry, const PreparedStride& stride,
                                 int64_t groups, at::Tensor& output) {
   RECORD_FUNCTION("mmlstride::forward_pixels", std::vector<c10::IValue>());

@@ -9,8 +9,6 @@
 #include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
-#include <optional>
-
 #include "../ls_conv_kernels.h"
 
 namespace mmlstride {
@@ -18,14 +16,14 @@ namespace {
 
 // oneDNN's linear, Y = X W^T + B for X (M, K), W (N, K) and B (N) of any strides, when this
 // torch registers it for the CPU with the schema this file calls.
-const std::optional<c10::OperatorHandle>& onednn_linear() {
-  static const std::optional<c10::OperatorHandle> op =
-      []() -> std::optional<c10::OperatorHandle> {
+const optional<c10::OperatorHandle>& onednn_linear() {
+  static const optional<c10::OperatorHandle> op =
+      []() -> optional<c10::OperatorHandle> {
     const auto handle =
         c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
     if (!handle || !handle->hasKernelForDispatchKey(c10::DispatchKey::CPU) ||
         handle->schema().arguments().size() != 6 || handle->schema().returns().size() != 1) {
-      return std::nullopt;
+      return nullopt;
     }
     return handle;
   }();
@@ -40,14 +38,14 @@ bool ls_conv_onednn_matmul_cpu(const at::Tensor& like) {
 }
 
 at::Tensor ls_conv_onednn_linear_cpu(const at::Tensor& a, const at::Tensor& b,
-                                     const std::optional<at::Tensor>& bias) {
+                                     const optional<at::Tensor>& bias) {
   torch::jit::Stack stack;
   stack.reserve(6);
   stack.emplace_back(a);
   stack.emplace_back(b);
   stack.emplace_back(bias ? c10::IValue(*bias) : c10::IValue());
   stack.emplace_back(c10::IValue(std::string("none")));
-  stack.emplace_back(c10::IValue(c10::List<std::optional<at::Scalar>>()));
+  stack.emplace_back(c10::IValue(c10::List<optional<at::Scalar>>()));
   stack.emplace_back(c10::IValue());
   onednn_linear()->callBoxed(&stack);
   return stack.at(0).toTensor();
