@@ -24,9 +24,9 @@ DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not CUDA_AVAILAB
 IN_CI = os.environ.get('CI', '').lower() == 'true'
 
 
-# tools/setup_env.sh with MMLSTRIDE_OPENMMLAB=0 installs no mmcv, mmdet or mim: their tests are
-# skipped then, CI or not.
-OPENMMLAB = ('mmcv', 'mmdet', 'mim')
+# tools/setup_env.sh with MMLSTRIDE_OPENMMLAB=0 installs no mmcv, mmdet (with its pycocotools)
+# or mim: their tests are skipped then, CI or not.
+OPENMMLAB = ('mmcv', 'mmdet', 'mim', 'pycocotools')
 WITHOUT_OPENMMLAB = os.environ.get('MMLSTRIDE_OPENMMLAB') == '0'
 
 

@@ -99,7 +99,7 @@ def test_argument_errors(kwargs, message):
 
 
 def test_conv_cfg_builds_it():
-    from mmcv.cnn import build_conv_layer
+    build_conv_layer = require_module('mmcv.cnn').build_conv_layer
     layer = build_conv_layer(dict(type='BlurConv', order='blur-conv', filter_size=4), 4, 8, 3,
                              stride=2, padding=1)
     assert isinstance(layer, BlurConv2d) and (layer.order, layer.filter_size) == ('blur-conv', 4)

@@ -94,3 +94,20 @@ def test_readme_is_short_and_speaks_of_the_product():
     assert len(readme.splitlines()) <= 250
     for page in PAGES:
         assert not re.search(r'\b(issue|session)s?\b', page.read_text(), re.I), page.name
+
+
+def combinations_table(page: Path) -> str:
+    """The table of tested torch, Python, mmcv and mmdet combinations on ``page``."""
+    tables = re.findall(r'^\| torch \| Python \|.*?(?=\n\n)', page.read_text(), re.S | re.M)
+    assert len(tables) == 1, page
+    return tables[0]
+
+
+def test_readme_and_get_started_list_the_same_tested_combinations():
+    """The README's table of tested combinations is the get-started page's, and each torch in
+    it that CI tests is one that .ci/run runs."""
+    table = combinations_table(REPO / 'README.md')
+    assert table == combinations_table(REPO / 'docs' / 'get_started.md')
+    ci = (REPO / '.ci' / 'run').read_text()
+    for version in re.findall(r'^\| (\d+\.\d+\.\d+) .*every CI run', table, re.M):
+        assert f'torch {version}' in ci, version

@@ -462,7 +462,7 @@ def test_pivot_and_phase_arguments(kwargs, message):
 
 
 def test_conv_cfg_passes_pivot_and_learn_phase():
-    from mmcv.cnn import build_conv_layer
+    build_conv_layer = require_module('mmcv.cnn').build_conv_layer
     layer = build_conv_layer(dict(type='LSConv', pivot='centre', learn_phase=True), 4, 8, 3,
                              stride=2, padding=1)
     assert isinstance(layer, LSConv2d) and layer.pivot == 'centre'

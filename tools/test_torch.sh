@@ -18,4 +18,4 @@ git ls-files -z --cached --others --exclude-standard |
   tar --null -cf - -T - | tar -xf - -C "$leg/src"
 MMLSTRIDE_TORCH=$version MMLSTRIDE_VENV=$leg/venv bash "$leg/src/tools/setup_env.sh"
 cd "$leg/src"
-exec "$leg/venv/bin/python" -m pytest tests "$@"
+exec "$leg/venv/bin/python" -m pytest "$@"  # pytest.ini: tests/ unless paths are given
