@@ -2,12 +2,13 @@
 torch's extension builder uses (its half-conversion macros included):
 
 - the torch-free kernel headers, with nvcc, for every dtype, index type and backward
-  variant, for three GPU generations, warnings as errors;
+  variant, for every architecture of setup.py's default list, warnings as errors;
 - the launchers (csrc/pytorch/cuda), with nvcc against this torch's headers;
 - the host code with its CUDA registrations (WITH_CUDA), with the C++ compiler;
 - and the kernels' PTX is read for float64 arithmetic and integer divisions.
 
 Nothing is linked or run: that needs a GPU machine (tests/test_cuda.py)."""
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -38,8 +39,17 @@ def compile_ok(command, ours_only=False):
         assert not ours, '\n'.join(ours)
 
 
-@pytest.mark.parametrize('arch', ['sm_75', 'sm_80', 'sm_90', 'sm_100', 'sm_120'])
+def default_archs():
+    """setup.py's default architectures (DEFAULT_CUDA_ARCHS) as nvcc names: sm_75, ..."""
+    spec = importlib.util.spec_from_file_location('mmlstride_setup', REPO / 'setup.py')
+    setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup)
+    return ['sm_' + arch.replace('.', '') for arch in setup.DEFAULT_CUDA_ARCHS]
+
+
+@pytest.mark.parametrize('arch', default_archs())
 def test_kernels_compile(arch, tmp_path):
+    """The kernels compile for every architecture of the default list, warnings as errors."""
     require(NVCC is not None, 'nvcc (the CUDA toolkit)')
     compile_ok([NVCC, '-std=c++17', *cpp_extension.COMMON_NVCC_FLAGS, f'-arch={arch}',
                 '-I', str(REPO / 'csrc'), '-Xcompiler', '-Wall', '-Werror', 'all-warnings', '-c',
