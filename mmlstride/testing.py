@@ -47,7 +47,8 @@ def ls_conv2d_by_deform_conv(deform_conv2d: Callable, input: Tensor, weight: Ten
     pad_w = input.shape[3] + 2 * big_pad[1] - dilation[1] * (kw - 1)
     offset = F.pad(offset, (0, pad_w - output_size[1], 0, pad_h - output_size[0]))
     offset = offset.unsqueeze(0).expand(input.shape[0], -1, -1, -1).contiguous()
-    if deform_conv2d.__module__.startswith('torchvision'):
+    # (mmcv's is an autograd.Function's apply, whose __module__ is None on torch 2.14.)
+    if (getattr(deform_conv2d, '__module__', None) or '').startswith('torchvision'):
         out = deform_conv2d(input, offset, weight, None, stride=1, padding=tuple(big_pad),
                             dilation=dilation)
     else:

@@ -110,4 +110,4 @@ def test_readme_and_get_started_list_the_same_tested_combinations():
     assert table == combinations_table(REPO / 'docs' / 'get_started.md')
     ci = (REPO / '.ci' / 'run').read_text()
     for version in re.findall(r'^\| (\d+\.\d+\.\d+) .*every CI run', table, re.M):
-        assert f'torch {version}' in ci, version
+        assert version in ci, version

@@ -321,3 +321,20 @@ def test_benchmark_real_size_times_both_detectors_in_processes(tmp_path):
             assert report['table'][step][variant]['seconds'] > 0
             assert report['table'][step][variant]['peak_mib'] > 0
     assert json.loads((tmp_path / 'real.json').read_text())['size'] == [96, 128]
+
+
+def test_cxx20_raises_the_standard_an_older_build_asks_for(tmp_path):
+    """tools/cxx20.sh (mmcv's build against a torch that needs C++20) compiles C++20 code given
+    -std=c++17, and passes every other argument through as it is."""
+    require(shutil.which('c++') is not None, 'a C++ compiler (c++)')
+    source = tmp_path / 'cxx20.cpp'
+    source.write_text('#include <string_view>\nstatic_assert(__cplusplus >= 202002L);\n'
+                      'bool f(std::string_view s) { return s.starts_with("a b"); }\n')
+    wrapper = str(TOOLS / 'cxx20.sh')
+    result = subprocess.run([wrapper, '-std=c++17', '-c', str(source), '-o',
+                             str(tmp_path / 'cxx20 out.o')], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / 'cxx20 out.o').is_file()
+    plain = subprocess.run(['c++', '-std=c++17', '-c', str(source), '-o', str(tmp_path / 'x.o')],
+                           capture_output=True, text=True)
+    assert plain.returncode != 0
