@@ -67,11 +67,15 @@ def is_exporting() -> bool:
     return hasattr(torch.compiler, 'is_exporting') and torch.compiler.is_exporting()
 
 
+# Before torch 2.4, torch.is_autocast_enabled() takes no device and answers for CUDA.
+_AUTOCAST_BY_DEVICE = torch_version() >= (2, 4)
+
+
 def autocast_enabled(device: torch.device) -> bool:
     """Whether autocast is on for ``device`` (which then casts input, weight and bias)."""
     if device.type not in ('cpu', 'cuda'):
         return False
-    if torch_version() >= (2, 4):
+    if _AUTOCAST_BY_DEVICE:
         return torch.is_autocast_enabled(device.type)
     return torch.is_autocast_cpu_enabled() if device.type == 'cpu' else \
         torch.is_autocast_enabled()
@@ -109,11 +113,6 @@ def _library(namespace: str) -> torch.library.Library:
     return _LIBRARIES[namespace]
 
 
-def _op(qualname: str):
-    namespace, name = qualname.split('::')
-    return getattr(getattr(torch.ops, namespace), name).default
-
-
 def register_fake(qualname: str, fake: Callable) -> None:
     """``fake`` as the shape function of the op ``qualname`` ('namespace::name'):
     torch.library.register_fake (torch 2.4), impl_abstract (2.2) or a Meta kernel (2.1)."""
@@ -133,7 +132,8 @@ def register_autograd(qualname: str, backward: Callable, setup_context: Callable
     if hasattr(torch.library, 'register_autograd'):
         torch.library.register_autograd(qualname, backward, setup_context=setup_context)
         return
-    op = _op(qualname)
+    namespace, name = qualname.split('::')
+    op = getattr(getattr(torch.ops, namespace), name).default
     arguments = op._schema.arguments
 
     class Function(torch.autograd.Function):
@@ -156,5 +156,4 @@ def register_autograd(qualname: str, backward: Callable, setup_context: Callable
                                for a in arguments[len(args):]]
         return Function.apply(*inputs)
 
-    namespace, name = qualname.split('::')
     _library(namespace).impl(name, autograd_kernel, 'Autograd')
