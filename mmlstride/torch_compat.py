@@ -81,6 +81,14 @@ def autocast_enabled(device: torch.device) -> bool:
         torch.is_autocast_enabled()
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """The dtype autocast runs ``device``'s convolutions in."""
+    if _AUTOCAST_BY_DEVICE:
+        return torch.get_autocast_dtype(device.type)
+    return torch.get_autocast_cpu_dtype() if device.type == 'cpu' else \
+        torch.get_autocast_gpu_dtype()
+
+
 def onnx_export_opset() -> int:
     """The opset of the TorchScript-based ONNX export in progress."""
     try:

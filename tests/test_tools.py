@@ -216,8 +216,15 @@ def test_cuda_check_dry_run_builds_then_stops(tmp_path):
     assert str(compiler) in (out / 'build.log').read_text()
     summary = (out / 'summary.txt').read_text().splitlines()
     assert [line.split('  ')[0] for line in summary] == [
-        'build', 'errors raised with their values', 'sanitizer cases on the CPU']
+        'build', 'errors raised with their values', 'sanitizer cases on the CPU',
+        'benchmark float32, TF32 off', 'benchmark float32, TF32 on', 'benchmark bfloat16',
+        'fixed-grid benchmark', 'backbone step, 800 x 1333']
     assert all(' passed ' in line for line in summary), summary
+    # The speed steps ran at toy sizes on the CPU and wrote their results.
+    for name in ('benchmark_fp32', 'benchmark_tf32', 'benchmark_bf16', 'fixed_grid', 'backbone'):
+        assert json.loads((out / f'{name}.json').read_text()), name
+    assert json.loads((out / 'backbone.json').read_text())['ms'].keys() == {'float32',
+                                                                             'bfloat16'}
     assert list((out / 'dry_run_build' / 'mmlstride').glob('_ext*.so'))
     assert 'torch' in (out / 'environment.txt').read_text()
     assert '14 calls on cpu, 0 failures' in (out / 'sanitizer.log').read_text()

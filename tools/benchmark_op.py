@@ -30,7 +30,6 @@ import math
 import platform
 import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmlstride.benchmarking import captured, elapsed_ms
 from mmlstride.ops import ls_conv2d, ls_conv2d_reference
 
 KERNEL = 3
@@ -48,26 +48,33 @@ FRACTIONAL_STRIDE = (1.9, 2.1)
 
 @dataclass(frozen=True)
 class Shape:
-    """One strided 3x3 layer: batch, channels in = out, square input size."""
+    """One strided 3x3 layer: batch, channels in = out, input height and width."""
     name: str
     batch: int
     channels: int
-    size: int
+    height: int
+    width: int
 
     @property
-    def out_size(self) -> int:
-        return (self.size + 2 * PADDING - KERNEL) // NOMINAL_STRIDE + 1
+    def out_size(self) -> Tuple[int, int]:
+        return tuple((n + 2 * PADDING - KERNEL) // NOMINAL_STRIDE + 1
+                     for n in (self.height, self.width))
 
     def multiply_adds(self) -> int:
         """Multiply-adds of one forward pass (backward does twice as many)."""
-        return self.batch * self.channels**2 * KERNEL**2 * self.out_size**2
+        return self.batch * self.channels**2 * KERNEL**2 * math.prod(self.out_size)
 
 
+# ResNet-50's strided 3 x 3 layers at batch 8 (CPU) and 32 (a GPU's training batch), and
+# detection-size maps (an 800 x 1333 image's stride-4 map: 200 x 336 after padding to 32).
 SHAPES = {
     s.name: s
-    for s in (Shape('r50-s2', 8, 128, 56), Shape('r50-s3', 8, 256, 28), Shape('r50-s4', 8, 512, 14),
-              Shape('det-200', 2, 64, 200))
+    for s in (Shape('r50-s2', 8, 128, 56, 56), Shape('r50-s3', 8, 256, 28, 28),
+              Shape('r50-s4', 8, 512, 14, 14), Shape('det-200', 2, 64, 200, 200),
+              Shape('r50-s2-b32', 32, 128, 56, 56), Shape('r50-s3-b32', 32, 256, 28, 28),
+              Shape('r50-s4-b32', 32, 512, 14, 14), Shape('det-256', 2, 256, 200, 336))
 }
+CPU_SHAPES = ('r50-s2', 'r50-s3', 'r50-s4', 'det-200')
 
 
 @dataclass
@@ -84,15 +91,16 @@ class Problem:
 
 
 def parse_shape(text: str) -> Shape:
-    """A named shape of SHAPES, or 'BxCxS' (batch, channels, input size)."""
+    """A named shape of SHAPES, or 'BxCxS' (batch, channels, square input size) or 'BxCxHxW'."""
     if text in SHAPES:
         return SHAPES[text]
     try:
-        batch, channels, size = (int(v) for v in text.split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f'shape {text!r} expected one of {list(SHAPES)} or BxCxS, e.g. 2x64x100') from None
-    return Shape(text, batch, channels, size)
+        values = [int(v) for v in text.split('x')]
+        assert len(values) in (3, 4)
+    except (ValueError, AssertionError):
+        raise argparse.ArgumentTypeError(f'shape {text!r} expected one of {list(SHAPES)}, BxCxS '
+                                         'or BxCxHxW, e.g. 2x64x100') from None
+    return Shape(text, *values[:3], values[-1])
 
 
 def make_problem(shape: Shape, dtype: torch.dtype, device: torch.device) -> Problem:
@@ -104,34 +112,34 @@ def make_problem(shape: Shape, dtype: torch.dtype, device: torch.device) -> Prob
     fan_in = shape.channels * KERNEL**2
     out = shape.out_size
     return Problem(
-        input=leaf(shape.batch, shape.channels, shape.size, shape.size),
+        input=leaf(shape.batch, shape.channels, shape.height, shape.width),
         weight=leaf(shape.channels, shape.channels, KERNEL, KERNEL, scale=fan_in**-0.5),
         bias=leaf(shape.channels),
         # float32 for float16 and bfloat16, as LSConv2d's parameter under autocast.
         stride=torch.tensor(FRACTIONAL_STRIDE, dtype=torch.promote_types(dtype, torch.float32),
                             device=device, requires_grad=True),
-        grad_output=torch.randn(shape.batch, shape.channels, out, out, generator=gen).to(
+        grad_output=torch.randn(shape.batch, shape.channels, *out, generator=gen).to(
             device, dtype))
 
 
-def dcn_offset(p: Problem, out: int) -> Tensor:
+def dcn_offset(p: Problem, out: Tuple[int, int]) -> Tensor:
     """Offsets that move a nominal-stride DCN's samples onto LSConv's: (a (s_h - s0), b (s_w - s0))."""
-    index = torch.arange(out, dtype=p.input.dtype, device=p.input.device)
-    off_h = (index * (p.stride[0] - NOMINAL_STRIDE)).view(-1, 1).expand(out, out)
-    off_w = (index * (p.stride[1] - NOMINAL_STRIDE)).view(1, -1).expand(out, out)
+    rows, columns = (torch.arange(n, dtype=p.input.dtype, device=p.input.device) for n in out)
+    off_h = (rows * (p.stride[0] - NOMINAL_STRIDE)).view(-1, 1).expand(*out)
+    off_w = (columns * (p.stride[1] - NOMINAL_STRIDE)).view(1, -1).expand(*out)
     # Channel 2t is tap t's h offset, 2t + 1 its w offset; every tap moves alike.
     offset = torch.stack((off_h, off_w)).repeat(KERNEL * KERNEL, 1, 1).to(p.input.dtype)
     return offset.unsqueeze(0).expand(p.input.shape[0], -1, -1, -1).contiguous()
 
 
-def available_methods(device: torch.device) -> Dict[str, Callable[[Problem, int], Tensor]]:
+def available_methods(device: torch.device) -> Dict[str, Callable[[Problem, Tuple[int, int]], Tensor]]:
     """Name -> forward function(problem, output size) for the methods installed here."""
     methods = {
         'lsconv': lambda p, out: ls_conv2d(p.input, p.weight, p.stride, p.bias, PADDING, 1, 1,
-                                           (out, out)),
+                                           out),
         'conv2d': lambda p, out: F.conv2d(p.input, p.weight, p.bias, NOMINAL_STRIDE, PADDING),
         'pytorch': lambda p, out: ls_conv2d_reference(p.input, p.weight, p.stride, p.bias,
-                                                      (PADDING, PADDING), (1, 1), 1, (out, out)),
+                                                      (PADDING, PADDING), (1, 1), 1, out),
     }
     try:
         from mmcv.ops import deform_conv2d as mmcv_deform_conv2d
@@ -154,27 +162,46 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_once(forward: Callable, p: Problem, out: int, device: torch.device,
+def run_once(forward: Callable, p: Problem, out: Tuple[int, int], device: torch.device,
              inference: bool = True) -> Tuple[float, ...]:
     """(forward seconds, backward seconds, inference seconds) of one call: forward and
     backward with the gradients of every leaf, then (if ``inference``) a forward alone under
-    torch.no_grad()."""
+    torch.no_grad(); on CUDA between CUDA events (the GPU's time)."""
     for leaf in p.leaves():
         leaf.grad = None
     synchronize(device)
-    start = time.perf_counter()
-    y = forward(p, out)
-    synchronize(device)
-    middle = time.perf_counter()
-    y.backward(p.grad_output)
-    synchronize(device)
-    end = time.perf_counter()
+    outputs = []
+    forward_ms = elapsed_ms(lambda: outputs.append(forward(p, out)), device)
+    backward_ms = elapsed_ms(lambda: outputs.pop().backward(p.grad_output), device)
     if not inference:
-        return middle - start, end - middle
+        return forward_ms / 1e3, backward_ms / 1e3
     with torch.no_grad():
-        forward(p, out)
-    synchronize(device)
-    return middle - start, end - middle, time.perf_counter() - end
+        inference_ms = elapsed_ms(lambda: forward(p, out), device)
+    return forward_ms / 1e3, backward_ms / 1e3, inference_ms / 1e3
+
+
+def graph_times(forward: Callable, p: Problem, out: Tuple[int, int], repeats: int
+                ) -> Optional[Dict[str, Dict[str, float]]]:
+    """Forward+backward and no_grad forward, each captured in a CUDA graph, timed over
+    ``repeats`` replays (CUDA events): what the GPU takes without the host's launches. None
+    where the method cannot be captured."""
+    def train_step():
+        for leaf in p.leaves():
+            leaf.grad = None
+        forward(p, out).backward(p.grad_output)
+
+    def inference():
+        with torch.no_grad():
+            forward(p, out)
+
+    try:
+        replays = {'total_ms': captured(train_step), 'inference_ms': captured(inference)}
+    except RuntimeError as error:
+        print(f'  not captured in a CUDA graph: {str(error).splitlines()[0]}')
+        return None
+    device = p.input.device
+    return {name: summary([elapsed_ms(replay, device) / 1e3 for _ in range(repeats)])
+            for name, replay in replays.items()}
 
 
 @contextlib.contextmanager
@@ -228,14 +255,8 @@ def measure_rates(dtype: torch.dtype, device: torch.device) -> Dict[str, float]:
     dst = torch.empty_like(src)
 
     def best(fn, repeats=5):
-        times = []
-        for _ in range(repeats + 1):
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times.append(time.perf_counter() - start)
-        return min(times[1:])
+        synchronize(device)
+        return min([elapsed_ms(fn, device) for _ in range(repeats + 1)][1:]) / 1e3
 
     return {
         'gemm_multiply_adds_per_s': 2048**3 / best(lambda: torch.mm(a, b)),
@@ -248,8 +269,8 @@ def floor_ms(shape: Shape, element_size: int, rates: Dict[str, float]) -> Dict[s
     the bytes a strided conv must move (x, y, dy, dx read or written once per pass that needs
     them) or the im2col algorithm moves (plus columns written and read three times) over the
     copy bandwidth."""
-    x = shape.batch * shape.channels * shape.size**2
-    y = shape.batch * shape.channels * shape.out_size**2
+    x = shape.batch * shape.channels * shape.height * shape.width
+    y = shape.batch * shape.channels * math.prod(shape.out_size)
     columns = KERNEL**2 * y
     conv_elements = (x + y) + (y + x) + (y + x)  # forward, grad_input, grad_weight
     im2col_elements = conv_elements + 3 * 2 * columns
@@ -275,7 +296,8 @@ def supported(methods: Dict[str, Callable], p: Problem, out: int,
 
 
 def benchmark_shape(shape: Shape, dtype: torch.dtype, device: torch.device,
-                    methods: Dict[str, Callable], warmup: int, repeats: int) -> List[dict]:
+                    methods: Dict[str, Callable], warmup: int, repeats: int,
+                    cuda_graph: bool = False) -> List[dict]:
     p = make_problem(shape, dtype, device)
     out = shape.out_size
     methods = supported(methods, p, out, device)
@@ -306,6 +328,7 @@ def benchmark_shape(shape: Shape, dtype: torch.dtype, device: torch.device,
             'total_ms': summary([f + b for f, b in zip(fwd, bwd)]),
             'inference_ms': summary(inference),
             'peak_mib': peak_memory(forward, p, out, device) / 2**20,
+            'cuda_graph_ms': graph_times(forward, p, out, repeats) if cuda_graph else None,
         })
     conv_fwd, conv_bwd, conv_inference = times['conv2d']
     floor = [f + b for f, b in zip(conv_fwd, conv_bwd)]
@@ -373,6 +396,24 @@ def print_table(records: List[dict], floors: Dict[str, Dict[str, float]]) -> Non
               f"im2col bytes {floor['im2col_bytes']:6.1f}")
 
 
+def print_graph_table(records: List[dict]) -> None:
+    """Forward+backward and no_grad forward replayed from CUDA graphs, and their ratios to
+    conv2d's (ratios of medians)."""
+    print('captured in CUDA graphs (no host launches): median ms, ratio to conv2d')
+    for record in records:
+        graph = record['cuda_graph_ms']
+        conv = next(r['cuda_graph_ms'] for r in records if r['method'] == 'conv2d' and
+                    (r['shape']['name'], r['dtype']) == (record['shape']['name'], record['dtype']))
+        if graph is None or conv is None:
+            print(f"  {record['shape']['name']:<10} {record['dtype']:<8} {record['method']:<16} -")
+            continue
+        total, inference = graph['total_ms']['median'], graph['inference_ms']['median']
+        print(f"  {record['shape']['name']:<10} {record['dtype']:<8} {record['method']:<16} "
+              f"fwd+bwd {total:8.3f} ({total / conv['total_ms']['median']:.2f}x)   no_grad fwd "
+              f"{inference:8.3f} ({inference / conv['inference_ms']['median']:.2f}x)")
+    print()
+
+
 def plot(records: List[dict], path: str) -> None:
     import matplotlib
     matplotlib.use('Agg')
@@ -403,8 +444,10 @@ def plot(records: List[dict], path: str) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--shapes', nargs='+', type=parse_shape, default=list(SHAPES.values()),
-                        help=f'some of {list(SHAPES)} or BxCxS (default: all four)')
+    parser.add_argument('--shapes', nargs='+', type=parse_shape,
+                        default=[SHAPES[name] for name in CPU_SHAPES],
+                        help=f'some of {list(SHAPES)}, BxCxS or BxCxHxW (default: '
+                             f'{", ".join(CPU_SHAPES)})')
     parser.add_argument('--methods', nargs='+', help='subset of the installed methods')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--dtype', nargs='+', default=['float32'],
@@ -414,6 +457,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--tf32', action='store_true',
                         help='let cuDNN convs and cuBLAS GEMMs use TF32 for float32 on CUDA '
                              '(default: neither, so every method computes in full float32)')
+    parser.add_argument('--cuda-graph', action='store_true',
+                        help='also time each method captured in a CUDA graph (CUDA only)')
     parser.add_argument('--profile', action='store_true',
                         help='also print where the time of LSConv goes, by operator')
     parser.add_argument('--json', default='work_dirs/benchmark_op.json', help='output JSON path')
@@ -421,6 +466,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
+    if args.cuda_graph and device.type != 'cuda':
+        parser.error(f'--cuda-graph needs --device cuda; got --device {args.device}')
     # PyTorch's defaults differ (TF32 on for cuDNN convs, off for GEMMs): one setting for all.
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
     methods = available_methods(device)
@@ -438,12 +485,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         dtype = getattr(torch, dtype_name)
         rates[dtype_name] = measure_rates(dtype, device)
         for shape in args.shapes:
-            records += benchmark_shape(shape, dtype, device, methods, args.warmup, args.repeats)
+            records += benchmark_shape(shape, dtype, device, methods, args.warmup, args.repeats,
+                                       args.cuda_graph)
             floors[f'{shape.name} {dtype_name}'] = floor_ms(shape, dtype.itemsize,
                                                             rates[dtype_name])
             if args.profile:
                 profiles[f'{shape.name} {dtype_name}'] = profile_lsconv(shape, dtype, device)
     print_table(records, floors)
+    if args.cuda_graph:
+        print_graph_table(records)
     if profiles:
         print('lsconv self time by operator (torch.profiler), ms per forward+backward:')
         for name, rows in profiles.items():

@@ -10,7 +10,12 @@
 #   5. accuracy against the float64 and CPU references (accuracy.log);
 #   6. kernel launches per forward+backward (launches.log);
 #   7. speed against cuDNN, torchvision's deform conv and pure PyTorch: float32 with TF32
-#      off and on, bfloat16 (benchmark.log).
+#      off and on, bfloat16, ResNet-50's strided layers at batch 32 and a detection-size map,
+#      CUDA events, eager and replayed from CUDA graphs (benchmark.log);
+#   8. fixed grids: the op against its pooling-and-convolution form and cuDNN's conv
+#      (fixed_grid.log);
+#   9. a ResNet-50 backbone's training step at 2 x 3 x 800 x 1333, plain against LSConv's
+#      default and learned strides, float32 and bfloat16 autocast (backbone.log).
 # Each step has a time limit; a failed or timed-out step is reported and the next runs.
 # Logs go to $OUT (default work_dirs/cuda_check), a summary table to summary.txt and last
 # on stdout. Exit status: 0 when every step passed.
@@ -123,9 +128,42 @@ else:
     sys.exit('stride=(0, 2) raised no error')" "$extension"
 step 'sanitizer cases on the CPU' 60 sanitizer.log \
   "$python" tools/cuda_sanitizer_cases.py --device cpu
+
+# The speed steps' settings: on the GPU, the sizes that fill it; in a dry run, toy sizes on
+# the CPU, which check the steps' commands.
 if [ "$dry_run" = 1 ]; then
-  echo "dry run: stopped after the build step; on a GPU machine the CUDA tests," \
-       "compute-sanitizer, the accuracy sweep, the launch count and the benchmark follow"
+  device=(--device cpu)
+  op_args=(--warmup 0 --repeats 1 --shapes 1x4x12 1x4x10x14)
+  grid_args=(--warmup 0 --repeats 1 --shapes 1x4x12x10)
+  backbone_args=(--warmup 0 --repeats 1 --size 64 96 --batch 1)
+else
+  device=(--device cuda)
+  op_args=(--warmup 10 --repeats 20 --cuda-graph --shapes r50-s2-b32 r50-s3-b32 r50-s4-b32 det-256)
+  grid_args=(--warmup 5 --repeats 20)
+  backbone_args=(--warmup 5 --repeats 15)
+fi
+
+speed_steps() {
+  bench=(tools/benchmark_op.py "${device[@]}" "${op_args[@]}")
+  step 'benchmark float32, TF32 off' 100 benchmark.log "$python" "${bench[@]}" --dtype float32 \
+    --json "$out/benchmark_fp32.json" --png "$out/benchmark_fp32.png"
+  step 'benchmark float32, TF32 on' 100 benchmark.log "$python" "${bench[@]}" --dtype float32 \
+    --tf32 --json "$out/benchmark_tf32.json" --png "$out/benchmark_tf32.png"
+  step 'benchmark bfloat16' 100 benchmark.log "$python" "${bench[@]}" --dtype bfloat16 \
+    --json "$out/benchmark_bf16.json" --png "$out/benchmark_bf16.png"
+  # Fixed grids (whole frozen strides): the op against pooling and the plain conv.
+  step 'fixed-grid benchmark' 60 fixed_grid.log "$python" tools/benchmark_fixed_grid.py \
+    "${device[@]}" "${grid_args[@]}" --dtype float32 bfloat16 --out "$out/fixed_grid.json"
+  # The real-size step: a ResNet-50 backbone at 2 x 3 x 800 x 1333, forward+backward.
+  step 'backbone step, 800 x 1333' 120 backbone.log "$python" tools/benchmark_backbone.py \
+    "${device[@]}" "${backbone_args[@]}" --dtype float32 bfloat16 --out "$out/backbone.json"
+}
+
+if [ "$dry_run" = 1 ]; then
+  speed_steps
+  echo "dry run: stopped after the build step and the speed steps at toy sizes on the CPU;" \
+       "on a GPU machine the CUDA tests, compute-sanitizer, the accuracy sweep, the launch" \
+       "count and the speed steps at full size follow"
   finish
 fi
 step 'extension has CUDA kernels' 60 build.log "$python" -c "import torch, \
@@ -156,15 +194,8 @@ else
   failures=$((failures + 1))
 fi
 
-# 5-7. Accuracy, launches, speed.
+# 5-9. Accuracy, launches, speed.
 step 'accuracy sweep' 90 accuracy.log "$python" tools/check_accuracy.py --device cuda --cases 50
 step 'kernel launches' 60 launches.log "$python" tools/count_launches.py --device cuda
-bench=(tools/benchmark_op.py --device cuda --warmup 10 --repeats 30)
-mkdir -p work_dirs
-step 'benchmark float32, TF32 off' 90 benchmark.log "$python" "${bench[@]}" --dtype float32 \
-  --json work_dirs/cuda_benchmark_fp32.json --png work_dirs/cuda_benchmark_fp32.png
-step 'benchmark float32, TF32 on' 90 benchmark.log "$python" "${bench[@]}" --dtype float32 --tf32 \
-  --json work_dirs/cuda_benchmark_tf32.json --png work_dirs/cuda_benchmark_tf32.png
-step 'benchmark bfloat16' 90 benchmark.log "$python" "${bench[@]}" --dtype bfloat16 \
-  --json work_dirs/cuda_benchmark_bf16.json --png work_dirs/cuda_benchmark_bf16.png
+speed_steps
 finish

@@ -51,65 +51,116 @@ def ls_conv2d_by_sampling(input: Tensor, weight: Tensor, stride: Tensor, bias: O
     return F.conv2d(samples, weight.reshape(weight.shape[0], -1, 1, 1), bias, groups=groups)
 
 
+def _pad_or_crop(x: Tensor, rows: Tuple[int, int], columns: Tuple[int, int]) -> Tensor:
+    """``x`` with (before, after) zero rows and columns added where positive, cropped where
+    negative: positive begins, then the ends (either sign; symbolic under export with dynamic
+    shapes), then negative begins, so that no step crops more than the tensor holds."""
+    ends_known = _known(rows[1]) and _known(columns[1])
+    if ends_known and min(rows + columns) >= 0:
+        return F.pad(x, (columns[0], columns[1], rows[0], rows[1])) if any(rows + columns) else x
+    if max(rows[0], columns[0]) > 0:
+        x = F.pad(x, (max(columns[0], 0), 0, max(rows[0], 0), 0))
+    if not ends_known or rows[1] or columns[1]:
+        x = F.pad(x, (0, columns[1], 0, rows[1]))
+    if min(rows[0], columns[0]) < 0:
+        x = F.pad(x, (min(columns[0], 0), 0, min(rows[0], 0), 0))
+    return x
+
+
+def _known(value) -> bool:
+    """Whether ``value`` is a plain int (not a size symbolic under export)."""
+    return isinstance(value, int)
+
+
+def _split(begin: int, end, step: int, most: Optional[int] = None) -> Tuple[int, int, int]:
+    """(padding, before, after): for an operator that reads with ``step`` and pads ``padding``
+    zeros on both sides, where the rows needed before and after the input are ``begin`` and
+    ``end``, the rows still to pad (negative: to crop) before and after it. Fewer than
+    ``step`` rows over at the end are left: the operator's floor drops them. ``most`` bounds the
+    padding (a pool's, half its window); a symbolic ``end`` is all padded by hand."""
+    if not _known(end):
+        return 0, begin, end
+    padding = max(0, min(begin, end + step - 1, begin if most is None else most))
+    after = end - padding
+    return padding, begin - padding, 0 if -step < after < 0 else after
+
+
 def ls_conv2d_at_integer_stride(input: Tensor, weight: Tensor, stride: Tuple[int, int],
                                 bias: Optional[Tensor], padding: Tuple[int, int],
                                 dilation: Tuple[int, int], groups: int,
                                 output_size: Optional[Tuple[int, int]],
                                 phase: Tuple[float, float] = (0.0, 0.0)) -> Tensor:
-    """LSConv at whole strides and a constant phase, as a plain convolution of that stride.
+    """LSConv at whole strides and a constant phase, as a plain convolution.
 
-    The phase's whole part moves the zero padding; its fraction (f_h, f_w) becomes one blend
-    of each pixel with its next neighbours, weights (1 - f, f) per axis (an AveragePool of
-    2 x 2 at half a pixel on both axes, else a depthwise 2 x 2 convolution), before the
-    convolution samples. Exact: bilinear interpolation at position m + f is that blend.
-    ``output_size`` None is the convolution's own size, floor((H + 2p - d(k - 1) - 1) / s) + 1:
-    the padding is then fixed (no phase: nn.Conv2d's), else it follows the input size.
+    Per axis, output a's tap i samples at a * s + i * d + t - p. The phase's whole part w moves
+    the zero padding; its fraction f becomes one blend of each pixel with the next, weights
+    (1 - f, f) (an average pool of 2 at f = 1/2 on every blended axis, else a depthwise
+    convolution): bilinear interpolation at m + f is that blend, so the form is exact. Where
+    every tap of the kernel reads rows of one residue modulo s (s divides d, or one tap), the
+    blend is computed only there, at stride s, and the convolution runs at stride 1 on it
+    (a 1 x 1 shortcut at a half-pixel phase: a 2 x 2 average pool of stride 2, then the 1 x 1
+    convolution); else the blend is taken at every pixel and the convolution is strided.
+
+    ``output_size`` None is the convolution's own size, floor((H + 2p - d(k - 1) - 1) / s) + 1,
+    with paddings that do not depend on the input size (for export with dynamic shapes);
+    otherwise exactly the rows the output reads are padded or cropped.
     """
-    kernel = weight.shape[2:]
+    kernel = [int(k) for k in weight.shape[2:]]
     whole = [math.floor(t) for t in phase]
     fraction = [t - w for t, w in zip(phase, whole)]
     blend = [int(f > 0) for f in fraction]
-    # The padded input's row 0 is at position whole - padding; it must hold the
-    # (out - 1) * s + d * (k - 1) + 1 positions the convolution reads, one more to blend.
+    # Zero rows needed before row 0 of the input (negative: rows cropped), and after its end;
+    # the own size pads p + w + blend after, and the convolution's floor drops what is over.
     begin = [padding[k] - whole[k] for k in range(2)]
-    if output_size is None:  # the conv's own size: as many rows after as before, and the blend's
+    if output_size is None:
         end = [padding[k] + whole[k] + blend[k] for k in range(2)]
     else:
         end = [(output_size[k] - 1) * stride[k] + dilation[k] * (kernel[k] - 1) + 1 + blend[k] -
                input.shape[2 + k] - begin[k] for k in range(2)]
-    x = input
-    conv_padding = (0, 0)
-    if output_size is None and not any(blend) and begin == end:
-        conv_padding = tuple(begin)  # nn.Conv2d's padding
-    elif output_size is None and fraction == [0.5, 0.5] and min(begin + end) >= 1:
-        # The pool pads 1 on every side (which keeps the border pixels' halves), the conv the
-        # rest, all zeros, after it as a Pad when uneven: ONNX Runtime fuses that Pad into the
-        # Conv (not into the pool).
-        x = F.avg_pool2d(x, 2, stride=1, padding=1)
-        rest = [(begin[k] - 1, end[k] - 1) for k in range(2)]
-        if rest[0][0] == rest[0][1] and rest[1][0] == rest[1][1]:
-            conv_padding = (rest[0][0], rest[1][0])
+    def slack(step: int) -> int:
+        """An operator's step, through which it tolerates rows over at the end: any below it
+        with exact ends; none with the own size's, which already hold that slack."""
+        return 1 if output_size is None else step
+
+    if not any(blend):
+        splits = [_split(begin[k], end[k], slack(stride[k])) for k in range(2)]
+        x = _pad_or_crop(input, *[split[1:] for split in splits])
+        return F.conv2d(x, weight, bias, stride=tuple(stride),
+                        padding=tuple(split[0] for split in splits),
+                        dilation=tuple(dilation), groups=groups)
+    # The blend's stride per axis: s where every tap reads one residue modulo s.
+    step = [stride[k] if kernel[k] == 1 or dilation[k] % stride[k] == 0 else 1
+            for k in range(2)]
+    pool_padding, before_pool, after_pool, conv_padding = [], [], [], []
+    for k in range(2):
+        if step[k] == 1 and (not blend[k] or min(begin[k], end[k]) >= 1):
+            # The blend pads blend[k] on both sides; the rows past it are zeros, which the
+            # convolution pads (or a pad after the blend).
+            pool_padding.append(blend[k])
+            before_pool.append((0, 0))
+            padding_k, *rest = _split(begin[k] - blend[k], end[k] - blend[k],
+                                      slack(stride[k]))
+            conv_padding.append(padding_k)
+            after_pool.append(tuple(rest))
         else:
-            x = F.pad(x, (rest[1][0], rest[1][1], rest[0][0], rest[0][1]))
-        return F.conv2d(x, weight, bias, stride=tuple(stride), padding=conv_padding,
-                        dilation=dilation, groups=groups)
-    elif output_size is None and min(begin + end) >= 0:
-        x = F.pad(x, (begin[1], end[1], begin[0], end[0]))
+            padding_k, *rest = _split(begin[k], end[k], slack(step[k]), most=blend[k])
+            pool_padding.append(padding_k)
+            before_pool.append(tuple(rest))
+            conv_padding.append(0)
+            after_pool.append((0, 0))
+    x = _pad_or_crop(input, *before_pool)
+    size = tuple(1 + b for b in blend)
+    if all(f in (0.0, 0.5) for f in fraction):
+        x = F.avg_pool2d(x, size, stride=tuple(step), padding=tuple(pool_padding))
     else:
-        # Positive begins, then the ends (either sign), then negative begins: each step leaves
-        # at least one row, where one pad of all four could crop more than the input holds.
-        if max(begin) > 0:
-            x = F.pad(x, (max(begin[1], 0), 0, max(begin[0], 0), 0))
-        x = F.pad(x, (0, end[1], 0, end[0]))
-        if min(begin) < 0:
-            x = F.pad(x, (min(begin[1], 0), 0, min(begin[0], 0), 0))
-    if fraction == [0.5, 0.5]:
-        x = F.avg_pool2d(x, 2, stride=1)
-    elif any(fraction):
         taps = [torch.tensor([1 - f, f] if f else [1.0], dtype=x.dtype, device=x.device)
                 for f in fraction]
         channels = int(weight.shape[1]) * groups  # a constant for the tracer
         kernel2 = (taps[0][:, None] * taps[1][None, :]).repeat(channels, 1, 1, 1)
-        x = F.conv2d(x, kernel2, groups=channels)
-    return F.conv2d(x, weight, bias, stride=tuple(stride), padding=conv_padding,
-                    dilation=dilation, groups=groups)
+        x = F.conv2d(x, kernel2, stride=tuple(step), padding=tuple(pool_padding),
+                     groups=channels)
+    x = _pad_or_crop(x, *after_pool)
+    conv_stride = tuple(stride[k] // step[k] for k in range(2))
+    conv_dilation = tuple(dilation[k] // step[k] if kernel[k] > 1 else 1 for k in range(2))
+    return F.conv2d(x, weight, bias, stride=conv_stride, padding=tuple(conv_padding),
+                    dilation=conv_dilation, groups=groups)

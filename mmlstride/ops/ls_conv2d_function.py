@@ -18,8 +18,8 @@ from torch import Tensor
 from .extension import EXTENSION_ERROR, has_kernel
 from .ls_conv2d_export import ls_conv2d_at_integer_stride, ls_conv2d_by_sampling
 from .ls_conv2d_reference import ls_conv2d_reference
-from ..torch_compat import (autocast_enabled, is_compiling, is_exporting, onnx_export_opset,
-                            register_autograd, register_fake)
+from ..torch_compat import (autocast_dtype, autocast_enabled, is_compiling, is_exporting,
+                            onnx_export_opset, register_autograd, register_fake)
 
 IntPair = Union[int, Sequence[int]]
 _CPU_DTYPES = (torch.float32, torch.float64)
@@ -85,6 +85,35 @@ def _export_in_standard_operators(input, weight, stride, bias, padding, dilation
                                            None if own_size else output_size, constant_phase)
     return ls_conv2d_by_sampling(input, weight, stride, bias, padding, dilation, groups,
                                  output_size, phase)
+
+
+def _form_is_faster(device: torch.device, phase: Tuple[float, float]) -> bool:
+    """Whether the pooling-and-convolution form beats the sampling op on a whole-stride grid
+    with this phase: on CUDA always (a cuDNN convolution, where the op passes columns through
+    global memory); on CPU only without a fractional phase (then the form is the plain
+    convolution), since the op blends inside its cache-sized column tiles where the form
+    makes a pass over the whole input (``tools/benchmark_fixed_grid.py``)."""
+    return device.type != 'cpu' or all(t == math.floor(t) for t in phase)
+
+
+def _on_fixed_grid(input: Tensor, weight: Tensor, stride: Tuple[int, int],
+                   bias: Optional[Tensor], padding: Tuple[int, int], dilation: Tuple[int, int],
+                   groups: int, output_size: Optional[Tuple[int, int]],
+                   phase: Tuple[float, float]) -> Tensor:
+    """LSConv on a grid given as numbers with whole strides, by PyTorch's pooling and
+    convolution (:func:`ls_conv2d_at_integer_stride`), in the dtype the op would run in:
+    under autocast, float32 on CPU and the autocast dtype on CUDA."""
+    autocast = autocast_enabled(input.device)
+    if autocast and input.device.type == 'cpu':
+        with torch.autocast('cpu', enabled=False):
+            tensors = [t if t is None or t.dtype == torch.float64 else t.float()
+                       for t in (input, weight, bias)]
+            return ls_conv2d_at_integer_stride(tensors[0], tensors[1], stride, tensors[2],
+                                               padding, dilation, groups, output_size, phase)
+    if autocast and input.dtype != torch.float64:  # the convolutions cast the rest
+        input = input.to(autocast_dtype(input.device))
+    return ls_conv2d_at_integer_stride(input, weight, stride, bias, padding, dilation, groups,
+                                       output_size, phase)
 
 
 def _check_tensor(tensor: Tensor, name: str, input: Tensor, same_dtype: bool) -> None:
@@ -237,6 +266,15 @@ def ls_conv2d(input: Tensor,
         return _export_in_standard_operators(input, weight, stride, bias, padding, dilation,
                                              groups, output_size, phase, given_stride,
                                              given_phase, own_size)
+    whole = _whole_constant(given_stride)
+    fixed_phase = (0.0, 0.0) if given_phase is None else _pair_of_numbers(given_phase)
+    if (whole is not None and min(whole) >= 1 and fixed_phase is not None and
+            not torch.jit.is_tracing() and
+            _form_is_faster(input.device, fixed_phase)):
+        # Concrete sizes pad exactly the rows read; symbolic ones (export) the size's own way.
+        concrete = all(isinstance(v, int) for v in (*input.shape, *output_size))
+        return _on_fixed_grid(input, weight, whole, bias, padding, dilation, groups,
+                              output_size if concrete or not own_size else None, fixed_phase)
     if has_kernel(input.device):  # the compiled op checks the stride and phase values itself
         return torch.ops.mmlstride.ls_conv2d(input, weight, bias, stride, padding, dilation, groups,
                                              output_size, phase)

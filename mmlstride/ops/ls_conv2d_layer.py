@@ -8,6 +8,7 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 from .ls_conv2d_function import ls_conv2d
+from ..torch_compat import is_compiling, is_exporting
 
 IntPair = Union[int, Tuple[int, int]]
 FloatPair = Union[float, Tuple[float, float]]
@@ -173,6 +174,7 @@ class LSConv2d(nn.Conv2d):
         self.deploy_stride: Optional[Tuple[float, float]] = None
         self.deploy_phase: Optional[Tuple[float, float]] = None
         self.deploy_phase_is_constant = False
+        self._fixed_grid_cache: tuple = (None, None)  # (versions of the grid's tensors, values)
         self.set_initial_stride(self.stride if initial_stride is None else initial_stride)
         self.reset_phase()
 
@@ -306,11 +308,53 @@ class LSConv2d(nn.Conv2d):
             for size in ((input.shape[2 + k] + 2 * self.padding[k] - self.dilation[k] *
                           (self.kernel_size[k] - 1) - 1) // self.stride[k] + 1
                          for k in range(2)))
-        phase = self.deploy_phase if constant else self.sampling_phase(stride, output_size)
-        if deployed and self.deploy_stride == tuple(map(float, self.stride)):
+        fixed = None if deployed else self._fixed_grid(output_size)
+        if fixed is not None:
+            stride, phase = fixed
+        else:
+            phase = self.deploy_phase if constant else self.sampling_phase(stride, output_size)
+            stride = self.deploy_stride if deployed else stride
+        if not isinstance(stride, Tensor) and tuple(stride) == tuple(map(float, self.stride)):
             output_size = None  # the op's own size, from the stride: the same, known to it
-        return ls_conv2d(input, self.weight, self.deploy_stride if deployed else stride,
-                         self.bias, self.padding, self.dilation, self.groups, output_size, phase)
+        return ls_conv2d(input, self.weight, stride, self.bias, self.padding, self.dilation,
+                         self.groups, output_size, phase)
+
+    def _fixed_grid(self, output_size: Tuple[int, int]
+                    ) -> Optional[Tuple[Tuple[float, float], Optional[Tuple[float, float]]]]:
+        """The sampling stride and phase as numbers when neither needs a gradient (the stride,
+        and a learned phase if any, do not require grad), so that :func:`ls_conv2d` computes a
+        whole stride as pooling and a plain convolution; None when they do, and in graphs
+        being captured (torch.compile, torch.export, tracing), which keep the op.
+
+        The values are read from the device once each time they change (an in-place write
+        through the parameter, as ``load_state_dict`` or ``copy_`` under ``torch.no_grad()``
+        make, bumps its version), not on every call.
+        """
+        source = self.stride_leader or self
+        learned = [t for t in (source.learnable_stride, source.learnable_phase) if t is not None]
+        if (any(t.requires_grad for t in learned) or learned[0].device.type == 'meta' or
+                is_compiling() or is_exporting() or torch.jit.is_tracing() or
+                torch.onnx.is_in_onnx_export()):
+            return None
+        tensors = [source.learnable_stride, source.stride_min, source.stride_max,
+                   source.fixed_phase, source.learnable_phase]
+        key = tuple(None if t is None else (t._version, t.data_ptr(), t.dtype, t.device)
+                    for t in tensors)
+        if source._fixed_grid_cache[0] != key:
+            with torch.no_grad():
+                values = [None if t is None else tuple(t.double().cpu().tolist())
+                          for t in (source.sampling_stride(), source.fixed_phase,
+                                    source.learnable_phase)]
+            source._fixed_grid_cache = (key, values)
+        stride, *offsets = source._fixed_grid_cache[1]
+        phase = None
+        if source.pivot == 'centre':
+            phase = tuple((self.stride[k] - stride[k]) * ((output_size[k] - 1) / 2)
+                          for k in range(2))
+        for offset in offsets:
+            if offset is not None:
+                phase = offset if phase is None else tuple(a + b for a, b in zip(phase, offset))
+        return stride, phase
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
