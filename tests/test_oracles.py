@@ -289,6 +289,26 @@ def test_both_cpu_forward_layouts_match_the_reference(seed, dtype, onednn):
             assert_same_function(forced, ls_conv2d_reference, TOLERANCE[dtype])
 
 
+def forward_kernels_of(input, weight, stride) -> set:
+    from torch.profiler import profile
+    with torch.no_grad(), profile() as prof:
+        ls_conv2d(input, weight, stride, padding=1)
+    return {e.name for e in prof.events()} & {'mmlstride::forward_pixels', 'mmlstride::im2col'}
+
+
+def test_cpu_forward_after_larger_and_smaller_calls():
+    """The fused CPU forward keeps its scratch from call to call: a call after a larger one
+    (whose buffers it reuses) and after a smaller one (which it grows) computes what the
+    first call of that shape did."""
+    sizes = [(1, 4, 9, 8), (3, 4, 40, 37), (2, 4, 13, 21)]
+    inputs = [torch.randn(size) for size in sizes]
+    weight, stride = torch.randn(6, 4, 3, 3), torch.tensor([1.7, 2.3])
+    first = [ls_conv2d(x, weight, stride, padding=1) for x in inputs]
+    for x, expected in zip(reversed(inputs), reversed(first)):
+        assert torch.equal(ls_conv2d(x, weight, stride, padding=1), expected)
+        assert forward_kernels_of(x, weight, stride) == {'mmlstride::forward_pixels'}
+
+
 def test_cpu_is_bitwise_deterministic_across_runs_and_threads():
     """On the CPU every output and gradient repeats bit for bit, whatever the thread count
     (README: determinism), with both forward layouts (a weight smaller or larger than the

@@ -18,6 +18,7 @@ Prints medians in ms and ratios to ``resnet``.
     python tools/benchmark_backbone.py --device cuda --dtype float32 bfloat16 --out b.json
 """
 import argparse
+import contextlib
 import json
 import statistics
 from typing import Dict, List, Optional
@@ -107,7 +108,8 @@ def step_time(model: nn.Module, x: Tensor, dtype: torch.dtype, repeats: int,
               warmup: int) -> float:
     """Median ms of one forward+backward (autocast to ``dtype`` unless float32)."""
     device = x.device.type
-    autocast = torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32)
+    autocast = (contextlib.nullcontext() if dtype == torch.float32 else
+                torch.autocast(device, dtype=dtype))
 
     def step():
         with autocast:

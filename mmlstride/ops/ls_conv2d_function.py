@@ -232,7 +232,9 @@ def ls_conv2d(input: Tensor,
             on CPU (see the op page, docs/op.md).
         weight: (O, C / groups, kernel_h, kernel_w), same dtype and device as input.
         stride: (2,) tensor (s_h, s_w) of real strides > 0, any floating dtype (its
-            gradient has that dtype), or a pair of numbers.
+            gradient has that dtype), or a pair of numbers (no gradient: whole ones, with a
+            phase given as numbers or None, are computed by pooling and a plain convolution
+            where that is faster, see docs/op.md).
         bias: (O,) or None.
         padding, dilation: int or (h, w) pair, as in F.conv2d.
         groups: number of channel groups, as in F.conv2d.

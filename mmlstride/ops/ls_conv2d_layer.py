@@ -74,6 +74,11 @@ class LSConv2d(nn.Conv2d):
     nn.Conv2d's does; plus a fixed translation with ``phase``, or a learned one
     with ``learn_phase=True``.
 
+    A grid that needs no gradient (the stride, and a learned phase if any, with
+    ``requires_grad=False``) at a whole stride is computed by pooling and a plain
+    convolution where that is faster (docs/op.md, fixed grids), with the same values and
+    gradients.
+
     nn.Conv2d's arguments (``in_channels``, ``out_channels``, ``kernel_size``,
     ``stride``, ``padding``, ``dilation``, ``groups``, ``bias``, ``device``,
     ``dtype``) mean what they mean there. ``stride`` is the nominal stride: it
