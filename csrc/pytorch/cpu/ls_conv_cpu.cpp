@@ -180,31 +180,48 @@ inline void transpose_blocks(const T* from, int64_t from_stride, int64_t channel
 }
 
 #ifdef MMLSTRIDE_HAS_AVX2_CLONES
-// The whole 8 x 8 float blocks' transposes in AVX registers (unpack, shuffle, swap of
-// 128-bit halves): 1.7x the speed of the array version, which GCC leaves to scalar moves.
+// One 8 x 8 float block's transpose in AVX registers (unpack, shuffle, swap of 128-bit
+// halves): 1.7x the speed of the array version, which GCC leaves to scalar moves.
+__attribute__((target("arch=x86-64-v3"))) inline void transpose_block_float(
+    const float* source, int64_t from_stride, float* target, int64_t to_stride) {
+  __m256 r[8], t[8];
+  for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(source + k * from_stride);
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);      // x = 0 1 4 5 of channels k, k + 1
+    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);  // x = 2 3 6 7
+  }
+  for (int k = 0; k < 8; k += 4) {
+    r[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);          // x = 0, 4 of channels k..k+3
+    r[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);      // x = 1, 5
+    r[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);  // x = 2, 6
+    r[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);  // x = 3, 7
+  }
+  for (int x = 0; x < 4; ++x) {
+    _mm256_storeu_ps(target + x * to_stride, _mm256_permute2f128_ps(r[x], r[x + 4], 0x20));
+    _mm256_storeu_ps(target + (x + 4) * to_stride, _mm256_permute2f128_ps(r[x], r[x + 4], 0x31));
+  }
+}
+
+// The whole 8 x 8 float blocks' transposes, eight of the rows lying far apart (the input's
+// channel planes, or the output's) at a time, so that they are streamed in order rather than
+// touched a few bytes each in turn: reading the input's planes, eight channels over all the
+// pixels; writing the output's, eight channels over all the pixels of the block (on these
+// machines the other order made the output's transpose 4x slower per element).
 __attribute__((target("arch=x86-64-v3"))) void transpose_rows_float(
     const float* from, int64_t from_stride, int64_t channels, int64_t count, float* to,
     int64_t to_stride) {
-  for (int64_t c0 = 0; c0 + 8 <= channels; c0 += 8) {
+  if (to_stride > from_stride) {
     for (int64_t x0 = 0; x0 + 8 <= count; x0 += 8) {
-      const float* source = from + c0 * from_stride + x0;
-      float* target = to + x0 * to_stride + c0;
-      __m256 r[8], t[8];
-      for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(source + k * from_stride);
-      for (int k = 0; k < 8; k += 2) {
-        t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);      // x = 0 1 4 5 of channels k, k + 1
-        t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);  // x = 2 3 6 7
+      for (int64_t c0 = 0; c0 + 8 <= channels; c0 += 8) {
+        transpose_block_float(from + c0 * from_stride + x0, from_stride,
+                              to + x0 * to_stride + c0, to_stride);
       }
-      for (int k = 0; k < 8; k += 4) {
-        r[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);          // x = 0, 4 of channels k..k+3
-        r[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);      // x = 1, 5
-        r[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);  // x = 2, 6
-        r[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);  // x = 3, 7
-      }
-      for (int x = 0; x < 4; ++x) {
-        _mm256_storeu_ps(target + x * to_stride, _mm256_permute2f128_ps(r[x], r[x + 4], 0x20));
-        _mm256_storeu_ps(target + (x + 4) * to_stride,
-                         _mm256_permute2f128_ps(r[x], r[x + 4], 0x31));
+    }
+  } else {
+    for (int64_t c0 = 0; c0 + 8 <= channels; c0 += 8) {
+      for (int64_t x0 = 0; x0 + 8 <= count; x0 += 8) {
+        transpose_block_float(from + c0 * from_stride + x0, from_stride,
+                              to + x0 * to_stride + c0, to_stride);
       }
     }
   }
@@ -484,6 +501,8 @@ void forward_pixels_kernel(const at::Tensor& input, const at::Tensor& weight_tap
       for (int64_t begin = 0; begin < ncols; begin += block) {
         const int64_t end = std::min(ncols, begin + block);
         sample(rows, groups, begin, end, columns.mutable_data_ptr<T>());
+        // With one group, oneDNN's product is transposed into the output where it lies.
+        at::Tensor whole_product = product;
         for (int64_t group = 0; group < groups; ++group) {
           at::Tensor target = product.narrow(0, 0, end - begin)
                                   .narrow(1, group * group_out, group_out);
@@ -493,7 +512,9 @@ void forward_pixels_kernel(const at::Tensor& input, const at::Tensor& weight_tap
           const optional<at::Tensor> bias_g =
               bias ? optional<at::Tensor>(bias->narrow(0, group * group_out, group_out))
                    : nullopt;
-          if (onednn) {
+          if (onednn && groups == 1) {
+            whole_product = ls_conv_onednn_linear_cpu(columns_g, weight_g, bias_g);
+          } else if (onednn) {
             target.copy_(ls_conv_onednn_linear_cpu(columns_g, weight_g, bias_g));
           } else if (bias_g) {
             at::addmm_out(target, bias_g->expand_as(target), columns_g, weight_g.t());
@@ -502,7 +523,7 @@ void forward_pixels_kernel(const at::Tensor& input, const at::Tensor& weight_tap
           }
         }
         // Pixel p of the band is output position (row_begin * out_w + p) of the batch.
-        const T* from = product.const_data_ptr<T>();
+        const T* from = whole_product.const_data_ptr<T>();
         for (int64_t pixel = begin; pixel < end;) {
           const int64_t index = row_begin * g.out_w + pixel;
           const int64_t image = index / out_plane;
