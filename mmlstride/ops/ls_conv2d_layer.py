@@ -326,9 +326,10 @@ class LSConv2d(nn.Conv2d):
     def _fixed_grid(self, output_size: Tuple[int, int]
                     ) -> Optional[Tuple[Tuple[float, float], Optional[Tuple[float, float]]]]:
         """The sampling stride and phase as numbers when neither needs a gradient (the stride,
-        and a learned phase if any, do not require grad), so that :func:`ls_conv2d` computes a
-        whole stride as pooling and a plain convolution; None when they do, and in graphs
-        being captured (torch.compile, torch.export, tracing), which keep the op.
+        and a learned phase if any, do not require grad) and the stride is whole, so that
+        :func:`ls_conv2d` can compute them as pooling and a plain convolution; None otherwise,
+        and in graphs being captured (torch.compile, torch.export, tracing), which keep the
+        op.
 
         The values are read from the device once each time they change (an in-place write
         through the parameter, as ``load_state_dict`` or ``copy_`` under ``torch.no_grad()``
@@ -351,6 +352,8 @@ class LSConv2d(nn.Conv2d):
                                     source.learnable_phase)]
             source._fixed_grid_cache = (key, values)
         stride, *offsets = source._fixed_grid_cache[1]
+        if any(v != int(v) for v in stride):  # a fractional stride keeps its tensor
+            return None
         phase = None
         if source.pivot == 'centre':
             phase = tuple((self.stride[k] - stride[k]) * ((output_size[k] - 1) / 2)
