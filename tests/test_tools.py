@@ -231,15 +231,17 @@ def test_cuda_check_dry_run_builds_then_stops(tmp_path):
 
 
 @pytest.mark.skipif(GPU_VISIBLE, reason='a GPU is visible')
-def test_cuda_check_without_a_gpu_says_so(tmp_path):
-    result = run_cuda_check(tmp_path)
+@pytest.mark.parametrize('args', [(), ('--speed', )], ids=['all', 'speed'])
+def test_cuda_check_without_a_gpu_says_so(tmp_path, args):
+    result = run_cuda_check(tmp_path, *args)
     assert result.returncode == 1
     assert 'no GPU visible' in result.stderr and '--dry-run' in result.stderr
 
 
 def test_cuda_check_rejects_an_unknown_argument(tmp_path):
     result = run_cuda_check(tmp_path, '--dryrun')
-    assert result.returncode == 2 and "usage: bash tools/cuda_check.sh [--dry-run]; got '--dryrun'" \
+    assert result.returncode == 2 and \
+        "usage: bash tools/cuda_check.sh [--dry-run | --speed]; got '--dryrun'" \
         in result.stderr
 
 

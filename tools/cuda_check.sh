@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CUDA checks, as one command on a machine with a GPU, a CUDA build of torch and nvcc,
-# sized for about 8 minutes on 16 cores:
+# sized for about 9 minutes on 16 cores (steps 1-6 about 7, the speed steps about 2-3):
 #   1. environment: GPU, driver, CUDA, torch (environment.txt);
 #   2. build: the extension in place, for the visible GPU's architecture only (build.log);
 #   3. tests: the CUDA tests and the device-parametrised ones (pytest.log; tests that need
@@ -21,7 +21,9 @@
 # on stdout. Exit status: 0 when every step passed.
 #
 #   bash tools/cuda_check.sh             # on the GPU machine
-#   bash tools/cuda_check.sh --dry-run   # anywhere: the steps up to the build, then stops
+#   bash tools/cuda_check.sh --speed     # there: steps 1, 2 and 7-9 only (a second call)
+#   bash tools/cuda_check.sh --dry-run   # anywhere: the steps up to the build and the speed
+#                                        # steps at toy sizes on the CPU, then stops
 #
 # Uses $PYTHON (default python3); mmengine must be importable. On a machine without network
 # (torch, torchvision, pytest, numpy, pyyaml, rich and opencv there), carry these wheels:
@@ -30,10 +32,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 dry_run=0
+speed_only=0
 case "${1:-}" in
   '') ;;
   --dry-run) dry_run=1 ;;
-  *) echo "usage: bash tools/cuda_check.sh [--dry-run]; got '$1'" >&2; exit 2 ;;
+  --speed) speed_only=1 ;;
+  *) echo "usage: bash tools/cuda_check.sh [--dry-run | --speed]; got '$1'" >&2; exit 2 ;;
 esac
 
 out=${OUT:-work_dirs/cuda_check}
@@ -138,24 +142,24 @@ if [ "$dry_run" = 1 ]; then
   backbone_args=(--warmup 0 --repeats 1 --size 64 96 --batch 1)
 else
   device=(--device cuda)
-  op_args=(--warmup 10 --repeats 20 --cuda-graph --shapes r50-s2-b32 r50-s3-b32 r50-s4-b32 det-256)
-  grid_args=(--warmup 5 --repeats 20)
-  backbone_args=(--warmup 5 --repeats 15)
+  op_args=(--warmup 5 --repeats 10 --cuda-graph --shapes r50-s2-b32 r50-s3-b32 r50-s4-b32 det-256)
+  grid_args=(--warmup 3 --repeats 10)
+  backbone_args=(--warmup 3 --repeats 8)
 fi
 
 speed_steps() {
   bench=(tools/benchmark_op.py "${device[@]}" "${op_args[@]}")
-  step 'benchmark float32, TF32 off' 100 benchmark.log "$python" "${bench[@]}" --dtype float32 \
+  step 'benchmark float32, TF32 off' 80 benchmark.log "$python" "${bench[@]}" --dtype float32 \
     --json "$out/benchmark_fp32.json" --png "$out/benchmark_fp32.png"
-  step 'benchmark float32, TF32 on' 100 benchmark.log "$python" "${bench[@]}" --dtype float32 \
+  step 'benchmark float32, TF32 on' 80 benchmark.log "$python" "${bench[@]}" --dtype float32 \
     --tf32 --json "$out/benchmark_tf32.json" --png "$out/benchmark_tf32.png"
-  step 'benchmark bfloat16' 100 benchmark.log "$python" "${bench[@]}" --dtype bfloat16 \
+  step 'benchmark bfloat16' 80 benchmark.log "$python" "${bench[@]}" --dtype bfloat16 \
     --json "$out/benchmark_bf16.json" --png "$out/benchmark_bf16.png"
   # Fixed grids (whole frozen strides): the op against pooling and the plain conv.
-  step 'fixed-grid benchmark' 60 fixed_grid.log "$python" tools/benchmark_fixed_grid.py \
+  step 'fixed-grid benchmark' 45 fixed_grid.log "$python" tools/benchmark_fixed_grid.py \
     "${device[@]}" "${grid_args[@]}" --dtype float32 bfloat16 --out "$out/fixed_grid.json"
   # The real-size step: a ResNet-50 backbone at 2 x 3 x 800 x 1333, forward+backward.
-  step 'backbone step, 800 x 1333' 120 backbone.log "$python" tools/benchmark_backbone.py \
+  step 'backbone step, 800 x 1333' 90 backbone.log "$python" tools/benchmark_backbone.py \
     "${device[@]}" "${backbone_args[@]}" --dtype float32 bfloat16 --out "$out/backbone.json"
 }
 
@@ -169,6 +173,10 @@ fi
 step 'extension has CUDA kernels' 60 build.log "$python" -c "import torch, \
 mmlstride.ops.extension as e; assert e.has_kernel(torch.device('cuda')), e.EXTENSION_ERROR" \
   || finish
+if [ "$speed_only" = 1 ]; then
+  speed_steps
+  finish
+fi
 
 # 3. The tests: in parallel processes where pytest-xdist is installed.
 parallel=()
