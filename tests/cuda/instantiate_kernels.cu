@@ -1,6 +1,7 @@
 // Instantiates every CUDA kernel of csrc/common/cuda for every dtype and index
 // type the launchers use, so that nvcc checks them on machines without a GPU or
 // a CUDA build of torch (tests/test_cuda_kernels_compile.py: compiled, and read as PTX).
+#include "common/cuda/ls_conv_cuda_fused.cuh"
 #include "common/cuda/ls_conv_cuda_kernel.cuh"
 
 namespace mmlstride {
@@ -13,6 +14,12 @@ namespace cuda {
       typename Accumulate<T>::type*, T*);
 
 #define LSCONV_INSTANTIATE_INDEX(T, Index)                                                 \
+  template __global__ void ls_conv_forward_fused_kernel<T, Index>(                         \
+      const T*, const T*, const T*, SamplingTables<typename Accumulate<T>::type>,          \
+      FusedIndex<Index>, T*);                                                              \
+  template __global__ void ls_conv_weight_gradient_fused_kernel<T, Index>(                 \
+      const T*, const T*, SamplingTables<typename Accumulate<T>::type>, FusedIndex<Index>, \
+      Index, Index, typename Accumulate<T>::type*);                                        \
   template __global__ void ls_conv_im2col_kernel<T, Index>(                                \
       const T*, SamplingTables<typename Accumulate<T>::type>, TileIndex<Index>, T*);       \
   template __global__ void ls_conv_input_gradient_kernel<T, Index>(                        \

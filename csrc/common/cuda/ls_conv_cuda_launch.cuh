@@ -6,6 +6,7 @@
 // makes the real launches (csrc/pytorch/cuda/ls_conv_cuda.cu) and runs on the CPU
 // emulation (tests/cuda/emulation), where the tests see what was launched.
 //
+// The fused sampling GEMMs (ls_conv_cuda_fused.cuh) take the whole batch in one launch.
 // A policy is called as launch(kind, index_bytes, variant, blocks, kernel, args...) and
 // must run kernel<<<blocks, kThreads>>>(args...) in order on one stream; kind,
 // index_bytes and variant (the backward's LaunchVariant bits) only describe the launch.
@@ -16,12 +17,20 @@
 #include <limits>
 #include <type_traits>
 
+#include "ls_conv_cuda_fused.cuh"
 #include "ls_conv_cuda_kernel.cuh"
 
 namespace mmlstride {
 namespace cuda {
 
-enum class KernelKind : int { kIm2col = 0, kBackward = 1, kInputGradient = 2, kTables = 3 };
+enum class KernelKind : int {
+  kIm2col = 0,
+  kBackward = 1,
+  kInputGradient = 2,
+  kTables = 3,
+  kForwardFused = 4,
+  kWeightGradientFused = 5
+};
 
 // Bits of the backward kernel's variant (its template flags).
 enum LaunchVariant : int {
@@ -250,6 +259,98 @@ void launch_backward_tile(Launch& launch, int multiprocessors, const BackwardPla
                make_tile_index<int64_t>(g, row_begin, row_end), parts[k], grad_input);
       }
     }
+  }
+}
+
+// Whether 32-bit indices address every element a fused launch touches: its tensors (input,
+// output or grad_output, the weight gradient's partials), its pixels and blocks.
+inline bool fused_fits_int32(int64_t input_numel, int64_t output_numel, int64_t partial_numel,
+                             int64_t pixels, int64_t blocks) {
+  const int64_t largest =
+      std::max({input_numel, output_numel, partial_numel, pixels + kTileN, blocks});
+  return largest <= int64_t(std::numeric_limits<int32_t>::max());
+}
+
+// The forward of the batch by the fused sampling GEMM (float16, bfloat16 from sm_80, float64:
+// see ls_conv_fused_dtype in the launchers): weight (out_channels, C / groups * kernel_h *
+// kernel_w), bias null or (out_channels), output (batch, out_channels, out_h, out_w).
+template <typename T, typename Launch>
+void launch_forward_fused(Launch& launch, const T* input, int64_t input_numel, const T* weight,
+                          const T* bias, const LSConvGeometry& g, int64_t batch,
+                          int64_t out_channels, int64_t groups,
+                          const SamplingTables<typename Accumulate<T>::type>& tables, T* output) {
+  const int64_t pixels = batch * g.out_h * g.out_w;
+  if (pixels == 0 || out_channels == 0) return;
+  const int64_t tiles_m = (out_channels / groups + kTileM - 1) / kTileM;
+  const int64_t blocks = groups * tiles_m * ((pixels + kTileN - 1) / kTileN);
+  if (fused_fits_int32(input_numel, pixels * out_channels, 0, pixels, blocks)) {
+    launch(KernelKind::kForwardFused, 4, 0, blocks, ls_conv_forward_fused_kernel<T, int32_t>,
+           input, weight, bias, tables,
+           make_fused_index<int32_t>(g, batch, out_channels, groups, pixels), output);
+  } else {
+    launch(KernelKind::kForwardFused, 8, 0, blocks, ls_conv_forward_fused_kernel<T, int64_t>,
+           input, weight, bias, tables,
+           make_fused_index<int64_t>(g, batch, out_channels, groups, pixels), output);
+  }
+}
+
+// Output pixels per split of the weight gradient at least (a block's partial product is
+// written once per split: fewer pixels would make those writes the larger traffic).
+constexpr int64_t kMinSplitPixels = 512;
+// Blocks per multiprocessor that the splits aim for (256 threads and about 34 KiB of shared
+// memory each).
+constexpr int64_t kFusedBlocksPerMultiprocessor = 4;
+
+// How the weight gradient splits the batch's output pixels among blocks: `splits` runs of
+// `chunk` pixels (a multiple of the reduction step; the last run shorter).
+struct PixelSplit {
+  int64_t splits, chunk;
+};
+
+inline PixelSplit weight_gradient_split(const LSConvGeometry& g, int64_t batch,
+                                        int64_t out_channels, int64_t groups, int element_bytes,
+                                        int multiprocessors) {
+  const int64_t pixels = batch * g.out_h * g.out_w;
+  const int64_t step = element_bytes == 8 ? tile_k<double>() : tile_k<float>();
+  if (pixels == 0) return PixelSplit{1, step};
+  const int64_t reduction = g.channels / groups * g.kernel_h * g.kernel_w;
+  const int64_t tiles = groups * ((out_channels / groups + kTileM - 1) / kTileM) *
+                        ((reduction + kTileN - 1) / kTileN);
+  const int64_t wanted = int64_t(multiprocessors) * kFusedBlocksPerMultiprocessor;
+  int64_t splits = std::max<int64_t>(1, (wanted + tiles - 1) / tiles);
+  splits = std::min(splits, std::max<int64_t>(1, pixels / kMinSplitPixels));
+  int64_t chunk = (pixels + splits - 1) / splits;
+  chunk = (chunk + step - 1) / step * step;
+  return PixelSplit{(pixels + chunk - 1) / chunk, chunk};
+}
+
+// The weight gradient's partial products by the fused sampling GEMM: partial (split.splits,
+// out_channels, C / groups * kernel_h * kernel_w) in Accumulate<T>::type, every element
+// written; the caller sums the splits.
+template <typename T, typename Launch>
+void launch_weight_gradient_fused(Launch& launch, const T* grad_output, const T* input,
+                                  int64_t input_numel, const LSConvGeometry& g, int64_t batch,
+                                  int64_t out_channels, int64_t groups, const PixelSplit& split,
+                                  const SamplingTables<typename Accumulate<T>::type>& tables,
+                                  typename Accumulate<T>::type* partial) {
+  const int64_t pixels = batch * g.out_h * g.out_w;
+  const int64_t reduction = g.channels / groups * g.kernel_h * g.kernel_w;
+  if (out_channels == 0 || reduction == 0) return;
+  const int64_t tiles_m = (out_channels / groups + kTileM - 1) / kTileM;
+  const int64_t blocks =
+      split.splits * groups * tiles_m * ((reduction + kTileN - 1) / kTileN);
+  const int64_t partial_numel = split.splits * out_channels * reduction;
+  if (fused_fits_int32(input_numel, pixels * out_channels, partial_numel,
+                       split.splits * split.chunk, blocks)) {
+    launch(KernelKind::kWeightGradientFused, 4, 0, blocks,
+           ls_conv_weight_gradient_fused_kernel<T, int32_t>, grad_output, input, tables,
+           make_fused_index<int32_t>(g, batch, out_channels, groups, reduction),
+           int32_t(split.chunk), int32_t(groups), partial);
+  } else {
+    launch(KernelKind::kWeightGradientFused, 8, 0, blocks,
+           ls_conv_weight_gradient_fused_kernel<T, int64_t>, grad_output, input, tables,
+           make_fused_index<int64_t>(g, batch, out_channels, groups, reduction),
+           int64_t(split.chunk), int64_t(groups), partial);
   }
 }
 

@@ -342,6 +342,107 @@ inline std::atomic<const char*> assertion{nullptr};
 }  // namespace emulation
 #define LSCONV_ASSERT_FAIL(message) (emulation::assertion = (message))
 
+// The warp matrix functions (nvcuda::wmma) that the fused kernels use: 16 x 16 x 16
+// fragments of float16 or bfloat16 operands with float accumulators, loaded from and stored
+// to memory in row-major order. As on a GPU, each is called by all 32 threads of a warp
+// (warp = threadIdx.x / 32) and an accumulator is spread over them: lane l holds the
+// elements whose row-major index is l modulo 32, and mma_sync computes those alone. An
+// operand fragment holds the whole matrix in every lane (on a GPU the warp shares it among
+// its lanes inside mma_sync). Products are exact in float and summed in k order (a tensor
+// core's order and rounding inside one product are unspecified: the tests allow for it).
+// CUDA's preconditions are checked and a violation recorded in emulation::assertion: a
+// pointer 256-bit aligned, ldm a multiple of 16 bytes. The _sync functions do not wait for
+// the warp's other lanes here (as a GPU does): a kernel must not rely on them to order its
+// memory accesses, and the emulation's schedule would show it if it did.
+#define LSCONV_EMULATED_WMMA 1
+namespace nvcuda {
+namespace wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+inline unsigned lane() { return emulation::thread_index().x % 32; }
+
+template <typename Element>
+inline void check_matrix_pointer(const Element* pointer, unsigned ldm) {
+  if (reinterpret_cast<uintptr_t>(pointer) % 32 != 0) {
+    emulation::assertion = "wmma: the matrix pointer is not 256-bit aligned";
+  }
+  if (ldm * sizeof(Element) % 16 != 0) {
+    emulation::assertion = "wmma: ldm is not a multiple of 16 bytes";
+  }
+}
+
+template <typename Use, int m, int n, int k, typename Element, typename Layout = void>
+struct fragment;
+
+// An operand: the whole 16 x 16 matrix, as floats (float16 and bfloat16 convert exactly).
+template <typename Use, typename Element>
+struct fragment<Use, 16, 16, 16, Element, row_major> {
+  float values[16 * 16];
+};
+
+// An accumulator: this lane's share, element e = row * 16 + column at e / 32.
+template <>
+struct fragment<accumulator, 16, 16, 16, float, void> {
+  float values[16 * 16 / 32];
+};
+
+using Accumulator = fragment<accumulator, 16, 16, 16, float, void>;
+
+inline float to_float(__half v) { return __half2float(v); }
+inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename Use, typename Element>
+inline void load_matrix_sync(fragment<Use, 16, 16, 16, Element, row_major>& f,
+                             const Element* pointer, unsigned ldm) {
+  check_matrix_pointer(pointer, ldm);
+  for (int row = 0; row < 16; ++row) {
+    for (int column = 0; column < 16; ++column) {
+      f.values[row * 16 + column] = to_float(pointer[row * ldm + column]);
+    }
+  }
+}
+
+inline void fill_fragment(Accumulator& f, float value) {
+  for (float& v : f.values) v = value;
+}
+
+// d = a b + c, this lane's elements of d.
+template <typename Element>
+inline void mma_sync(Accumulator& d, const fragment<matrix_a, 16, 16, 16, Element, row_major>& a,
+                     const fragment<matrix_b, 16, 16, 16, Element, row_major>& b,
+                     const Accumulator& c) {
+  for (int e = 0; e < 16 * 16 / 32; ++e) {
+    const int index = int(lane()) + 32 * e;
+    const int row = index / 16, column = index % 16;
+    float sum = c.values[e];
+    for (int k = 0; k < 16; ++k) sum += a.values[row * 16 + k] * b.values[k * 16 + column];
+    d.values[e] = sum;
+  }
+}
+
+inline void store_matrix_sync(float* pointer, const Accumulator& f, unsigned ldm,
+                              layout_t layout) {
+  check_matrix_pointer(pointer, ldm);
+  for (int e = 0; e < 16 * 16 / 32; ++e) {
+    const int index = int(lane()) + 32 * e;
+    const int row = index / 16, column = index % 16;
+    if (layout == mem_row_major) {
+      pointer[row * ldm + column] = f.values[e];
+    } else {
+      pointer[column * ldm + row] = f.values[e];
+    }
+  }
+}
+
+}  // namespace wmma
+}  // namespace nvcuda
+
 // kernel<<<grid, block>>>(args...) on one-dimensional grids and blocks.
 template <typename Kernel, typename... Args>
 void emulated_launch(unsigned grid, unsigned block, Kernel kernel, Args... args) {

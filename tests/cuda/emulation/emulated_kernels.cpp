@@ -1,7 +1,8 @@
 // C entry points that run the CUDA kernels of csrc/common/cuda on the CPU
 // through cuda_emulation.h, for tests/test_cuda_kernels_emulated.py (ctypes):
 // each kernel alone (after the sampling tables, made by their kernel from the stride),
-// and the launch layer (ls_conv_cuda_launch.cuh) for a call, recording what it launched.
+// and the launch layer (ls_conv_cuda_launch.cuh) for a call, recording what it launched,
+// the fused sampling GEMMs (ls_conv_cuda_fused.cuh) among them.
 //
 // dtype: 0 float, 1 double, 2 half, 3 bfloat16; index64: 0 int32_t, 1 int64_t.
 // geometry: channels, height, width, kernel_h, kernel_w, pad_h, pad_w,
@@ -10,6 +11,7 @@
 // phase_h, phase_w).
 #include "cuda_emulation.h"
 // clang-format off (the stand-in must come first)
+#include "common/cuda/ls_conv_cuda_fused.cuh"
 #include "common/cuda/ls_conv_cuda_kernel.cuh"
 #include "common/cuda/ls_conv_cuda_launch.cuh"
 // clang-format on
@@ -330,5 +332,71 @@ extern "C" int emulated_im2col_tile(int dtype, int multiprocessors, const void* 
                              g, t.tables, row_begin, row_end, static_cast<T*>(columns));
     return 0;
   });
+  return status ? status : launch.count;
+}
+
+// The launch layer's tables and fused forward of a batch: input (batch, C, H, W), weight
+// (out_channels, C / groups, kernel_h, kernel_w), bias or null, output (batch, out_channels,
+// out_h, out_w). Returns the launches as emulated_backward_tile, or -2 when a device-side
+// precondition (the warp matrix functions') was violated.
+extern "C" int emulated_forward_fused(int dtype, int multiprocessors, const void* input,
+                                      int64_t input_numel, const void* weight, const void* bias,
+                                      const int64_t* geometry, int64_t batch,
+                                      int64_t out_channels, int64_t groups, const double* stride,
+                                      const double* phase, void* output, int64_t* record,
+                                      int capacity) {
+  const LSConvGeometry g = make_geometry(geometry);
+  RecordingLaunch launch{record, capacity};
+  emulation::assertion = nullptr;
+  const int status = dispatch_type(dtype, [&](auto type_tag) {
+    using T = decltype(type_tag);
+    const Tables<typename cuda::Accumulate<T>::type> t(
+        stride, phase, g, cuda::max_grid_blocks(multiprocessors), launch);
+    cuda::launch_forward_fused(launch, static_cast<const T*>(input), input_numel,
+                               static_cast<const T*>(weight), static_cast<const T*>(bias), g,
+                               batch, out_channels, groups, t.tables, static_cast<T*>(output));
+    return 0;
+  });
+  if (emulation::assertion.load() != nullptr) return -2;
+  return status ? status : launch.count;
+}
+
+// The weight gradient's split of the pixels (weight_gradient_split): split[0] runs of
+// split[1] pixels.
+extern "C" void emulated_weight_gradient_split(const int64_t* geometry, int64_t batch,
+                                               int64_t out_channels, int64_t groups,
+                                               int element_bytes, int multiprocessors,
+                                               int64_t* split) {
+  const cuda::PixelSplit s = cuda::weight_gradient_split(
+      make_geometry(geometry), batch, out_channels, groups, element_bytes, multiprocessors);
+  split[0] = s.splits;
+  split[1] = s.chunk;
+}
+
+// The launch layer's tables and fused weight gradient: partial (splits, out_channels,
+// C / groups * kernel_h * kernel_w) in the accumulation dtype, for the split of
+// emulated_weight_gradient_split. Returns the launches, or -2 as emulated_forward_fused.
+extern "C" int emulated_weight_gradient_fused(int dtype, int multiprocessors,
+                                              const void* grad_output, const void* input,
+                                              int64_t input_numel, const int64_t* geometry,
+                                              int64_t batch, int64_t out_channels, int64_t groups,
+                                              const double* stride, const double* phase,
+                                              void* partial, int64_t* record, int capacity) {
+  const LSConvGeometry g = make_geometry(geometry);
+  RecordingLaunch launch{record, capacity};
+  emulation::assertion = nullptr;
+  const int status = dispatch_type(dtype, [&](auto type_tag) {
+    using T = decltype(type_tag);
+    using Acc = typename cuda::Accumulate<T>::type;
+    const Tables<Acc> t(stride, phase, g, cuda::max_grid_blocks(multiprocessors), launch);
+    const cuda::PixelSplit split = cuda::weight_gradient_split(
+        g, batch, out_channels, groups, int(sizeof(T)), multiprocessors);
+    cuda::launch_weight_gradient_fused(launch, static_cast<const T*>(grad_output),
+                                       static_cast<const T*>(input), input_numel, g, batch,
+                                       out_channels, groups, split, t.tables,
+                                       static_cast<Acc*>(partial));
+    return 0;
+  });
+  if (emulation::assertion.load() != nullptr) return -2;
   return status ? status : launch.count;
 }
