@@ -111,7 +111,7 @@ def test_low_precision_kernels_do_float32_sampling_math(tmp_path):
     kernels = ptx_kernels(tmp_path)
     low_precision = [name for name in kernels if re.search(r'<(float|__half|__nv_bfloat16),', name)
                      and 'tables_kernel' not in name]
-    assert len(low_precision) == 3 * 2 * 12, sorted(kernels)  # 3 dtypes x 2 index types x 12
+    assert len(low_precision) == 3 * 2 * 14, sorted(kernels)  # 3 dtypes x 2 index types x 14
     for name in low_precision:
         float64 = instructions(kernels[name], r'\.f64')
         if 'backward_kernel' in name and re.search(r', (true|false), true, ', name):
@@ -120,8 +120,31 @@ def test_low_precision_kernels_do_float32_sampling_math(tmp_path):
         else:
             assert not float64, (name, float64)
         divisions = instructions(kernels[name], r'^(div|rem)\.[su](32|64)$')
-        allowed = (2 if 'input_gradient' in name else 1) * (2 if ', long' in name else 1)
+        if 'fused' in name:  # once per block, for its tile: (split,) group, tile_m, tile_n
+            allowed = 6 if 'weight_gradient' in name else 4
+        else:
+            allowed = (2 if 'input_gradient' in name else 1) * (2 if ', long' in name else 1)
         assert len(divisions) <= allowed, (name, divisions)
+
+
+def test_fused_kernels_multiply_on_the_tensor_cores(tmp_path):
+    """On sm_80 the fused sampling GEMMs of float16 and bfloat16 multiply with warp matrix
+    instructions and those of float32 and float64 with fused multiply-adds; none has a
+    per-element integer division (test above) or keeps more than the 48 KiB of static shared
+    memory a block may have."""
+    require(NVCC is not None, 'nvcc (the CUDA toolkit)')
+    require(CXXFILT is not None, 'c++filt (binutils)')
+    kernels = ptx_kernels(tmp_path)
+    fused = [name for name in kernels if 'fused_kernel' in name]
+    assert len(fused) == 4 * 2 * 2, sorted(kernels)
+    for name in fused:
+        tensor_cores = instructions(kernels[name], r'^(wmma\.mma|mma)\.sync')
+        if re.search(r'<(__half|__nv_bfloat16),', name):
+            assert tensor_cores, name
+        else:
+            assert not tensor_cores and instructions(kernels[name], r'^fma\.rn\.f(32|64)$'), name
+        shared = re.findall(r'\.shared\s+\.align\s+\d+\s+\.b8\s+\S+\[(\d+)\]', kernels[name])
+        assert shared and sum(map(int, shared)) <= 48 * 1024, (name, shared)
 
 
 # The CUDA toolkits of the torch builds mmlstride supports (torch 2.1: 11.8 and 12.1), whose

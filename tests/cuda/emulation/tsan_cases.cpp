@@ -3,8 +3,10 @@
 // backward of two tiles of several blocks each for every variant of the gradients asked for,
 // by the atomic scatter and by the deterministic gather of the input gradient, in every
 // dtype and both index widths; im2col tiles; the tables kernel; the sum of many blocks'
-// partials. Each call runs under two schedules (seeds, 4 workers); with the argument `quick`,
-// under one, in float and 32-bit indices alone (for the planted races). The results are not
+// partials; the fused sampling GEMMs (forward and weight gradient) on a geometry of several
+// reduction steps and channel tiles. Each call runs under two schedules (seeds, 4 workers); with the argument `quick`,
+// under one, in float and 32-bit indices alone (the fused GEMMs: float and half, for the
+// tensor cores' staging), for the planted races. The results are not
 // checked here (tests/test_cuda_kernels_emulated.py does that): ThreadSanitizer's reports
 // are the output, and its exit status (66 when it reported) the verdict.
 //
@@ -31,6 +33,19 @@ int emulated_tables(int acc_dtype, int stride_dtype, const void* stride, const v
                     const int64_t* geometry, double* h, double* w, int64_t* h_sources,
                     int64_t* w_sources, int64_t* row_reach);
 int emulated_sum_partials(int dtype, const void* partials, int64_t blocks, double* stride_sum);
+int emulated_forward_fused(int dtype, int multiprocessors, const void* input, int64_t input_numel,
+                           const void* weight, const void* bias, const int64_t* geometry,
+                           int64_t batch, int64_t out_channels, int64_t groups,
+                           const double* stride, const double* phase, void* output,
+                           int64_t* record, int capacity);
+void emulated_weight_gradient_split(const int64_t* geometry, int64_t batch, int64_t out_channels,
+                                    int64_t groups, int element_bytes, int multiprocessors,
+                                    int64_t* split);
+int emulated_weight_gradient_fused(int dtype, int multiprocessors, const void* grad_output,
+                                   const void* input, int64_t input_numel,
+                                   const int64_t* geometry, int64_t batch, int64_t out_channels,
+                                   int64_t groups, const double* stride, const double* phase,
+                                   void* partial, int64_t* record, int capacity);
 }
 
 namespace {
@@ -43,6 +58,10 @@ constexpr int64_t kInputElements = kBatch * 2 * 13 * 11;
 constexpr int64_t kRows = kBatch * 8;
 constexpr int64_t kColumnElements = 2 * 9 * kRows * 8;
 const int kSizes[4] = {4, 8, 2, 2};  // float, double, half, bfloat16
+// The fused GEMMs: 8 channels of 3 x 3 taps (a reduction of 72: three steps, five in
+// float64), 70 output channels (two tiles), 128 output pixels over the batch of 2.
+const int64_t kFusedGeometry[11] = {8, 13, 11, 3, 3, 1, 1, 1, 1, 8, 8};
+constexpr int64_t kFusedOutChannels = 70;
 const int kWants[] = {1, 2, 3, 5, 6, 7, 10, 11, 14, 15};  // input 1, stride 2, columns 4, phase 8
 
 std::vector<unsigned char> random_bytes(size_t bytes, std::mt19937& random) {
@@ -101,6 +120,33 @@ int main(int argc, char** argv) {
         failures += emulated_im2col_tile(dtype, 1, input.data(), input_numel, kGeometry, stride,
                                          phase, 3, kRows - 2, columns.data(), record.data(),
                                          64) <= 0;
+        ++calls;
+      }
+    }
+    for (int dtype = 0; dtype < 4; ++dtype) {
+      if (quick && dtype != 0 && dtype != 2) continue;
+      const int acc_size = dtype == 1 ? 8 : 4;
+      for (int64_t input_numel : {kBatch * 8 * 13 * 11, int64_t(1) << 32}) {
+        if (input_numel != kBatch * 8 * 13 * 11 && quick) continue;
+        std::vector<unsigned char> input = random_bytes(kBatch * 8 * 13 * 11 * kSizes[dtype], random);
+        std::vector<unsigned char> weight =
+            random_bytes(kFusedOutChannels * 8 * 9 * kSizes[dtype], random);
+        std::vector<unsigned char> bias = random_bytes(kFusedOutChannels * kSizes[dtype], random);
+        std::vector<unsigned char> output(kBatch * kFusedOutChannels * 64 * kSizes[dtype], 0);
+        std::vector<int64_t> record(4 * 64);
+        failures += emulated_forward_fused(dtype, 1, input.data(), input_numel, weight.data(),
+                                           bias.data(), kFusedGeometry, kBatch,
+                                           kFusedOutChannels, 1, stride, phase, output.data(),
+                                           record.data(), 64) <= 0;
+        ++calls;
+        int64_t split[2];
+        emulated_weight_gradient_split(kFusedGeometry, kBatch, kFusedOutChannels, 1,
+                                       kSizes[dtype], 1, split);
+        std::vector<unsigned char> partial(split[0] * kFusedOutChannels * 8 * 9 * acc_size, 0);
+        failures += emulated_weight_gradient_fused(dtype, 1, output.data(), input.data(),
+                                                   input_numel, kFusedGeometry, kBatch,
+                                                   kFusedOutChannels, 1, stride, phase,
+                                                   partial.data(), record.data(), 64) <= 0;
         ++calls;
       }
     }
