@@ -325,3 +325,46 @@ def test_layer_on_the_second_gpu_while_the_first_is_current():
         assert torch.cuda.current_device() == 0
     assert all(t.device == torch.device('cuda:1') for t in results['cuda:1'])
     assert_all_close([t.cpu() for t in results['cuda:1']], [t.cpu() for t in results['cuda:0']])
+
+
+@pytest.mark.parametrize('groups', [1, 2])
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16, torch.float64])
+def test_fused_products_on_calls_of_many_tiles(dtype, groups):
+    """The fused sampling GEMMs (float16, bfloat16 from sm_80, float64) over several tiles of
+    output channels, pixels and reduction steps, each with a partial last tile, against the
+    float64 reference: the output and every gradient."""
+    from test_cuda_fused_emulated import large_case
+    tolerance = {torch.float64: 1e-10, **LOW_PRECISION_TOLERANCE}[dtype]
+    for phase in (False, True):
+        found = float64_reference_errors(large_case(groups, groups, phase), dtype, 'cuda')
+        assert max(found.values()) < tolerance, (phase, found)
+
+
+def launched_kernels(function):
+    """The names of the CUDA kernels ``function`` launches."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        function()
+        torch.cuda.synchronize()
+    return {event.name for event in profile.events()}
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16, torch.float64, torch.float32])
+def test_fused_products_take_the_forward_and_weight_gradient(dtype):
+    """float16, bfloat16 (from compute capability 8.0) and float64 run the forward and the weight
+    gradient by the fused sampling GEMMs, with no im2col; float32 keeps the columns and cuDNN's
+    products. A weight gradient alone launches no sampling pass over columns."""
+    from test_cuda_fused_emulated import large_case
+    fused = dtype != torch.float32 and (
+        dtype != torch.bfloat16 or torch.cuda.get_device_capability()[0] >= 8)
+    case = large_case(0).to(dtype, 'cuda')
+    output = ls_conv2d(*case.args())
+    names = launched_kernels(lambda: ls_conv2d(*case.args()))
+    assert any('forward_fused_kernel' in name for name in names) == fused, names
+    assert any('im2col_kernel' in name for name in names) != fused, names
+    names = launched_kernels(lambda: torch.autograd.grad(output, case.weight,
+                                                         torch.ones_like(output),
+                                                         retain_graph=True))
+    assert any('weight_gradient_fused_kernel' in name for name in names) == fused, names
+    if fused:
+        assert not any('im2col_kernel' in name or 'backward_kernel' in name
+                       for name in names), names

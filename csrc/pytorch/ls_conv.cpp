@@ -268,6 +268,41 @@ at::Tensor convolve_1x1(const at::Tensor& matrix, const at::Tensor& weight,
   return out.reshape({out.size(1), out.size(3)});  // a view unless cuDNN chose another layout
 }
 
+// Whether the forward and the weight gradient take the fused sampling GEMMs (CUDA:
+// float16, bfloat16 from sm_80, float64; see ls_conv_fused_cuda), which gather the columns
+// into shared memory rather than writing them to global memory. float32 keeps the columns
+// and cuDNN's products, which follow its TF32 setting as F.conv2d does.
+bool takes_fused_products(const at::Tensor& input, const LSConvGeometry& g) {
+#ifdef WITH_CUDA
+  return input.is_cuda() && ls_conv_fused_cuda(input, g);
+#else
+  (void)input;
+  (void)g;
+  return false;
+#endif
+}
+
+void forward_fused(const at::Tensor& input, const at::Tensor& weight,
+                   const optional<at::Tensor>& bias, const LSConvGeometry& g,
+                   const PreparedStride& prepared, int64_t groups, at::Tensor& output) {
+#ifdef WITH_CUDA
+  ls_conv_forward_fused_cuda(input, weight, bias, g, prepared, groups, output);
+#else
+  TORCH_CHECK(false, "mmlstride was built without CUDA");
+#endif
+}
+
+at::Tensor weight_gradient_fused(const at::Tensor& grad_output, const at::Tensor& input,
+                                 const LSConvGeometry& g, const PreparedStride& prepared,
+                                 int64_t groups, int64_t out_channels) {
+#ifdef WITH_CUDA
+  return ls_conv_weight_gradient_fused_cuda(grad_output, input, g, prepared, groups,
+                                            out_channels);
+#else
+  TORCH_CHECK(false, "mmlstride was built without CUDA");
+#endif
+}
+
 // Whether the forward takes forward_by_pixel_columns: on the CPU (unless the GEMMs are forced
 // to the CUDA path's convolutions), where the weight is no larger than the input. Its weight
 // is then cheap to reorder and to pack for each block's single-threaded GEMM; a larger one
@@ -320,6 +355,10 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
   if (total_rows == 0) return output;
   if (takes_pixel_columns(input, weight)) {
     forward_by_pixel_columns(input, weight, bias, prepared, g, groups, output);
+    return output;
+  }
+  if (takes_fused_products(input, g)) {
+    forward_fused(input, weight, bias, g, prepared, groups, output);
     return output;
   }
   const at::Tensor weight_g = weight.view({groups, out_channels / groups, col_rows / groups});
@@ -403,8 +442,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d
   const at::TensorOptions accumulate = input.options().dtype(accumulate_type(input.scalar_type()));
   at::Tensor grad_input = need_input ? at::zeros(input.sizes(), accumulate) : at::Tensor();
   // The 1x1-convolution path takes the first tile's weight gradient as it comes.
+  // The fused sampling GEMM computes the weight gradient in one pass of its own, without
+  // columns; otherwise each tile's columns product is added.
+  const bool fused_weight = need_weight && takes_fused_products(input, g);
+  const bool tile_weight = need_weight && !fused_weight;
   at::Tensor grad_weight =
-      need_weight && !by_convolution ? at::zeros(weight.sizes(), accumulate) : at::Tensor();
+      tile_weight && !by_convolution ? at::zeros(weight.sizes(), accumulate) : at::Tensor();
   at::Tensor grad_bias = output_mask[2]
       ? grad_output.sum(at::IntArrayRef{0, 2, 3}, false, accumulate_type(input.scalar_type()))
       : at::Tensor();
@@ -412,7 +455,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d
   prepared.phase_gradient = need_phase;
 
   const int64_t total_rows = batch * g.out_h;
-  if (total_rows > 0 && (need_input || need_weight || need_stride)) {
+  if (total_rows > 0 && fused_weight) {
+    grad_weight = weight_gradient_fused(grad_output, input, g, prepared, groups, out_channels);
+  }
+  if (total_rows > 0 && (need_input || tile_weight || need_stride)) {
     const at::Tensor weight_g = weight.view({groups, out_channels / groups, col_rows / groups});
     at::Tensor grad_weight_g =
         grad_weight.defined()
@@ -420,7 +466,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d
             : at::Tensor();
     const int64_t step = std::min(tile_rows(g, input), total_rows);
     const at::Tensor columns_buffer =
-        need_weight ? at::empty({col_rows * step * g.out_w}, input.options()) : at::Tensor();
+        tile_weight ? at::empty({col_rows * step * g.out_w}, input.options()) : at::Tensor();
     const bool need_grad_columns = need_input || need_stride;
     const at::Tensor grad_columns_buffer = need_grad_columns && !by_convolution
         ? at::empty({col_rows * step * g.out_w}, accumulate)
@@ -434,7 +480,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d
     // temporary of the weight's size (r50-s4: 9 MiB more at the peak, 1.7x conv2d's).
     // Elsewhere ATen's accumulate in place. The columns gradient's products stay ATen's:
     // oneDNN's ran 15% slower on r50-s3 and r50-s4.
-    const bool onednn_weight_gradient = need_weight && !by_convolution &&
+    const bool onednn_weight_gradient = tile_weight && !by_convolution &&
                                         ls_conv_onednn_matmul_cpu(input) &&
                                         weight.numel() <= input.numel();
     at::Tensor grad_output_buffer;  // for tiles whose grad_output cannot be read in place
@@ -456,7 +502,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d
         grad_output_g = tile.view({groups, out_channels / groups, cols});
       }
       const at::Tensor columns =
-          need_weight ? matrix_view(columns_buffer, col_rows, cols) : at::Tensor();
+          tile_weight ? matrix_view(columns_buffer, col_rows, cols) : at::Tensor();
       if (need_grad_columns) {
         // One pass computes the input and stride gradients and the columns for dw.
         at::Tensor grad_columns;
@@ -477,7 +523,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d
       } else {
         im2col(input, g, prepared, begin, end, columns);
       }
-      if (need_weight) {
+      if (tile_weight) {
         if (by_convolution) {  // grad_output @ columns^T, as a 1x1 convolution's weight gradient
           const at::Tensor weight_1x1 = weight.view({out_channels, col_rows / groups, 1, 1});
           const at::Tensor tile_gradient =

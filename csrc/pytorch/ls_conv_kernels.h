@@ -102,6 +102,26 @@ void ls_conv_backward_sampling_cuda(const at::Tensor& grad_columns, const at::Te
                                     int64_t row_begin, int64_t row_end,
                                     const at::Tensor& grad_input, bool stride_gradient,
                                     const at::Tensor& columns);
+
+// Whether the fused sampling GEMMs take a call of this input (dtype, device) and geometry:
+// float16; bfloat16 on devices of compute capability 8.0 and newer (its tensor-core
+// products); float64. Not float32 (see ls_conv.cpp), nor an input without pixels.
+bool ls_conv_fused_cuda(const at::Tensor& input, const LSConvGeometry& geometry);
+
+// The forward of the batch into `output` (N, O, out_h, out_w), contiguous, by the fused
+// sampling GEMM: weight (O, C / groups, kernel_h, kernel_w) and bias contiguous.
+void ls_conv_forward_fused_cuda(const at::Tensor& input, const at::Tensor& weight,
+                                const optional<at::Tensor>& bias, const LSConvGeometry& geometry,
+                                const PreparedStride& stride, int64_t groups,
+                                at::Tensor& output);
+
+// The weight gradient (O, C / groups, kernel_h, kernel_w) in the accumulation dtype by the
+// fused sampling GEMM, from grad_output (N, O, out_h, out_w), contiguous.
+at::Tensor ls_conv_weight_gradient_fused_cuda(const at::Tensor& grad_output,
+                                              const at::Tensor& input,
+                                              const LSConvGeometry& geometry,
+                                              const PreparedStride& stride, int64_t groups,
+                                              int64_t out_channels);
 #endif
 
 }  // namespace mmlstride

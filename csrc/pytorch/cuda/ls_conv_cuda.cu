@@ -4,6 +4,7 @@
 // The launch decisions (table layout, grid size, index width, kernel variant, scatter or
 // gather of the input gradient) are in the torch-free
 // csrc/common/cuda/ls_conv_cuda_launch.cuh, which the CPU emulation also runs.
+// Also the fused sampling GEMMs' launchers (forward, weight gradient).
 // Called by the host code of ls_conv.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -44,6 +45,20 @@ int multiprocessor_count(int device) {
     int count = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
     found = counts.emplace(device, count).first;
+  }
+  return found->second;
+}
+
+// Compute capability major of a device, read once per device.
+int compute_capability_major(int device) {
+  static std::mutex mutex;
+  static std::unordered_map<int, int> majors;
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto found = majors.find(device);
+  if (found == majors.end()) {
+    int major = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    found = majors.emplace(device, major).first;
   }
   return found->second;
 }
@@ -197,6 +212,65 @@ void ls_conv_backward_sampling_cuda(const at::Tensor& grad_columns, const at::Te
                                    row_end, data_or_null<Acc>(grad_input),
                                    cuda_mutable_data<scalar_t>(columns));
       });
+}
+
+
+
+bool ls_conv_fused_cuda(const at::Tensor& input, const LSConvGeometry& g) {
+  if (has_no_pixels(g)) return false;
+  switch (input.scalar_type()) {
+    case at::kHalf:
+    case at::kDouble:
+      return true;
+    case at::kBFloat16:
+      return compute_capability_major(input.device().index()) >= 8;
+    default:
+      return false;
+  }
+}
+
+void ls_conv_forward_fused_cuda(const at::Tensor& input, const at::Tensor& weight,
+                                const optional<at::Tensor>& bias, const LSConvGeometry& g,
+                                const PreparedStride& stride, int64_t groups,
+                                at::Tensor& output) {
+  const int device = input.device().index();
+  StreamLaunch launch{c10::cuda::getCurrentCUDAStream(device)};
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "ls_conv_forward_fused_cuda", [&] {
+        using T = typename CudaType<scalar_t>::type;
+        using Acc = typename cuda::Accumulate<T>::type;
+        cuda::launch_forward_fused(launch, cuda_data<scalar_t>(input), input.numel(),
+                                   cuda_data<scalar_t>(weight),
+                                   bias ? cuda_data<scalar_t>(*bias) : nullptr, g,
+                                   input.size(0), weight.size(0), groups,
+                                   tables_of<Acc>(stride, g), cuda_mutable_data<scalar_t>(output));
+      });
+}
+
+at::Tensor ls_conv_weight_gradient_fused_cuda(const at::Tensor& grad_output,
+                                              const at::Tensor& input, const LSConvGeometry& g,
+                                              const PreparedStride& stride, int64_t groups,
+                                              int64_t out_channels) {
+  const int device = input.device().index();
+  StreamLaunch launch{c10::cuda::getCurrentCUDAStream(device)};
+  const cuda::PixelSplit split =
+      cuda::weight_gradient_split(g, input.size(0), out_channels, groups,
+                                  int(input.element_size()), multiprocessor_count(device));
+  const int64_t reduction = g.channels / groups * g.kernel_h * g.kernel_w;
+  const at::Tensor partial = at::empty({split.splits, out_channels, reduction},
+                                       input.options().dtype(accumulate_type(input)));
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "ls_conv_weight_gradient_fused_cuda", [&] {
+        using T = typename CudaType<scalar_t>::type;
+        using Acc = typename cuda::Accumulate<T>::type;
+        cuda::launch_weight_gradient_fused(
+            launch, cuda_data<scalar_t>(grad_output), cuda_data<scalar_t>(input), input.numel(),
+            g, input.size(0), out_channels, groups, split, tables_of<Acc>(stride, g),
+            partial.mutable_data_ptr<Acc>());
+      });
+  // The splits summed in a fixed order (the first alone: no copy).
+  const at::Tensor sum = split.splits == 1 ? partial[0] : partial.sum(0);
+  return sum.view({out_channels, g.channels / groups, g.kernel_h, g.kernel_w});
 }
 
 }  // namespace mmlstride
