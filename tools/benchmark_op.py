@@ -489,7 +489,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                        args.cuda_graph)
             floors[f'{shape.name} {dtype_name}'] = floor_ms(shape, dtype.itemsize,
                                                             rates[dtype_name])
-            if args.profile:
+            if args.profile and any(r['method'] == 'lsconv' and r['dtype'] == dtype_name
+                                    and r['shape']['name'] == shape.name for r in records):
                 profiles[f'{shape.name} {dtype_name}'] = profile_lsconv(shape, dtype, device)
     print_table(records, floors)
     if args.cuda_graph:

@@ -153,8 +153,10 @@ speed_steps() {
     --json "$out/benchmark_fp32.json" --png "$out/benchmark_fp32.png"
   step 'benchmark float32, TF32 on' 80 benchmark.log "$python" "${bench[@]}" --dtype float32 \
     --tf32 --json "$out/benchmark_tf32.json" --png "$out/benchmark_tf32.png"
+  # bfloat16 with each kernel's device time (the fused GEMMs against the columns gradient's
+  # product and its scatter: what a fused input gradient would save).
   step 'benchmark bfloat16' 80 benchmark.log "$python" "${bench[@]}" --dtype bfloat16 \
-    --json "$out/benchmark_bf16.json" --png "$out/benchmark_bf16.png"
+    --profile --json "$out/benchmark_bf16.json" --png "$out/benchmark_bf16.png"
   # Fixed grids (whole frozen strides): the op against pooling and the plain conv.
   step 'fixed-grid benchmark' 45 fixed_grid.log "$python" tools/benchmark_fixed_grid.py \
     "${device[@]}" "${grid_args[@]}" --dtype float32 bfloat16 --out "$out/fixed_grid.json"
