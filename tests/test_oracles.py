@@ -259,33 +259,35 @@ def forward_kernels(case: Case) -> set:
     with torch.no_grad(), profile() as prof:
         compiled_op(*case.args())
     return {e.name for e in prof.events()} & {
-        'mmlstride::forward_pixels', 'mmlstride::im2col', 'mkldnn::_linear_pointwise'}
+        'mmlstride::forward_bands', 'mmlstride::im2col', 'mkldnn::_linear_pointwise'}
 
 
 @pytest.mark.parametrize('dtype,onednn', [(torch.float64, True), (torch.float32, True),
                                           (torch.float32, False)])
 @pytest.mark.parametrize('seed', range(12))
 def test_both_cpu_forward_layouts_match_the_reference(seed, dtype, onednn):
-    """The CPU forward samples pixel-major columns from channels-last input rows where the
-    weight is no larger than the input, and channel-major columns (the CUDA layout) where it
-    is larger: both give the reference's output and gradients, on the same random cases made
+    """The CPU forward runs by bands of output rows, each sampled and multiplied in one thread,
+    where the weight is no larger than the input, and by tiles with one multi-threaded GEMM
+    where it is larger: both give the reference's output and gradients, on the same random cases made
     to take one or the other (the batch repeated, or each group's filters). float32 products
     go through oneDNN's matmul, or ATen's (MKL) with torch.backends.mkldnn disabled."""
     case = random_case(seed, torch.float64)
     repeats = -(-case.weight.numel() // case.input.numel())
-    pixel_major = dataclasses.replace(case, input=case.input.detach().repeat(repeats, 1, 1, 1))
+    by_bands = dataclasses.replace(case, input=case.input.detach().repeat(repeats, 1, 1, 1))
     group_filters = case.weight.detach().unflatten(0, (case.groups, -1))
     repeats = case.input.numel() // case.weight.numel() + 1
-    channel_major = dataclasses.replace(case, 
+    by_tiles = dataclasses.replace(case, 
         weight=group_filters.repeat(1, repeats, 1, 1, 1).flatten(0, 1),
         bias=None if case.bias is None else case.bias.detach().unflatten(
             0, (case.groups, -1)).repeat(1, repeats).flatten())
+    # The tiles' float32 products go through oneDNN's matmul where enabled; each band's
+    # through ATen's (MKL), which writes the output's rows in place.
     products = {'mkldnn::_linear_pointwise'} if dtype == torch.float32 and onednn else set()
     with onednn_enabled(onednn):
-        for forced, kernel in ((pixel_major, 'mmlstride::forward_pixels'),
-                               (channel_major, 'mmlstride::im2col')):
+        for forced, kernels in ((by_bands, {'mmlstride::forward_bands'}),
+                                (by_tiles, {'mmlstride::im2col'} | products)):
             forced = forced.to(dtype)
-            assert forward_kernels(forced) == {kernel} | products
+            assert forward_kernels(forced) == kernels
             assert_same_function(forced, ls_conv2d_reference, TOLERANCE[dtype])
 
 
@@ -293,11 +295,11 @@ def forward_kernels_of(input, weight, stride) -> set:
     from torch.profiler import profile
     with torch.no_grad(), profile() as prof:
         ls_conv2d(input, weight, stride, padding=1)
-    return {e.name for e in prof.events()} & {'mmlstride::forward_pixels', 'mmlstride::im2col'}
+    return {e.name for e in prof.events()} & {'mmlstride::forward_bands', 'mmlstride::im2col'}
 
 
 def test_cpu_forward_after_larger_and_smaller_calls():
-    """The fused CPU forward keeps its scratch from call to call: a call after a larger one
+    """The CPU forward by bands keeps its scratch from call to call: a call after a larger one
     (whose buffers it reuses) and after a smaller one (which it grows) computes what the
     first call of that shape did."""
     sizes = [(1, 4, 9, 8), (3, 4, 40, 37), (2, 4, 13, 21)]
@@ -306,7 +308,7 @@ def test_cpu_forward_after_larger_and_smaller_calls():
     first = [ls_conv2d(x, weight, stride, padding=1) for x in inputs]
     for x, expected in zip(reversed(inputs), reversed(first)):
         assert torch.equal(ls_conv2d(x, weight, stride, padding=1), expected)
-        assert forward_kernels_of(x, weight, stride) == {'mmlstride::forward_pixels'}
+        assert forward_kernels_of(x, weight, stride) == {'mmlstride::forward_bands'}
 
 
 def test_cpu_is_bitwise_deterministic_across_runs_and_threads():
@@ -314,17 +316,17 @@ def test_cpu_is_bitwise_deterministic_across_runs_and_threads():
     (README: determinism), with both forward layouts (a weight smaller or larger than the
     input) and both float32 products (oneDNN's, ATen's)."""
     gen = torch.Generator().manual_seed(0)
-    pixel_major = Case(input=torch.randn(4, 16, 40, 37, generator=gen),
+    by_bands = Case(input=torch.randn(4, 16, 40, 37, generator=gen),
                        weight=torch.randn(24, 8, 3, 3, generator=gen),
                        stride=torch.tensor([1.73, 2.21]), bias=torch.randn(24, generator=gen),
                        padding=(1, 1), dilation=(1, 2), groups=2, output_size=(20, 17))
-    channel_major = Case(input=torch.randn(2, 96, 9, 11, generator=gen),
+    by_tiles = Case(input=torch.randn(2, 96, 9, 11, generator=gen),
                          weight=torch.randn(160, 48, 3, 3, generator=gen),
                          stride=torch.tensor([1.37, 0.81]),
                          bias=torch.randn(160, generator=gen), padding=(1, 0),
                          dilation=(1, 1), groups=2, output_size=(6, 12))
-    for case, kernel in ((pixel_major, 'mmlstride::forward_pixels'),
-                         (channel_major, 'mmlstride::im2col')):
+    for case, kernel in ((by_bands, 'mmlstride::forward_bands'),
+                         (by_tiles, 'mmlstride::im2col')):
         case = case.to(torch.float32)
         grad_output = output_gradient(case, torch.float32)
         for onednn in (True, False):
@@ -341,6 +343,90 @@ def test_cpu_is_bitwise_deterministic_across_runs_and_threads():
             for result in results[1:]:
                 for name, value in result.items():
                     assert torch.equal(value, results[0][name]), (name, kernel, onednn)
+
+
+# The CPU forward interpolates along w 16 samples at a time from a 32-value window of an
+# input row (AVX-512 permutes, where ATen runs at AVX-512) or one at a time elsewhere. Cases
+# at the windows' edges: rows narrower than one or two vector loads (16, 32 values), samples
+# so far apart that a window holds one or two of them, so close that 16 fill one, and
+# samples (partly) outside the image at either end.
+WINDOW_CASES = {
+    'narrow-row': ((2, 3, 9, 7), (0.7, 0.45), (1, 1), (1, 1), (0.0, 0.0)),
+    'one-load-row': ((1, 4, 12, 16), (1.3, 0.8), (1, 2), (1, 1), (0.0, -0.3)),
+    'two-load-row': ((1, 4, 10, 33), (1.1, 1.9), (0, 1), (1, 2), (0.2, 0.5)),
+    'one-sample-per-window': ((1, 2, 8, 300), (1.0, 37.3), (1, 1), (1, 1), (0.0, 0.0)),
+    'two-samples-per-window': ((1, 2, 8, 200), (1.0, 14.7), (1, 1), (1, 3), (0.0, 0.4)),
+    'dense-windows': ((1, 3, 8, 70), (1.5, 0.31), (1, 3), (1, 1), (0.0, 0.1)),
+    'outside-left': ((1, 3, 9, 50), (1.2, 1.7), (1, 9), (1, 1), (0.0, -20.5)),
+    'outside-right': ((1, 3, 9, 50), (1.2, 2.6), (1, 4), (1, 2), (0.3, 31.25)),
+    'detection-like': ((1, 8, 40, 200), (1.9, 2.1), (1, 1), (1, 1), (0.5, 0.5)),
+}
+
+
+def window_case(name: str) -> Case:
+    shape, stride, padding, dilation, phase = WINDOW_CASES[name]
+    gen = torch.Generator().manual_seed(len(name))
+    out_w = int((shape[3] + 2 * padding[1] - 1 - 2 * dilation[1]) / stride[1]) + 1
+    out_h = int((shape[2] + 2 * padding[0] - 1 - 2 * dilation[0]) / stride[0]) + 1
+    return Case(input=torch.randn(*shape, generator=gen, dtype=torch.float64),
+                weight=torch.randn(4, shape[1], 3, 3, generator=gen, dtype=torch.float64),
+                stride=torch.tensor(stride, dtype=torch.float64),
+                bias=torch.randn(4, generator=gen, dtype=torch.float64), padding=padding,
+                dilation=dilation, groups=1, output_size=(out_h, out_w),
+                phase=torch.tensor(phase, dtype=torch.float64))
+
+
+@pytest.mark.parametrize('name', list(WINDOW_CASES))
+def test_cpu_forward_at_the_edges_of_its_windows(name):
+    """The float32 CPU forward (both layouts) equals the float64 reference where the
+    interpolation along w meets the edges of its windows."""
+    case = window_case(name)
+    expected = ls_conv2d_reference(*case.args())
+    repeats = case.input.numel() // case.weight.numel() + 1  # a weight larger than the input
+    many_filters = dataclasses.replace(case, weight=case.weight.repeat(repeats, 1, 1, 1),
+                                       bias=case.bias.repeat(repeats))
+    for forced, kernel in ((case, 'mmlstride::forward_bands'),
+                           (many_filters, 'mmlstride::im2col')):
+        forced = forced.to(torch.float32)
+        assert kernel in forward_kernels(forced)
+        with torch.no_grad():
+            out = compiled_op(*forced.args())
+        reference = expected.repeat(1, out.shape[1] // expected.shape[1], 1, 1)
+        assert (out.double() - reference).abs().max() < 2e-5 * reference.abs().max(), name
+
+
+WINDOWLESS_CHECK = '''
+import sys
+import torch
+sys.path.insert(0, sys.argv[1])
+from test_oracles import WINDOW_CASES, window_case
+from mmlstride.testing import compiled_op
+print(torch.backends.cpu.get_cpu_capability())
+with torch.no_grad():
+    outputs = {name: compiled_op(*window_case(name).to(torch.float32).args())
+               for name in WINDOW_CASES}
+torch.save(outputs, sys.argv[2])
+'''
+
+
+def test_cpu_forward_without_avx512_matches_the_windows(tmp_path):
+    """With ATen held to AVX2 (ATEN_CPU_CAPABILITY=avx2), the forward interpolates one sample
+    at a time: it gives the float64 reference's output, and that of this process's windows
+    to float32 rounding."""
+    environment = dict(os.environ, ATEN_CPU_CAPABILITY='avx2')
+    result = subprocess.run(
+        [sys.executable, '-c', WINDOWLESS_CHECK, os.path.dirname(__file__),
+         str(tmp_path / 'out.pt')], env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert 'AVX512' not in result.stdout
+    outputs = torch.load(tmp_path / 'out.pt')
+    for name in WINDOW_CASES:
+        case = window_case(name)
+        with torch.no_grad():
+            here = compiled_op(*case.to(torch.float32).args())
+        expected = ls_conv2d_reference(*case.args())
+        assert (outputs[name].double() - expected).abs().max() < 2e-5 * expected.abs().max(), name
+        assert torch.allclose(outputs[name], here, rtol=1e-5, atol=1e-5), name
 
 
 GEMM_AS_CONVOLUTION_CHECK = '''

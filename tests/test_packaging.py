@@ -147,8 +147,9 @@ def test_copying_configs_refuses_to_overwrite(tmp_path, capsys):
 
 
 def test_extension_carries_avx2_clones_of_the_cpu_sampling():
-    """Built by GCC >= 12 for x86-64 Linux, the CPU forward's sampling and transposes are also
-    compiled for x86-64-v3 (AVX2, FMA) and picked at load time (README: How it is computed)."""
+    """Built by GCC >= 12 for x86-64 Linux, the CPU forward's sampling (the blends along h and
+    the one-at-a-time interpolation along w) is also compiled for x86-64-v3 (AVX2, FMA) and
+    picked at load time (README: How it is computed)."""
     import platform
     nm, compiler = shutil.which('nm'), shutil.which('c++')
     if platform.machine() != 'x86_64' or platform.system() != 'Linux' or not (nm and compiler):
@@ -160,7 +161,6 @@ def test_extension_carries_avx2_clones_of_the_cpu_sampling():
     extension = require_module('mmlstride._ext')
     symbols = subprocess.run([nm, '-C', extension.__file__], capture_output=True, text=True,
                              check=True).stdout.splitlines()
-    for function in ('sample_pixel_major_float', 'sample_pixel_major_double',
-                     'sample_channel_major_float', 'sample_channel_major_double',
-                     'transpose_rows_float'):
+    for function in ('interpolate_w_float', 'interpolate_w_double', 'blend_h_float',
+                     'blend_h_double'):
         assert any(function in line and 'clone .arch_x86_64_v3' in line for line in symbols), function

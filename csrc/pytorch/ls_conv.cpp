@@ -26,9 +26,8 @@ namespace {
 // tiles of whole rows whose columns fit in it (see tile_rows: at least one row,
 // and at least 512 columns, so a tile may exceed it). Forward holds one such
 // buffer, backward two (columns and their gradient), each with an (out_channels
-// x tile columns) output tile; the CPU's channel-major forward adds the
-// channels-last copy of the input rows a tile reads. (The CPU's fused forward,
-// forward_by_pixel_columns, has no such tiles.)
+// x tile columns) output tile. (The CPU's forward by bands, ls_conv_forward_bands_cpu,
+// has no such tiles.)
 // CPU: the GEMMs run fastest at a few hundred to a few thousand columns, and a
 // buffer this size is reused from the heap rather than page-faulted anew.
 // CUDA: large enough that the usual detection layers take one or two tiles,
@@ -303,28 +302,12 @@ at::Tensor weight_gradient_fused(const at::Tensor& grad_output, const at::Tensor
 #endif
 }
 
-// Whether the forward takes forward_by_pixel_columns: on the CPU (unless the GEMMs are forced
-// to the CUDA path's convolutions), where the weight is no larger than the input. Its weight
-// is then cheap to reorder and to pack for each block's single-threaded GEMM; a larger one
-// (8 x 512 ch @ 14) runs faster through the channel-major tiles' one multi-threaded GEMM.
-bool takes_pixel_columns(const at::Tensor& input, const at::Tensor& weight) {
+// Whether the forward takes ls_conv_forward_bands_cpu: on the CPU (unless the GEMMs are
+// forced to the CUDA path's convolutions), where the weight is no larger than the input. A
+// larger one (8 x 512 ch @ 14) runs faster through the channel-major tiles' one
+// multi-threaded GEMM than through each band's single-threaded one.
+bool takes_bands(const at::Tensor& input, const at::Tensor& weight) {
   return !input.is_cuda() && !gemm_as_convolution(input) && weight.numel() <= input.numel();
-}
-
-// The CPU forward (see ls_conv2d_forward) by blocks of pixels, each sampled, multiplied by
-// the weight and written to the output by one thread while its columns stay in the core's
-// cache (ls_conv_forward_pixels_cpu); the weight's taps are first reordered to the columns'
-// order.
-void forward_by_pixel_columns(const at::Tensor& input, const at::Tensor& weight,
-                              const optional<at::Tensor>& bias,
-                              const PreparedStride& prepared, const LSConvGeometry& g,
-                              int64_t groups, at::Tensor& output) {
-  const int64_t out_channels = weight.size(0);
-  const int64_t group_cols = g.channels * g.kernel_h * g.kernel_w / groups;
-  // (O, kernel_h * kernel_w * C / groups): the columns' order within a group.
-  const at::Tensor weight_taps =
-      weight.permute({0, 2, 3, 1}).contiguous().view({out_channels, group_cols});
-  ls_conv_forward_pixels_cpu(input, weight_taps, bias, g, prepared, groups, output);
 }
 
 at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_,
@@ -353,8 +336,8 @@ at::Tensor ls_conv2d_forward(const at::Tensor& input_, const at::Tensor& weight_
   at::Tensor output = at::empty({batch, out_channels, g.out_h, g.out_w}, input.options());
   const int64_t total_rows = batch * g.out_h;
   if (total_rows == 0) return output;
-  if (takes_pixel_columns(input, weight)) {
-    forward_by_pixel_columns(input, weight, bias, prepared, g, groups, output);
+  if (takes_bands(input, weight)) {
+    ls_conv_forward_bands_cpu(input, weight, bias, g, prepared, groups, output);
     return output;
   }
   if (takes_fused_products(input, g)) {

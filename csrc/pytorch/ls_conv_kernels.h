@@ -54,17 +54,14 @@ void ls_conv_im2col_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
                         const PreparedStride& stride, int64_t row_begin, int64_t row_end,
                         const at::Tensor& columns);
 
-// The CPU forward of the tile's output rows into `output` (N, O, out_h, out_w), contiguous:
-// per block of pixels, their columns in pixel-major layout (row pixel, column
-// ((group * kernel_h + i) * kernel_w + j) * (C / groups) + channel in the group, each
-// (pixel, tap) a contiguous run over channels), times weight_taps^T per group, plus the bias.
-// weight_taps is (O, kernel_h * kernel_w * C / groups), the weight's taps in the columns'
-// order. The input rows the tile reads are copied channels-last into rows_buffer, which is
-// replaced by a larger one as needed and serves the next tiles.
-void ls_conv_forward_pixels_cpu(const at::Tensor& input, const at::Tensor& weight_taps,
-                                const optional<at::Tensor>& bias,
-                                const LSConvGeometry& geometry, const PreparedStride& stride,
-                                int64_t groups, at::Tensor& output);
+// The CPU forward of the batch into `output` (N, O, out_h, out_w), contiguous, by bands of
+// output rows of one image: per band, its channel-major columns (as ls_conv_im2col_cpu),
+// sampled straight from the input's planes into a buffer of the thread's, times the weight
+// (O, C / groups, kernel_h, kernel_w), contiguous, per group, written in place with the bias.
+void ls_conv_forward_bands_cpu(const at::Tensor& input, const at::Tensor& weight,
+                               const optional<at::Tensor>& bias, const LSConvGeometry& geometry,
+                               const PreparedStride& stride, int64_t groups,
+                               at::Tensor& output);
 
 // From the gradient of the tile's columns: adds their scatter onto the input to
 // grad_input and, when `stride_gradient`, their stride- and phase-gradient contributions to

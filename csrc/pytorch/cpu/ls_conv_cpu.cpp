@@ -1,22 +1,23 @@
-// CPU kernels of the learnable-stride convolution: the forward (ls_conv_forward_pixels_cpu)
-// and the channel-major columns (im2col), both sampled pixel-major from input rows copied
-// channels-last, and the col2im scatter fused with the stride-gradient reduction.
+// CPU kernels of the learnable-stride convolution: the forward (ls_conv_forward_bands_cpu)
+// and the channel-major columns (im2col), both sampled straight from the input's planes
+// (PlaneSampler), and the col2im scatter fused with the stride-gradient reduction.
 //
-// Sampled pixel-major, each (pixel, tap) is one vectorised blend of four contiguous runs
-// over channels. The backward uses the separability of the bilinear sample
-// (ls_conv_sampling.h): for a kernel column j, every input row needed by the tile is first
-// interpolated along w at the out_w sample columns (a gather), then each (i, a) output row
-// is a two-row blend along h, contiguous in b and vectorised; it runs these two passes
-// transposed.
+// Both use the separability of the bilinear sample (ls_conv_sampling.h). The forward blends
+// two input rows along h, then interpolates the blend along w at each kernel column's samples;
+// the backward, for a kernel column j, first interpolates every input row needed by the tile
+// along w at the out_w sample columns (a gather), then blends each (i, a) output row along h,
+// contiguous in b and vectorised; it runs these two passes transposed.
 #include <ATen/Dispatch.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <ATen/record_function.h>
 
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -147,301 +148,278 @@ void interpolate_rows(const T* im, const LSConvGeometry& g, int64_t first, int64
 #define MMLSTRIDE_CLONES_FOR_AVX2
 #endif
 
-// to[x * to_stride + c] = from[c * from_stride + x] for c < channels, x < count (a matrix
-// transposed, e.g. input rows of several channels written channels-last) is done in 8 x 8
-// blocks (transpose_rows_float, transpose_rows_double) and, outside the whole blocks, here.
-template <typename T>
-inline void transpose_edges(const T* from, int64_t from_stride, int64_t channels,
-                            int64_t count, T* to, int64_t to_stride) {
-  const int64_t blocked_channels = channels / 8 * 8;
-  for (int64_t c = 0; c < channels; ++c) {
-    for (int64_t x = c < blocked_channels ? count / 8 * 8 : 0; x < count; ++x) {
-      to[x * to_stride + c] = from[c * from_stride + x];
-    }
-  }
-}
-
-// The whole 8 x 8 blocks' transposes, through a local array (the compiler's choice of
-// instructions).
-template <typename T>
-inline void transpose_blocks(const T* from, int64_t from_stride, int64_t channels,
-                             int64_t count, T* to, int64_t to_stride) {
-  for (int64_t c0 = 0; c0 + 8 <= channels; c0 += 8) {
-    for (int64_t x0 = 0; x0 + 8 <= count; x0 += 8) {
-      T block[8][8];
-      for (int64_t c = 0; c < 8; ++c) {
-        for (int64_t x = 0; x < 8; ++x) block[x][c] = from[(c0 + c) * from_stride + x0 + x];
-      }
-      for (int64_t x = 0; x < 8; ++x) {
-        for (int64_t c = 0; c < 8; ++c) to[(x0 + x) * to_stride + c0 + c] = block[x][c];
-      }
-    }
-  }
-}
-
-#ifdef MMLSTRIDE_HAS_AVX2_CLONES
-// One 8 x 8 float block's transpose in AVX registers (unpack, shuffle, swap of 128-bit
-// halves): 1.7x the speed of the array version, which GCC leaves to scalar moves.
-__attribute__((target("arch=x86-64-v3"))) inline void transpose_block_float(
-    const float* source, int64_t from_stride, float* target, int64_t to_stride) {
-  __m256 r[8], t[8];
-  for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(source + k * from_stride);
-  for (int k = 0; k < 8; k += 2) {
-    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);      // x = 0 1 4 5 of channels k, k + 1
-    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);  // x = 2 3 6 7
-  }
-  for (int k = 0; k < 8; k += 4) {
-    r[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);          // x = 0, 4 of channels k..k+3
-    r[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);      // x = 1, 5
-    r[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);  // x = 2, 6
-    r[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);  // x = 3, 7
-  }
-  for (int x = 0; x < 4; ++x) {
-    _mm256_storeu_ps(target + x * to_stride, _mm256_permute2f128_ps(r[x], r[x + 4], 0x20));
-    _mm256_storeu_ps(target + (x + 4) * to_stride, _mm256_permute2f128_ps(r[x], r[x + 4], 0x31));
-  }
-}
-
-// The whole 8 x 8 float blocks' transposes, eight of the rows lying far apart (the input's
-// channel planes, or the output's) at a time, so that they are streamed in order rather than
-// touched a few bytes each in turn: reading the input's planes, eight channels over all the
-// pixels; writing the output's, eight channels over all the pixels of the block (on these
-// machines the other order made the output's transpose 4x slower per element).
-__attribute__((target("arch=x86-64-v3"))) void transpose_rows_float(
-    const float* from, int64_t from_stride, int64_t channels, int64_t count, float* to,
-    int64_t to_stride) {
-  if (to_stride > from_stride) {
-    for (int64_t x0 = 0; x0 + 8 <= count; x0 += 8) {
-      for (int64_t c0 = 0; c0 + 8 <= channels; c0 += 8) {
-        transpose_block_float(from + c0 * from_stride + x0, from_stride,
-                              to + x0 * to_stride + c0, to_stride);
-      }
-    }
-  } else {
-    for (int64_t c0 = 0; c0 + 8 <= channels; c0 += 8) {
-      for (int64_t x0 = 0; x0 + 8 <= count; x0 += 8) {
-        transpose_block_float(from + c0 * from_stride + x0, from_stride,
-                              to + x0 * to_stride + c0, to_stride);
-      }
-    }
-  }
-  transpose_edges(from, from_stride, channels, count, to, to_stride);
-}
-
-__attribute__((target("default")))
+// The interpolation along w by AVX-512 permutes (WindowChunk) is compiled where the compiler
+// takes x86 target attributes, and runs where ATen's own kernels run at AVX-512
+// (window_interpolation).
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MMLSTRIDE_HAS_AVX512_WINDOWS 1
 #endif
-void transpose_rows_float(const float* from, int64_t from_stride, int64_t channels,
-                          int64_t count, float* to, int64_t to_stride) {
-  transpose_blocks(from, from_stride, channels, count, to, to_stride);
-  transpose_edges(from, from_stride, channels, count, to, to_stride);
+
+// Up to 16 consecutive samples of one kernel column whose neighbours lie in the 32 values of
+// an input row from `base`: lane l is sample `first + l`, its neighbours at base + low[l] and
+// base + high[l]; lanes without weight are masked out, and so are the window's values past
+// the row's end (never read unmasked, so the window never leaves the input).
+struct alignas(64) WindowChunk {
+  int32_t low[16], high[16];
+  float weight_low[16], weight_high[16];
+  int32_t base, first, count;
+  uint16_t low_mask, high_mask, load_mask_first, load_mask_second;
+};
+
+// Whether the float32 interpolation along w takes WindowChunks: on a CPU where ATen runs its
+// own kernels at AVX-512 (torch.backends.cpu.get_cpu_capability(); ATEN_CPU_CAPABILITY=avx2 or
+// default turns both off).
+bool window_interpolation() {
+#ifdef MMLSTRIDE_HAS_AVX512_WINDOWS
+  static const bool enabled =
+      at::get_cpu_capability().rfind("AVX512", 0) == 0 && __builtin_cpu_supports("avx512f");
+  return enabled;
+#else
+  return false;
+#endif
 }
 
-MMLSTRIDE_CLONES_FOR_AVX2 void transpose_rows_double(const double* from, int64_t from_stride,
-                                                     int64_t channels, int64_t count, double* to,
-                                                     int64_t to_stride) {
-  transpose_blocks(from, from_stride, channels, count, to, to_stride);
-  transpose_edges(from, from_stride, channels, count, to, to_stride);
-}
-
-inline void transpose(const float* from, int64_t from_stride, int64_t channels, int64_t count,
-                      float* to, int64_t to_stride) {
-  transpose_rows_float(from, from_stride, channels, count, to, to_stride);
-}
-
-inline void transpose(const double* from, int64_t from_stride, int64_t channels,
-                      int64_t count, double* to, int64_t to_stride) {
-  transpose_rows_double(from, from_stride, channels, count, to, to_stride);
-}
-
-// The input rows a tile's image parts read, copied channels-last (part k's rows
-// [first[k], last[k]] at rows + offset[k]; none when last < first), with the tile's axis
-// tables: what the pixel-major sampling reads.
+// out[b] = the interpolation along w of `row` at sample b < count, each neighbour read only
+// where it has weight (so no value, however large, is multiplied by 0).
 template <typename T>
-struct ChannelsLastRows {
+inline void interpolate_w(const T* row, const int* low, const int* high, const T* weight_low,
+                          const T* weight_high, int64_t count, T* out) {
+#pragma omp simd
+  for (int64_t b = 0; b < count; ++b) {
+    const T x_low = weight_low[b] != T(0) ? weight_low[b] * row[low[b]] : T(0);
+    const T x_high = weight_high[b] != T(0) ? weight_high[b] * row[high[b]] : T(0);
+    out[b] = x_low + x_high;
+  }
+}
+
+// out[x] = wl * low[x] + wh * high[x] for x < count, a term without weight left out.
+template <typename T>
+inline void blend_h(const T* low, const T* high, T wl, T wh, int64_t count, T* out) {
+  if (wh == T(0)) {
+#pragma omp simd
+    for (int64_t x = 0; x < count; ++x) out[x] = wl * low[x];
+  } else if (wl == T(0)) {
+#pragma omp simd
+    for (int64_t x = 0; x < count; ++x) out[x] = wh * high[x];
+  } else {
+#pragma omp simd
+    for (int64_t x = 0; x < count; ++x) out[x] = wl * low[x] + wh * high[x];
+  }
+}
+
+MMLSTRIDE_CLONES_FOR_AVX2 void interpolate_w_float(const float* row, const int* low,
+                                                   const int* high, const float* weight_low,
+                                                   const float* weight_high, int64_t count,
+                                                   float* out) {
+  interpolate_w(row, low, high, weight_low, weight_high, count, out);
+}
+
+MMLSTRIDE_CLONES_FOR_AVX2 void interpolate_w_double(const double* row, const int* low,
+                                                    const int* high, const double* weight_low,
+                                                    const double* weight_high, int64_t count,
+                                                    double* out) {
+  interpolate_w(row, low, high, weight_low, weight_high, count, out);
+}
+
+MMLSTRIDE_CLONES_FOR_AVX2 void blend_h_float(const float* low, const float* high, float wl,
+                                             float wh, int64_t count, float* out) {
+  blend_h(low, high, wl, wh, count, out);
+}
+
+MMLSTRIDE_CLONES_FOR_AVX2 void blend_h_double(const double* low, const double* high,
+                                              double wl, double wh, int64_t count,
+                                              double* out) {
+  blend_h(low, high, wl, wh, count, out);
+}
+
+inline void interpolate(const float* row, const int* low, const int* high, const float* wl,
+                        const float* wh, int64_t count, float* out) {
+  interpolate_w_float(row, low, high, wl, wh, count, out);
+}
+
+inline void interpolate(const double* row, const int* low, const int* high, const double* wl,
+                        const double* wh, int64_t count, double* out) {
+  interpolate_w_double(row, low, high, wl, wh, count, out);
+}
+
+inline void blend(const float* low, const float* high, float wl, float wh, int64_t count,
+                  float* out) {
+  blend_h_float(low, high, wl, wh, count, out);
+}
+
+inline void blend(const double* low, const double* high, double wl, double wh, int64_t count,
+                  double* out) {
+  blend_h_double(low, high, wl, wh, count, out);
+}
+
+#ifdef MMLSTRIDE_HAS_AVX512_WINDOWS
+// `row` interpolated along w at every kernel column's samples, by its chunks: sample 0 of
+// kernel column j at out + j * stride.
+__attribute__((target("avx512f"))) void interpolate_windows(const float* row,
+                                                             const WindowChunk* chunks,
+                                                             const int64_t* chunk_begin,
+                                                             int64_t kernel_w, float* out,
+                                                             int64_t stride) {
+  for (int64_t j = 0; j < kernel_w; ++j, out += stride) {
+    for (const WindowChunk* chunk = chunks + chunk_begin[j]; chunk != chunks + chunk_begin[j + 1];
+         ++chunk) {
+      const float* window = row + chunk->base;
+      const __m512 first = _mm512_maskz_loadu_ps(chunk->load_mask_first, window);
+      const __m512 second = _mm512_maskz_loadu_ps(chunk->load_mask_second, window + 16);
+      const __m512 low = _mm512_maskz_permutex2var_ps(chunk->low_mask, first,
+                                                      _mm512_load_si512(chunk->low), second);
+      const __m512 high = _mm512_maskz_permutex2var_ps(chunk->high_mask, first,
+                                                       _mm512_load_si512(chunk->high), second);
+      const __m512 value =
+          _mm512_fmadd_ps(high, _mm512_load_ps(chunk->weight_high),
+                          _mm512_mul_ps(low, _mm512_load_ps(chunk->weight_low)));
+      _mm512_mask_storeu_ps(out + chunk->first, static_cast<__mmask16>((1u << chunk->count) - 1),
+                            value);
+    }
+  }
+}
+#endif
+
+// Channel-major columns (ls_conv_im2col_cpu's layout) sampled straight from the input's
+// planes. The bilinear sample is separable (ls_conv_sampling.h): for each channel, the input
+// rows some output rows read are first interpolated along w at every kernel column's samples
+// (16 at a time by two permutes of a 32-value window, WindowChunk, where
+// window_interpolation(); else one at a time, gathers where the compiler vectorises), then
+// each (kernel row, output row) is a blend of two of them along h, contiguous in b.
+template <typename T>
+struct PlaneSampler {
   const LSConvGeometry& g;
   AxisTable<T> h, w;
-  int64_t row_begin, first_image;
-  std::vector<int64_t> first, last, offset;
-  const T* rows;
+  // Per kernel column j, chunks [chunk_begin[j], chunk_begin[j + 1]) (float32, windows only).
+  std::vector<WindowChunk> chunks;
+  std::vector<int64_t> chunk_begin;
 
-  // Copies the rows into rows_buffer (replaced by a larger one when too small), each thread
-  // taking whole blocks of 8 channels: 8 contiguous streams to read.
-  ChannelsLastRows(const T* input, const LSConvGeometry& geometry, const RealStride& stride,
-                   int64_t row_begin_, int64_t row_end, at::Tensor& rows_buffer)
+  PlaneSampler(const LSConvGeometry& geometry, const RealStride& stride)
       : g(geometry),
         h(g.kernel_h, g.out_h, stride.h, stride.phase_h, g.pad_h, g.dilation_h, g.height),
-        w(g.kernel_w, g.out_w, stride.w, stride.phase_w, g.pad_w, g.dilation_w, g.width),
-        row_begin(row_begin_) {
-    const int64_t channels = g.channels;
-    const int64_t plane = g.height * g.width;
-    const int64_t row_size = g.width * channels;
-    const std::vector<ImageRows> parts = split_by_image(g, row_begin, row_end);
-    const int64_t nparts = static_cast<int64_t>(parts.size());
-    first_image = parts[0].image;
-    first.assign(nparts, 0);
-    last.assign(nparts, -1);
-    offset.assign(nparts + 1, 0);
-    for (int64_t k = 0; k < nparts; ++k) {
-      if (plane > 0) rows_used(h, g, parts[k].a_begin, parts[k].a_end, first[k], last[k]);
-      offset[k + 1] = offset[k] + std::max<int64_t>(0, last[k] - first[k] + 1) * row_size;
+        w(g.kernel_w, g.out_w, stride.w, stride.phase_w, g.pad_w, g.dilation_w, g.width) {
+    if (std::is_same<T, float>::value && window_interpolation()) make_chunks();
+  }
+
+  // Elements of the row buffer a thread passes to sample().
+  int64_t row_size() const { return g.width; }
+
+  void make_chunks() {
+    for (int64_t j = 0; j < g.kernel_w; ++j) {
+      chunk_begin.push_back(static_cast<int64_t>(chunks.size()));
+      for (int64_t b = 0; b < g.out_w;) {
+        int64_t lowest = g.width, highest = -1, count = 0;
+        for (; count < 16 && b + count < g.out_w; ++count) {
+          const int64_t k = j * g.out_w + b + count;
+          int64_t first = lowest, last = highest;
+          if (w.weight_low[k] != T(0)) {
+            first = std::min<int64_t>(first, w.low[k]);
+            last = std::max<int64_t>(last, w.low[k]);
+          }
+          if (w.weight_high[k] != T(0)) {
+            first = std::min<int64_t>(first, w.high[k]);
+            last = std::max<int64_t>(last, w.high[k]);
+          }
+          if (last >= 0 && last - first > 31) break;
+          lowest = first;
+          highest = last;
+        }
+        WindowChunk chunk{};
+        chunk.base = static_cast<int32_t>(highest < 0 ? 0 : lowest);
+        chunk.first = static_cast<int32_t>(b);
+        chunk.count = static_cast<int32_t>(count);
+        const int64_t in_row = g.width - chunk.base;  // window values inside the row
+        chunk.load_mask_first = static_cast<uint16_t>(
+            in_row >= 16 ? 0xFFFFu : (1u << std::max<int64_t>(in_row, 0)) - 1);
+        chunk.load_mask_second = static_cast<uint16_t>(
+            in_row >= 32 ? 0xFFFFu : (1u << std::clamp<int64_t>(in_row - 16, 0, 16)) - 1);
+        for (int64_t lane = 0; lane < count; ++lane) {
+          const int64_t k = j * g.out_w + b + lane;
+          chunk.weight_low[lane] = static_cast<float>(w.weight_low[k]);
+          chunk.weight_high[lane] = static_cast<float>(w.weight_high[k]);
+          if (w.weight_low[k] != T(0)) {
+            chunk.low[lane] = w.low[k] - chunk.base;
+            chunk.low_mask |= uint16_t(1u << lane);
+          }
+          if (w.weight_high[k] != T(0)) {
+            chunk.high[lane] = w.high[k] - chunk.base;
+            chunk.high_mask |= uint16_t(1u << lane);
+          }
+        }
+        chunks.push_back(chunk);
+        b += count;
+      }
     }
-    if (rows_buffer.numel() < offset[nparts]) {  // a new buffer: resize_ would copy the old
-      rows_buffer = at::empty({offset[nparts]}, rows_buffer.options());
+    chunk_begin.push_back(static_cast<int64_t>(chunks.size()));
+  }
+
+  // `row` (an input row blended along h) interpolated along w at kernel column j's samples
+  // into out + j * stride, for every j.
+  void interpolate_row_w(const T* row, T* out, int64_t stride) const {
+#ifdef MMLSTRIDE_HAS_AVX512_WINDOWS
+    if constexpr (std::is_same<T, float>::value) {
+      if (!chunks.empty()) {
+        return interpolate_windows(row, chunks.data(), chunk_begin.data(), g.kernel_w, out,
+                                   stride);
+      }
     }
-    T* buffer = rows_buffer.mutable_data_ptr<T>();
-    rows = buffer;
-    for (int64_t k = 0; k < nparts; ++k) {
-      const T* image = input + parts[k].image * channels * plane;
-      const int64_t count = (last[k] - first[k] + 1) * g.width;  // contiguous in each plane
-      if (count <= 0) continue;
-      at::parallel_for(0, (channels + 7) / 8, 1, [&](int64_t begin, int64_t end) {
-        const int64_t c_begin = begin * 8;
-        const int64_t c_end = std::min(channels, end * 8);
-        transpose(image + c_begin * plane + first[k] * g.width, plane, c_end - c_begin, count,
-                  buffer + offset[k] + c_begin, channels);
-      });
+#endif
+    for (int64_t j = 0; j < g.kernel_w; ++j) {
+      const int64_t wk = j * g.out_w;
+      interpolate(row, &w.low[wk], &w.high[wk], &w.weight_low[wk], &w.weight_high[wk],
+                  g.out_w, out + j * stride);
+    }
+  }
+
+  // The columns of channel c, image `image`, output rows [a_begin, a_end), at column
+  // `column` of `columns` (rows of ncols values; channel c's first row at `columns`):
+  // row (i * kernel_w + j), column column + (a - a_begin) * out_w + b. `row` holds
+  // row_size() elements.
+  void sample(const T* input, int64_t image, int64_t c, int64_t a_begin, int64_t a_end,
+              T* columns, int64_t ncols, int64_t column, T* row) const {
+    const T* plane = input + (image * g.channels + c) * g.height * g.width;
+    for (int64_t a = a_begin; a < a_end; ++a) {
+      for (int64_t i = 0; i < g.kernel_h; ++i) {
+        const int64_t hk = i * g.out_h + a;
+        const T hl = h.weight_low[hk];
+        const T hh = h.weight_high[hk];
+        T* out = columns + i * g.kernel_w * ncols + column + (a - a_begin) * g.out_w;
+        if (hl == T(0) && hh == T(0)) {  // the kernel row samples outside the image
+          for (int64_t j = 0; j < g.kernel_w; ++j) {
+            std::fill(out + j * ncols, out + j * ncols + g.out_w, T(0));
+          }
+          continue;
+        }
+        blend(plane + h.low[hk] * g.width, plane + h.high[hk] * g.width, hl, hh, g.width, row);
+        interpolate_row_w(row, out, ncols);
+      }
     }
   }
 };
 
-// The samples of the tile's pixel `pixel`, written to `out` pixel-major for `groups` groups
-// (ls_conv_kernels.h): for each tap one blend of the four neighbours' runs over channels,
-// with weights that are products of the two axis tables', as in MMCV's bilinear sample.
-template <typename T>
-inline void sample_pixel(const ChannelsLastRows<T>& s, int64_t pixel, int64_t groups, T* out) {
-  const LSConvGeometry& g = s.g;
-  const int64_t channels = g.channels;
-  const int64_t group_channels = channels / groups;
-  const int64_t taps = g.kernel_h * g.kernel_w;
-  const int64_t row_size = g.width * channels;
-  const int64_t row = s.row_begin + pixel / g.out_w;
-  const int64_t b = pixel % g.out_w;
-  const int64_t k = row / g.out_h - s.first_image;
-  const int64_t a = row % g.out_h;
-  if (s.last[k] < s.first[k]) {  // every sample is 0
-    std::fill(out, out + channels * taps, T(0));
-    return;
-  }
-  const T* part_rows = s.rows + s.offset[k];
-  for (int64_t i = 0; i < g.kernel_h; ++i) {
-    const int64_t hk = i * g.out_h + a;
-    const T hl = s.h.weight_low[hk];
-    const T hh = s.h.weight_high[hk];
-    // Rows with weight 0 may lie outside [first, last]: read row `first` instead.
-    const T* row_low = part_rows + (hl != T(0) ? s.h.low[hk] - s.first[k] : 0) * row_size;
-    const T* row_high = part_rows + (hh != T(0) ? s.h.high[hk] - s.first[k] : 0) * row_size;
-    for (int64_t j = 0; j < g.kernel_w; ++j) {
-      const int64_t wk = j * g.out_w + b;
-      const T w00 = hl * s.w.weight_low[wk];
-      const T w01 = hl * s.w.weight_high[wk];
-      const T w10 = hh * s.w.weight_low[wk];
-      const T w11 = hh * s.w.weight_high[wk];
-      const T* x00 = row_low + s.w.low[wk] * channels;
-      const T* x01 = row_low + s.w.high[wk] * channels;
-      const T* x10 = row_high + s.w.low[wk] * channels;
-      const T* x11 = row_high + s.w.high[wk] * channels;
-      T* tap_out = out + (i * g.kernel_w + j) * group_channels;
-      for (int64_t c0 = 0; c0 < channels; c0 += group_channels) {
-        T* dst = tap_out + c0 * taps;
-#pragma omp simd
-        for (int64_t c = c0; c < c0 + group_channels; ++c) {
-          dst[c - c0] = w00 * x00[c] + w01 * x01[c] + w10 * x10[c] + w11 * x11[c];
-        }
-      }
-    }
-  }
-}
-
-// Pixel-major columns of the tile's pixels [begin, end), pixel `begin` at `out`.
-template <typename T>
-inline void sample_pixel_major(const ChannelsLastRows<T>& s, int64_t groups, int64_t begin,
-                               int64_t end, T* out) {
-  const int64_t size = s.g.channels * s.g.kernel_h * s.g.kernel_w;
-  for (int64_t pixel = begin; pixel < end; ++pixel) {
-    sample_pixel(s, pixel, groups, out + (pixel - begin) * size);
-  }
-}
-
-// Channel-major columns (ncols of them, ls_conv_kernels.h) of the tile's pixels [begin, end),
-// sampled pixel-major 8 pixels at a time into `block` (8 * C * taps), then transposed per tap.
-template <typename T>
-inline void sample_channel_major(const ChannelsLastRows<T>& s, int64_t begin, int64_t end,
-                                 T* block, T* columns, int64_t ncols) {
-  const int64_t channels = s.g.channels;
-  const int64_t taps = s.g.kernel_h * s.g.kernel_w;
-  for (int64_t pixel0 = begin; pixel0 < end; pixel0 += 8) {
-    const int64_t count = std::min<int64_t>(8, end - pixel0);
-    sample_pixel_major(s, /*groups=*/1, pixel0, pixel0 + count, block);
-    for (int64_t tap = 0; tap < taps; ++tap) {  // column row c * taps + tap, from `count` pixels
-      transpose(block + tap * channels, taps * channels, count, channels,
-                columns + tap * ncols + pixel0, taps * ncols);
-    }
-  }
-}
-
-MMLSTRIDE_CLONES_FOR_AVX2 void sample_pixel_major_float(const ChannelsLastRows<float>& s,
-                                                        int64_t groups, int64_t begin,
-                                                        int64_t end, float* out) {
-  sample_pixel_major(s, groups, begin, end, out);
-}
-
-MMLSTRIDE_CLONES_FOR_AVX2 void sample_pixel_major_double(const ChannelsLastRows<double>& s,
-                                                         int64_t groups, int64_t begin,
-                                                         int64_t end, double* out) {
-  sample_pixel_major(s, groups, begin, end, out);
-}
-
-MMLSTRIDE_CLONES_FOR_AVX2 void sample_channel_major_float(const ChannelsLastRows<float>& s,
-                                                          int64_t begin, int64_t end,
-                                                          float* block, float* columns,
-                                                          int64_t ncols) {
-  sample_channel_major(s, begin, end, block, columns, ncols);
-}
-
-MMLSTRIDE_CLONES_FOR_AVX2 void sample_channel_major_double(const ChannelsLastRows<double>& s,
-                                                           int64_t begin, int64_t end,
-                                                           double* block, double* columns,
-                                                           int64_t ncols) {
-  sample_channel_major(s, begin, end, block, columns, ncols);
-}
-
-inline void sample(const ChannelsLastRows<float>& s, int64_t groups, int64_t begin, int64_t end,
-                   float* out) {
-  sample_pixel_major_float(s, groups, begin, end, out);
-}
-
-inline void sample(const ChannelsLastRows<double>& s, int64_t groups, int64_t begin,
-                   int64_t end, double* out) {
-  sample_pixel_major_double(s, groups, begin, end, out);
-}
-
-inline void sample(const ChannelsLastRows<float>& s, int64_t begin, int64_t end, float* block,
-                   float* columns, int64_t ncols) {
-  sample_channel_major_float(s, begin, end, block, columns, ncols);
-}
-
-inline void sample(const ChannelsLastRows<double>& s, int64_t begin, int64_t end,
-                   double* block, double* columns, int64_t ncols) {
-  sample_channel_major_double(s, begin, end, block, columns, ncols);
-}
-
-// The tile's channel-major columns (ls_conv_im2col_cpu), from its rows copied channels-last.
+// The tile's channel-major columns (ls_conv_im2col_cpu), in parallel over channels.
 template <typename T>
 void im2col_kernel(const T* input, const LSConvGeometry& g, const RealStride& stride,
-                   int64_t row_begin, int64_t row_end, T* columns, at::Tensor& rows_buffer) {
-  const ChannelsLastRows<T> rows(input, g, stride, row_begin, row_end, rows_buffer);
+                   int64_t row_begin, int64_t row_end, T* columns) {
+  const PlaneSampler<T> sampler(g, stride);
   const int64_t ncols = (row_end - row_begin) * g.out_w;
-  // Work items of 8 pixels: whole blocks for the transposes.
-  at::parallel_for(0, (ncols + 7) / 8, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> block(8 * g.channels * g.kernel_h * g.kernel_w);
-    sample(rows, begin * 8, std::min(ncols, end * 8), block.data(), columns, ncols);
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  const std::vector<ImageRows> parts = split_by_image(g, row_begin, row_end);
+  at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buffer(sampler.row_size());
+    for (int64_t c = begin; c < end; ++c) {
+      for (const ImageRows& part : parts) {
+        sampler.sample(input, part.image, c, part.a_begin, part.a_end,
+                       columns + c * taps * ncols, ncols, part.column, buffer.data());
+      }
+    }
   });
 }
 
 // A buffer of at least `numel` elements kept by the calling thread from call to call (slot
-// 0: the input rows, 1: the columns, 2: the product), so that the forward's scratch, a few MiB
-// per thread, is not mapped and faulted in afresh on every call: on these machines that cost
-// the fused forward 10-25% of its time.
+// 0: the sampler's buffer, 1: the columns, 2: the product), so that the forward's scratch, a few
+// MiB per thread, is not mapped and faulted in afresh on every call: on these machines that
+// cost the fused forward 10-25% of its time.
 template <typename T>
 at::Tensor& thread_scratch(int slot, int64_t numel, const at::TensorOptions& options) {
   thread_local std::array<at::Tensor, 3> buffers;
@@ -452,86 +430,113 @@ at::Tensor& thread_scratch(int slot, int64_t numel, const at::TensorOptions& opt
   return buffer;
 }
 
-// The forward (ls_conv_forward_pixels_cpu). Each work item is a band of output rows: its
-// thread copies the input rows the band reads channels-last, then, per block of pixels,
-// samples their pixel-major columns into a buffer that stays in the core's cache, multiplies
-// it by the weight (one GEMM per group, with the bias) and writes the product, transposed,
-// into the output. No thread waits for another.
+// The forward's bands of output rows (numbered over the batch, row = image * out_h + a) of
+// about kBandPixels pixels: `rows` rows of one image, or, where an image has fewer pixels,
+// `images` whole images. They depend on the geometry alone, so every thread count computes
+// the same GEMMs.
+struct Bands {
+  static constexpr int64_t kBandPixels = 1024;
+  int64_t out_h, total_rows;
+  int64_t rows = 0, per_image = 1;  // bands within an image
+  int64_t images = 0;               // or bands of whole images
+  int64_t count;
+
+  Bands(const LSConvGeometry& g, int64_t batch) : out_h(g.out_h), total_rows(batch * g.out_h) {
+    const int64_t out_w = std::max<int64_t>(g.out_w, 1);
+    const int64_t out_plane = g.out_h * out_w;
+    if (out_plane >= kBandPixels) {
+      rows = std::min(g.out_h, std::max<int64_t>(1, (kBandPixels + out_w / 2) / out_w));
+      per_image = (g.out_h + rows - 1) / rows;
+      count = batch * per_image;
+    } else {
+      // At least 8 bands where the batch has 8 images, so that threads get equal shares.
+      images = std::clamp<int64_t>((kBandPixels + out_plane / 2) / out_plane, 1,
+                                   std::max<int64_t>(1, batch / 8));
+      count = (batch + images - 1) / images;
+    }
+  }
+
+  // The most output rows a band has.
+  int64_t max_rows() const { return images > 0 ? images * out_h : rows; }
+
+  // Output rows [begin, end) of band k.
+  void range(int64_t k, int64_t& begin, int64_t& end) const {
+    if (images > 0) {
+      begin = k * images * out_h;
+      end = std::min(total_rows, begin + images * out_h);
+    } else {
+      const int64_t image_begin = k / per_image * out_h;
+      begin = image_begin + k % per_image * rows;
+      end = std::min(image_begin + out_h, begin + rows);
+    }
+  }
+};
+
+// The forward (ls_conv_forward_bands_cpu). Each work item is a band (Bands): its thread
+// samples the band's channel-major columns into a buffer that stays in the core's cache, then
+// multiplies the weight by them (one GEMM per group, with the bias) straight into the output's
+// rows, or for a band of several images into a product copied to each image. No thread waits
+// for another.
 template <typename T>
-void forward_pixels_kernel(const at::Tensor& input, const at::Tensor& weight_taps,
-                           const optional<at::Tensor>& bias, const LSConvGeometry& g,
-                           const RealStride& stride, int64_t groups, at::Tensor& output) {
-  const int64_t out_channels = weight_taps.size(0);
+void forward_bands_kernel(const at::Tensor& input, const at::Tensor& weight,
+                          const optional<at::Tensor>& bias, const LSConvGeometry& g,
+                          const RealStride& stride, int64_t groups, at::Tensor& output) {
+  const int64_t batch = input.size(0);
+  const int64_t out_channels = weight.size(0);
   const int64_t group_out = out_channels / groups;
-  const int64_t col_size = g.channels * g.kernel_h * g.kernel_w;
-  const int64_t group_cols = col_size / groups;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  const int64_t col_rows = g.channels * taps;
+  const int64_t group_rows = col_rows / groups;
   const int64_t out_plane = g.out_h * g.out_w;
-  const int64_t total_rows = input.size(0) * g.out_h;
-  // Bands of about 2048 pixels, a multiple of 8 of them (as many for 2, 4 or 8 threads),
-  // and blocks of about 1024 pixels, fewer where their columns would pass 4 MiB (at least
-  // 256): the same GEMMs, so the same sums, whatever the thread count. (With oneDNN's
-  // products, blocks of 512-1024 pixels ran 4-8% faster than 256 on det-200, r50-s2 and
-  // r50-s3; bands of 1024 or 4096 pixels no faster.)
-  constexpr int64_t kBandPixels = 2048;
-  const int64_t block_pixels = std::clamp<int64_t>(
-      (int64_t(4) << 20) / (col_size * static_cast<int64_t>(sizeof(T))), 256, 1024);
-  const int64_t bands = std::min(
-      total_rows, (std::max<int64_t>(1, total_rows * g.out_w / kBandPixels) + 7) / 8 * 8);
-  const int64_t band_cols = (total_rows + bands - 1) / bands * g.out_w;  // at most
-  const int64_t band_blocks =
-      std::max<int64_t>(1, (band_cols + block_pixels / 2) / block_pixels);
-  const int64_t block = (band_cols + band_blocks - 1) / band_blocks;
-  const bool onednn = ls_conv_onednn_matmul_cpu(input);
-  T* out = output.mutable_data_ptr<T>();
-  at::parallel_for(0, bands, 1, [&](int64_t band_begin, int64_t band_end) {
+  const Bands bands(g, batch);
+  const int64_t band_cols = bands.max_rows() * g.out_w;
+  const PlaneSampler<T> sampler(g, stride);
+  const T* in = input.const_data_ptr<T>();
+  const at::Tensor weight_g = weight.view({groups, group_out, group_rows});
+  const at::Tensor output_planes = output.view({batch, out_channels, out_plane});
+  at::parallel_for(0, bands.count, 1, [&](int64_t band_begin, int64_t band_end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // in every thread of the call
-    at::Tensor& rows_buffer = thread_scratch<T>(0, 0, input.options());
-    const at::Tensor columns = thread_scratch<T>(1, block * col_size, input.options())
-                                   .narrow(0, 0, block * col_size)
-                                   .view({block, col_size});
-    const at::Tensor product = thread_scratch<T>(2, block * out_channels, input.options())
-                                   .narrow(0, 0, block * out_channels)
-                                   .view({block, out_channels});
+    T* buffer = thread_scratch<T>(0, sampler.row_size(), input.options())
+                    .template mutable_data_ptr<T>();
+    const at::Tensor& columns_buffer = thread_scratch<T>(1, col_rows * band_cols, input.options());
     for (int64_t band = band_begin; band < band_end; ++band) {
-      const int64_t row_begin = band * total_rows / bands;
-      const int64_t row_end = (band + 1) * total_rows / bands;
+      int64_t row_begin, row_end;
+      bands.range(band, row_begin, row_end);
       const int64_t ncols = (row_end - row_begin) * g.out_w;
-      const ChannelsLastRows<T> rows(input.const_data_ptr<T>(), g, stride, row_begin, row_end,
-                                     rows_buffer);
-      for (int64_t begin = 0; begin < ncols; begin += block) {
-        const int64_t end = std::min(ncols, begin + block);
-        sample(rows, groups, begin, end, columns.mutable_data_ptr<T>());
-        // With one group, oneDNN's product is transposed into the output where it lies.
-        at::Tensor whole_product = product;
-        for (int64_t group = 0; group < groups; ++group) {
-          at::Tensor target = product.narrow(0, 0, end - begin)
-                                  .narrow(1, group * group_out, group_out);
-          const at::Tensor columns_g =
-              columns.narrow(0, 0, end - begin).narrow(1, group * group_cols, group_cols);
-          const at::Tensor weight_g = weight_taps.narrow(0, group * group_out, group_out);
-          const optional<at::Tensor> bias_g =
-              bias ? optional<at::Tensor>(bias->narrow(0, group * group_out, group_out))
-                   : nullopt;
-          if (onednn && groups == 1) {
-            whole_product = ls_conv_onednn_linear_cpu(columns_g, weight_g, bias_g);
-          } else if (onednn) {
-            target.copy_(ls_conv_onednn_linear_cpu(columns_g, weight_g, bias_g));
-          } else if (bias_g) {
-            at::addmm_out(target, bias_g->expand_as(target), columns_g, weight_g.t());
-          } else {
-            at::mm_out(target, columns_g, weight_g.t());
-          }
+      const std::vector<ImageRows> parts = split_by_image(g, row_begin, row_end);
+      T* columns = columns_buffer.template mutable_data_ptr<T>();
+      for (int64_t c = 0; c < g.channels; ++c) {
+        for (const ImageRows& part : parts) {
+          sampler.sample(in, part.image, c, part.a_begin, part.a_end, columns + c * taps * ncols,
+                         ncols, part.column, buffer);
         }
-        // Pixel p of the band is output position (row_begin * out_w + p) of the batch.
-        const T* from = whole_product.const_data_ptr<T>();
-        for (int64_t pixel = begin; pixel < end;) {
-          const int64_t index = row_begin * g.out_w + pixel;
-          const int64_t image = index / out_plane;
-          const int64_t position = index % out_plane;
-          const int64_t count = std::min(end - pixel, out_plane - position);
-          transpose(from + (pixel - begin) * out_channels, out_channels, count, out_channels,
-                    out + image * out_channels * out_plane + position, out_plane);
-          pixel += count;
+      }
+      const at::Tensor columns_g =
+          columns_buffer.narrow(0, 0, col_rows * ncols).view({groups, group_rows, ncols});
+      const bool in_place = parts.size() == 1;
+      at::Tensor product;
+      if (in_place) {
+        product = output_planes.select(0, parts[0].image)
+                      .narrow(1, parts[0].a_begin * g.out_w, ncols);
+      } else {
+        product = thread_scratch<T>(2, out_channels * band_cols, input.options())
+                      .narrow(0, 0, out_channels * ncols)
+                      .view({out_channels, ncols});
+      }
+      for (int64_t group = 0; group < groups; ++group) {
+        at::Tensor target = product.narrow(0, group * group_out, group_out);
+        if (bias) {
+          at::addmm_out(target, bias->narrow(0, group * group_out, group_out).unsqueeze(1),
+                        weight_g.select(0, group), columns_g.select(0, group));
+        } else {
+          at::mm_out(target, weight_g.select(0, group), columns_g.select(0, group));
+        }
+      }
+      if (!in_place) {
+        for (const ImageRows& part : parts) {
+          output_planes.select(0, part.image)
+              .narrow(1, part.a_begin * g.out_w, (part.a_end - part.a_begin) * g.out_w)
+              .copy_(product.narrow(1, part.column, (part.a_end - part.a_begin) * g.out_w));
         }
       }
     }
@@ -728,22 +733,20 @@ PreparedStride ls_conv_prepare_cpu(const at::Tensor& stride, const at::Tensor& p
 void ls_conv_im2col_cpu(const at::Tensor& input, const LSConvGeometry& geometry,
                         const PreparedStride& stride, int64_t row_begin, int64_t row_end,
                         const at::Tensor& columns) {
-  at::Tensor rows_buffer = at::empty({0}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ls_conv_im2col_cpu", [&] {
     im2col_kernel<scalar_t>(input.const_data_ptr<scalar_t>(), geometry, stride.values,
-                            row_begin, row_end, columns.mutable_data_ptr<scalar_t>(),
-                            rows_buffer);
+                            row_begin, row_end, columns.mutable_data_ptr<scalar_t>());
   });
 }
 
-void ls_conv_forward_pixels_cpu(const at::Tensor& input, const at::Tensor& weight_taps,
-                                const optional<at::Tensor>& bias,
-                                const LSConvGeometry& geometry, const PreparedStride& stride,
-                                int64_t groups, at::Tensor& output) {
-  RECORD_FUNCTION("mmlstride::forward_pixels", std::vector<c10::IValue>());
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ls_conv_forward_pixels_cpu", [&] {
-    forward_pixels_kernel<scalar_t>(input, weight_taps, bias, geometry, stride.values, groups,
-                                    output);
+void ls_conv_forward_bands_cpu(const at::Tensor& input, const at::Tensor& weight,
+                               const optional<at::Tensor>& bias, const LSConvGeometry& geometry,
+                               const PreparedStride& stride, int64_t groups,
+                               at::Tensor& output) {
+  RECORD_FUNCTION("mmlstride::forward_bands", std::vector<c10::IValue>());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ls_conv_forward_bands_cpu", [&] {
+    forward_bands_kernel<scalar_t>(input, weight, bias, geometry, stride.values, groups,
+                                   output);
   });
 }
 

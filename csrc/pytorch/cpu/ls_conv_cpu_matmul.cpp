@@ -1,7 +1,6 @@
-// The CPU's matrix products of the forward and of the weight gradient. float32 ones go
-// through oneDNN's matmul, the library behind F.conv2d and F.linear on the CPU, reached
-// through the dispatcher (mkldnn::_linear_pointwise, torch's prepacking-free linear): about
-// 10-20% faster than MKL's sgemm at these shapes on this project's CPUs, and, like it, bit
+// The CPU's matrix products of the forward's tiles and of the weight gradient. float32 ones
+// go through oneDNN's matmul, the library behind F.conv2d and F.linear on the CPU, reached
+// through the dispatcher (mkldnn::_linear_pointwise, torch's prepacking-free linear), bit
 // for bit the same whatever the thread count (tests/test_oracles.py). Other dtypes, a torch
 // built without oneDNN, and torch.backends.mkldnn disabled take ATen's products (MKL), at
 // the callers.
