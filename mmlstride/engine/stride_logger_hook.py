@@ -3,8 +3,7 @@ import json
 import os
 from typing import Dict, List, Optional, Tuple
 
-import torch
-from mmengine.dist import all_gather, get_world_size
+from mmengine.dist import all_gather_object, get_world_size
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
@@ -35,6 +34,52 @@ def learned_phases(model: nn.Module) -> Dict[str, Tuple[float, float]]:
             if isinstance(m, LSConv2d) and m.learnable_phase is not None}
 
 
+def grid_states(model: nn.Module) -> Dict[str, Dict[str, object]]:
+    """{layer name: {state: value}} of every LSConv: what ranks of a distributed run must hold
+    alike. The states: ``leader`` (the layer whose grid it follows, None for its own), and for
+    a layer with its own grid ``stride`` and ``stride learning`` (requires_grad), ``learned
+    phase`` and ``phase learning`` (None without one), ``fixed phase`` (None without one)."""
+    if is_model_wrapper(model):
+        model = model.module
+    names = {id(m): name for name, m in model.named_modules()}
+    states = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, LSConv2d):
+            continue
+        leader = m.stride_leader
+        state: Dict[str, object] = {'leader': None if leader is None else names.get(id(leader))}
+        if leader is None:
+            phase = m.learnable_phase
+            state.update({
+                'stride': tuple(m.learnable_stride.detach().cpu().tolist()),
+                'stride learning': m.learnable_stride.requires_grad,
+                'learned phase': None if phase is None else tuple(phase.detach().cpu().tolist()),
+                'phase learning': None if phase is None else phase.requires_grad,
+                'fixed phase': (None if m.fixed_phase is None else
+                                tuple(m.fixed_phase.detach().cpu().tolist())),
+            })
+        states[name] = state
+    return states
+
+
+def check_ranks_agree(gathered: List[Dict[str, Dict[str, object]]], step: int) -> None:
+    """Raises RuntimeError naming the first layer and state in which a rank's grid_states
+    differ from rank 0's (values compared exactly)."""
+    first = gathered[0]
+    for rank, other in enumerate(gathered[1:], start=1):
+        for name in sorted(set(first) | set(other)):
+            if name not in first or name not in other:
+                having = 0 if name in first else rank
+                raise RuntimeError(f'LSConv layer {name!r} exists on rank {having} only at iter '
+                                   f'{step}; expected the same layers on every rank')
+            for state in sorted(set(first[name]) | set(other[name])):
+                ours, theirs = first[name].get(state), other[name].get(state)
+                if ours != theirs:
+                    raise RuntimeError(
+                        f'LSConv layer {name!r}: {state} differs across ranks at iter {step}: '
+                        f'rank 0 has {ours!r}, rank {rank} has {theirs!r}; expected identical')
+
+
 @HOOKS.register_module()
 class StrideLoggerHook(Hook):
     """Logs every LSConv's (s_h, s_w), and learned phase (t_h, t_w), during training.
@@ -45,8 +90,9 @@ class StrideLoggerHook(Hook):
     them to ``vis_data/scalars.json``, TensorBoard or W&B backends show them
     as curves), the learned phases as ``phase/<layer>/h`` and ``.../w``, and one
     line of each to the runner's logger. In distributed training it also
-    checks that every rank holds the same strides and phases, and raises if they
-    differ.
+    checks that every rank holds the same grids (:func:`grid_states`: strides,
+    learned and fixed phases, which learn and which are frozen, who follows whom),
+    and raises naming the layer and the state that differ.
     ``tools/plot_strides.py`` draws a run's trajectories.
 
     Args:
@@ -84,13 +130,7 @@ class StrideLoggerHook(Hook):
         note = ''
         world_size = get_world_size()
         if world_size > 1:
-            values = torch.tensor([v for grid in (strides, phases) for pair in grid.values()
-                                   for v in pair], dtype=torch.float64)
-            gathered = all_gather(values)
-            if any(not torch.equal(other, gathered[0]) for other in gathered):
-                raise RuntimeError(f'learned strides and phases at iter {step} differ across '
-                                   'ranks: '
-                                   f'{[g.tolist() for g in gathered]}, expected identical')
+            check_ranks_agree(all_gather_object(grid_states(runner.model)), step)
             note = f' (identical on {world_size} ranks)'
         runner.visualizer.add_scalars(scalars, step=step)
         runner.logger.info(f'strides at iter {step}{note}: ' + ', '.join(
