@@ -1,6 +1,8 @@
-"""Timing for the benchmark tools: one call's time on CPU or CUDA, and CUDA-graph replays."""
+"""Timing for the benchmark tools: one call's time on CPU or CUDA, CUDA-graph replays, and
+the ratio of two functions called in turn."""
+import statistics
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -34,3 +36,21 @@ def captured(fn: Callable[[], object], warmup: int = 3) -> Callable[[], None]:
     with torch.cuda.graph(graph):
         fn()
     return graph.replay
+
+
+def interleaved_ratio(first: Callable[[], object], second: Callable[[], object], calls: int,
+                      flush: Optional[torch.Tensor] = None) -> float:
+    """The median over ``calls`` of ``first()``'s host time over ``second()``'s, the two called
+    in turn (so drift hits both alike); before each call ``flush``, when given, is written
+    once, so that both start from caches holding none of their data."""
+    ratios = []
+    for _ in range(calls):
+        times = []
+        for fn in (first, second):
+            if flush is not None:
+                flush.add_(1)
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        ratios.append(times[0] / times[1])
+    return statistics.median(ratios)

@@ -46,6 +46,21 @@ def test_benchmark_op_writes_table_json_and_chart(tmp_path, capsys):
     assert 'r50-s4' in table and 'x conv2d' in table and 'no_grad fwd ms' in table
 
 
+def test_benchmark_op_forward_loop_prints_both_ratios(capsys):
+    """--forward-loop: per shape, LSConv's no_grad forward over F.conv2d's, warm and flushed."""
+    tool = load_tool('benchmark_op')
+    tool.main(['--forward-loop', '--shapes', '1x4x12', '2x3x9x14', '--repeats', '2'])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith('no_grad forward, lsconv / conv2d, median of 2 calls')
+    for line, name in zip(lines[1:], ('1x4x12', '2x3x9x14')):
+        words = line.split()
+        assert words[0] == name and words[1] == 'warm' and words[3] == 'flushed'
+        assert float(words[2].rstrip('x')) > 0 and float(words[4].rstrip('x')) > 0
+    calls = []
+    ratio = tool.interleaved_ratio(lambda: calls.append(1), lambda: calls.append(2), 3)
+    assert calls == [1, 2] * 3 and ratio > 0
+
+
 @pytest.mark.parametrize('bad', ['3x4', 'r50-s9', '2xAx9'])
 def test_benchmark_op_rejects_unknown_shapes(bad, capsys):
     tool = load_tool('benchmark_op')

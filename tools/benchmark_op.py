@@ -20,6 +20,7 @@ bandwidth), writes JSON and saves a bar chart of the ratios.
 
     python tools/benchmark_op.py                      # CPU fp32, the issue's four shapes
     python tools/benchmark_op.py --device cuda --dtype float32 bfloat16
+    python tools/benchmark_op.py --forward-loop --repeats 20  # CPU forward, calls in turn
 """
 import argparse
 import contextlib
@@ -31,13 +32,14 @@ import platform
 import statistics
 import sys
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmlstride.benchmarking import captured, elapsed_ms
+from mmlstride.benchmarking import captured, elapsed_ms, interleaved_ratio
 from mmlstride.ops import ls_conv2d, ls_conv2d_reference
 
 KERNEL = 3
@@ -442,6 +444,24 @@ def plot(records: List[dict], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def forward_loop(shapes: Sequence[Shape], calls: int) -> Dict[str, Tuple[float, float]]:
+    """Prints and returns {shape: (warm, flushed)}: the median ratio of LSConv's no_grad
+    forward to F.conv2d's, the two called in turn, with caches warm and flushed."""
+    flush = torch.zeros(64 << 20)  # 256 MiB
+    ratios = {}
+    print(f'no_grad forward, lsconv / conv2d, median of {calls} calls in turn')
+    for shape in shapes:
+        p = make_problem(shape, torch.float32, torch.device('cpu'))
+        methods = available_methods(torch.device('cpu'))
+        first, second = (partial(methods[name], p, shape.out_size) for name in ('lsconv', 'conv2d'))
+        with torch.no_grad():
+            interleaved_ratio(first, second, 3)  # warm-up
+            ratios[shape.name] = (interleaved_ratio(first, second, calls),
+                                  interleaved_ratio(first, second, calls, flush))
+        print(f'{shape.name:10} warm {ratios[shape.name][0]:.2f}x   flushed {ratios[shape.name][1]:.2f}x')
+    return ratios
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--shapes', nargs='+', type=parse_shape,
@@ -461,11 +481,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help='also time each method captured in a CUDA graph (CUDA only)')
     parser.add_argument('--profile', action='store_true',
                         help='also print where the time of LSConv goes, by operator')
+    parser.add_argument('--forward-loop', action='store_true',
+                        help='instead: the no_grad forward of lsconv over conv2d, called in turn '
+                        '--repeats times per shape, warm and with 256 MiB written before each '
+                        'call (median per-call ratios; CPU)')
     parser.add_argument('--json', default='work_dirs/benchmark_op.json', help='output JSON path')
     parser.add_argument('--png', default='work_dirs/benchmark_op.png', help='output bar chart path')
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
+    if args.forward_loop:
+        forward_loop(args.shapes, args.repeats)
+        return
     if args.cuda_graph and device.type != 'cuda':
         parser.error(f'--cuda-graph needs --device cuda; got --device {args.device}')
     # PyTorch's defaults differ (TF32 on for cuDNN convs, off for GEMMs): one setting for all.
