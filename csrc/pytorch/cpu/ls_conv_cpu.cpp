@@ -281,11 +281,11 @@ __attribute__((target("avx512f"))) void interpolate_windows(const float* row,
 #endif
 
 // Channel-major columns (ls_conv_im2col_cpu's layout) sampled straight from the input's
-// planes. The bilinear sample is separable (ls_conv_sampling.h): for each channel, the input
-// rows some output rows read are first interpolated along w at every kernel column's samples
-// (16 at a time by two permutes of a 32-value window, WindowChunk, where
-// window_interpolation(); else one at a time, gathers where the compiler vectorises), then
-// each (kernel row, output row) is a blend of two of them along h, contiguous in b.
+// planes. The bilinear sample is separable (ls_conv_sampling.h): for each channel, output row
+// and kernel row, the two input rows it reads are blended along h into a row buffer
+// (contiguous, vectorised), which is then interpolated along w at every kernel column's
+// samples: 16 at a time by two permutes of a 32-value window (WindowChunk) where
+// window_interpolation(), else one at a time (gathers where the compiler vectorises).
 template <typename T>
 struct PlaneSampler {
   const LSConvGeometry& g;
