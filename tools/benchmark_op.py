@@ -449,10 +449,10 @@ def forward_loop(shapes: Sequence[Shape], calls: int) -> Dict[str, Tuple[float, 
     forward to F.conv2d's, the two called in turn, with caches warm and flushed."""
     flush = torch.zeros(64 << 20)  # 256 MiB
     ratios = {}
+    methods = available_methods(torch.device('cpu'))
     print(f'no_grad forward, lsconv / conv2d, median of {calls} calls in turn')
     for shape in shapes:
         p = make_problem(shape, torch.float32, torch.device('cpu'))
-        methods = available_methods(torch.device('cpu'))
         first, second = (partial(methods[name], p, shape.out_size) for name in ('lsconv', 'conv2d'))
         with torch.no_grad():
             interleaved_ratio(first, second, 3)  # warm-up
