@@ -96,7 +96,8 @@ def make_extensions():
     check_torch()
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    sources = sorted(glob.glob('csrc/pytorch/*.cpp') + glob.glob('csrc/pytorch/cpu/*.cpp'))
+    sources = sorted(glob.glob('csrc/pytorch/*.cpp') + glob.glob('csrc/pytorch/cpu/*.cpp') +
+                     glob.glob('csrc/pytorch/autocast/*.cpp'))
     compile_args = {'cxx': ['-O3', '-fopenmp']}
     # The C++ runtime linked dynamically, as torch links it, also where the compiler is set to
     # link it statically (-static-libstdc++, as on some CUDA images): a second, static copy

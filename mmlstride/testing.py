@@ -221,8 +221,8 @@ def onednn_enabled(enabled: bool) -> Iterator[None]:
 def compiled_op(input: Tensor, weight: Tensor, stride: Tensor, bias: Optional[Tensor],
                 padding: Tuple[int, int], dilation: Tuple[int, int], groups: int,
                 output_size: Tuple[int, int], phase: Optional[Tensor] = None) -> Tensor:
-    """torch.ops.mmlstride.ls_conv2d with the argument order of Case.args()."""
-    return torch.ops.mmlstride.ls_conv2d(input, weight, bias, stride, padding, dilation, groups,
+    """The compiled op, torch.ops.mmlstride.ls_conv2d, called with ``Case.args()``."""
+    return torch.ops.mmlstride.ls_conv2d(input, weight, stride, bias, padding, dilation, groups,
                                          output_size, phase)
 
 

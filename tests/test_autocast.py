@@ -46,7 +46,7 @@ def test_cpu_op_casts_only_under_autocast():
     x = torch.randn(1, 2, 6, 6, dtype=torch.bfloat16)
     w = torch.randn(3, 2, 3, 3)
     stride = torch.tensor([1.5, 1.5])
-    args = (None, stride, (1, 1), (1, 1), 1, (4, 4))
+    args = (stride, None, (1, 1), (1, 1), 1, (4, 4))
     with pytest.raises(TypeError, match='input.dtype=BFloat16 expected float32 or float64 on cpu'):
         torch.ops.mmlstride.ls_conv2d(x, w, *args)
     with torch.autocast('cpu', dtype=torch.bfloat16):

@@ -55,9 +55,7 @@ def test_against_float64_reference(seed, dtype, phase):
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_opcheck_low_precision(dtype):
     case = random_case(2).to(dtype, 'cuda')
-    args = (case.input, case.weight, case.bias, case.stride, case.padding, case.dilation,
-            case.groups, case.output_size)
-    torch.library.opcheck(torch.ops.mmlstride.ls_conv2d.default, args,
+    torch.library.opcheck(torch.ops.mmlstride.ls_conv2d.default, case.args()[:8],
                           test_utils=('test_schema', 'test_faketensor', 'test_aot_dispatch_static'))
 
 
@@ -162,7 +160,7 @@ def test_device_mismatch_names_the_argument():
     with pytest.raises(ValueError, match='weight.device=cpu expected cuda:0'):
         ls_conv2d(x, w, (1.5, 1.5))
     with pytest.raises(ValueError, match='weight.device=cpu expected cuda:0'):
-        torch.ops.mmlstride.ls_conv2d(x, w, None, torch.tensor([1.5, 1.5], device='cuda'),
+        torch.ops.mmlstride.ls_conv2d(x, w, torch.tensor([1.5, 1.5], device='cuda'), None,
                                       (0, 0), (1, 1), 1, (4, 4))
 
 
@@ -185,12 +183,12 @@ def test_more_elements_than_int32_indexes():
     x.requires_grad_()
     w = torch.ones(2, 1, 1, 1, device='cuda', dtype=torch.float16)
     stride = torch.tensor([1.0, 1.0], device='cuda')
-    out = torch.ops.mmlstride.ls_conv2d(x, w, None, stride, (0, 0), (1, 1), 2, x.shape[2:])
+    out = torch.ops.mmlstride.ls_conv2d(x, w, stride, None, (0, 0), (1, 1), 2, x.shape[2:])
     assert torch.equal(out, x)
     del out
     grad_output = torch.randn_like(x)
     grad_input, = torch.autograd.grad(
-        torch.ops.mmlstride.ls_conv2d(x, w, None, stride, (0, 0), (1, 1), 2, x.shape[2:]), x,
+        torch.ops.mmlstride.ls_conv2d(x, w, stride, None, (0, 0), (1, 1), 2, x.shape[2:]), x,
         grad_output)
     assert torch.equal(grad_input, grad_output)
 

@@ -134,7 +134,7 @@ def test_compiled_op_names_the_argument(changes, error, message):
     shapes, TypeError for bad dtypes."""
     args = good_args(**changes)
     with pytest.raises(error) as info:
-        torch.ops.mmlstride.ls_conv2d(args['input'], args['weight'], args['bias'], args['stride'],
+        torch.ops.mmlstride.ls_conv2d(args['input'], args['weight'], args['stride'], args['bias'],
                                       (1, 1), (1, 1), args['groups'], (4, 4), args.get('phase'))
     assert message in str(info.value)
 

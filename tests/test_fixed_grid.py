@@ -58,7 +58,7 @@ def test_fixed_grid_form_is_the_op_values_and_gradients(block):
                                             phase=case['phase'])
         stride = torch.tensor(case['stride'], dtype=torch.float64)
         phase = torch.tensor(case['phase'], dtype=torch.float64)
-        expected = torch.ops.mmlstride.ls_conv2d(x, w, b, stride, args[1], args[2], args[3],
+        expected = torch.ops.mmlstride.ls_conv2d(x, w, stride, b, args[1], args[2], args[3],
                                                  found.shape[2:], phase)
         assert found.shape == expected.shape, case
         assert relative_error(found, expected) < 1e-12, case

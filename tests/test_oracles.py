@@ -444,7 +444,7 @@ cases.append(Case(input=torch.randn(2, 64, 60, 200, generator=gen, dtype=torch.f
 print(max(max(float64_reference_errors(case, torch.float32, 'cpu').values()) for case in cases))
 with profile() as prof:
     case = cases[-1].to(torch.float32)
-    out = torch.ops.mmlstride.ls_conv2d(case.input, case.weight, case.bias, case.stride,
+    out = torch.ops.mmlstride.ls_conv2d(case.input, case.weight, case.stride, case.bias,
                                         case.padding, case.dilation, case.groups, case.output_size)
     out.sum().backward()
 print(sorted({event.name for event in prof.events() if event.name.startswith('aten::conv')}))

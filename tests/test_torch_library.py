@@ -17,16 +17,14 @@ OPCHECK = needs_torch_for('torch.library.opcheck')
 @pytest.mark.parametrize('seed', range(3))
 def test_opcheck_forward(seed, phase, device):
     case = random_case(seed, device=device, phase=phase)
-    args = (case.input, case.weight, case.bias, case.stride, case.padding, case.dilation,
-            case.groups, case.output_size, case.phase)
-    torch.library.opcheck(torch.ops.mmlstride.ls_conv2d.default, args)
+    torch.library.opcheck(torch.ops.mmlstride.ls_conv2d.default, case.args())
 
 
 @OPCHECK
 @pytest.mark.parametrize('phase,output_mask', [
-    (False, [True] * 4 + [False]), (False, [False, True, False, True, False]),
-    (False, [True, False, True, False, False]), (True, [True] * 5),
-    (True, [False, False, False, False, True]), (True, [True, True, True, False, False])])
+    (False, [True] * 4 + [False]), (False, [False, True, True, False, False]),
+    (False, [True, False, False, True, False]), (True, [True] * 5),
+    (True, [False, False, False, False, True]), (True, [True, True, False, True, False])])
 def test_opcheck_backward(phase, output_mask, device):
     case = random_case(1, device=device, phase=phase)
     grad_output = torch.randn(case.input.shape[0], case.weight.shape[0], *case.output_size,

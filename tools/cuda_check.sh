@@ -123,8 +123,8 @@ step 'errors raised with their values' 60 build.log "$python" -c "
 import sys, torch
 torch.ops.load_library(sys.argv[1])
 try:
-    torch.ops.mmlstride.ls_conv2d(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3), None,
-                                  torch.tensor([0.0, 2.0]), [0, 0], [1, 1], 1, [1, 1], None)
+    torch.ops.mmlstride.ls_conv2d(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3),
+                                  torch.tensor([0.0, 2.0]), None, [0, 0], [1, 1], 1, [1, 1], None)
 except ValueError as error:
     assert 'stride=(0, 2) expected finite values > 0' in str(error), repr(str(error))
     print('ValueError:', error)

@@ -1,4 +1,5 @@
-"""Datasets (importing registers them in mmdet's DATASETS)."""
+"""The generated detection datasets (in mmdet's DATASETS through
+:mod:`mmlstride.openmmlab`)."""
 from .digits_detection import (CLASSES, DigitsDetectionDataset, ensure_digits_detection,
                                generate_digits_detection)
 from .scaled_digits_detection import (ScaledDigitsDetectionDataset,

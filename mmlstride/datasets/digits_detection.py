@@ -14,7 +14,6 @@ from typing import Callable, List, Tuple
 
 import numpy as np
 from mmdet.datasets import CocoDataset
-from mmdet.registry import DATASETS
 
 CLASSES = tuple(str(d) for d in range(10))
 # 2: annotation ids start at 1 (pycocotools never counts a ground truth of id 0 as found).
@@ -145,7 +144,6 @@ def ensure_digits_detection(root: str, **generation) -> None:
     ensure_generated(root, _meta(**defaults), lambda: generate_digits_detection(root, **defaults))
 
 
-@DATASETS.register_module()
 class DigitsDetectionDataset(CocoDataset):
     """mmdet's CocoDataset over the generated digits data; generates it on first use.
 

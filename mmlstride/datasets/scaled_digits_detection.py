@@ -12,7 +12,6 @@ from typing import List
 
 import numpy as np
 from mmdet.datasets import CocoDataset
-from mmdet.registry import DATASETS
 
 from .digits_detection import (FORMAT_VERSION, DigitsDetectionDataset, _paste_digit, _place,
                                ensure_generated, write_generated_dataset)
@@ -93,7 +92,6 @@ def ensure_scaled_digits_detection(root: str, **generation) -> None:
                      lambda: generate_scaled_digits_detection(root, **defaults))
 
 
-@DATASETS.register_module()
 class ScaledDigitsDetectionDataset(CocoDataset):
     """mmdet's CocoDataset over the generated scaled digits data; generates it on first use.
 

@@ -1,6 +1,4 @@
-"""Training and analysis utilities (importing registers them in mmengine's HOOKS and
-MODEL_WRAPPERS, and LSConv's multiply-add count in mmengine.analysis)."""
-from . import complexity  # noqa: F401  (registration)
+"""Training and analysis utilities on mmengine (registered by :mod:`mmlstride.openmmlab`)."""
 from .detector_files import load_config, load_weights
 from .cpu_distributed import CPUDistributedDataParallel, setup_cpu_distributed
 from .stride_logger_hook import (PHASE_PREFIX, StrideLoggerHook, find_scalars_json,

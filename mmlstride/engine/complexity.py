@@ -1,6 +1,7 @@
 """Multiply-add counting rules for LSConv in mmengine's complexity analysis.
 
-Importing this module teaches ``mmengine.analysis`` (``get_model_complexity_info``,
+Its :func:`register` (called on ``import mmlstride`` where mmengine is installed) teaches
+``mmengine.analysis`` (``get_model_complexity_info``,
 ``FlopAnalyzer``, ``ActivationAnalyzer``) the ``mmlstride::ls_conv2d`` operator, so that
 model summaries, mmdet's ``get_flops`` tool among them, count LSConv layers. An LSConv layer
 counts what ``nn.Conv2d`` counts at the same output size (``conv``) plus its bilinear
@@ -42,5 +43,3 @@ def register() -> None:
                   complexity_analysis._DEFAULT_SUPPORTED_ACT_OPS):
         table[BOUNDED_STRIDE] = nothing_jit  # known, so no "unsupported operator" warning
 
-
-register()

@@ -9,10 +9,8 @@ import torch
 import torch.distributed as torch_dist
 from mmengine.config import Config
 from mmengine.model import MMDistributedDataParallel
-from mmengine.registry import MODEL_WRAPPERS
 
 
-@MODEL_WRAPPERS.register_module()
 class CPUDistributedDataParallel(MMDistributedDataParallel):
     """mmengine's MMDistributedDataParallel for a model on CPU: ``device_ids`` is dropped
     (DDP takes none for CPU modules)."""

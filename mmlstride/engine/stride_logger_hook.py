@@ -6,7 +6,6 @@ from typing import Dict, List, Optional, Tuple
 from mmengine.dist import all_gather_object, get_world_size
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmengine.registry import HOOKS
 from torch import nn
 
 from ..ops import LSConv2d
@@ -80,7 +79,6 @@ def check_ranks_agree(gathered: List[Dict[str, Dict[str, object]]], step: int) -
                         f'rank 0 has {ours!r}, rank {rank} has {theirs!r}; expected identical')
 
 
-@HOOKS.register_module()
 class StrideLoggerHook(Hook):
     """Logs every LSConv's (s_h, s_w), and learned phase (t_h, t_w), during training.
 

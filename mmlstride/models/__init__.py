@@ -1,4 +1,5 @@
-"""mmdet models with learned strides (importing registers them in mmdet's MODELS)."""
+"""mmdet backbones with learned strides (in mmdet's MODELS through
+:mod:`mmlstride.openmmlab`)."""
 from .ls_resnet import BlurResNet, LSResNet
 
 __all__ = ['BlurResNet', 'LSResNet']

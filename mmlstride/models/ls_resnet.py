@@ -3,7 +3,6 @@ from typing import Optional, Sequence, Tuple
 
 from mmcv.cnn import build_conv_layer
 from mmdet.models.backbones import ResNet
-from mmdet.registry import MODELS
 from torch import nn
 
 from ..ops import BlurConv2d, LSConv2d
@@ -11,7 +10,6 @@ from ..ops import BlurConv2d, LSConv2d
 CONV_NAMES = ('conv1', 'conv2', 'conv3')
 
 
-@MODELS.register_module()
 class LSResNet(ResNet):
     """mmdet's ResNet whose strided convs in the chosen stages are LSConv.
 
@@ -128,7 +126,6 @@ class LSResNet(ResNet):
                      if isinstance(m, LSConv2d) and m.stride_leader is None)
 
 
-@MODELS.register_module()
 class BlurResNet(LSResNet):
     """mmdet's ResNet anti-aliased by a fixed blur where LSResNet puts LSConv: the strided convs
     of the chosen stages and their strided shortcuts become :class:`BlurConv2d` (BlurPool's

@@ -4,7 +4,6 @@ from typing import Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 ORDERS = ('conv-blur', 'blur-conv')
@@ -21,7 +20,6 @@ def binomial_filter(size: int) -> Tensor:
     return row[:, None] * row[None, :]
 
 
-@MODELS.register_module('BlurConv')
 class BlurConv2d(nn.Conv2d):
     """nn.Conv2d whose subsampling is anti-aliased by a fixed binomial low-pass filter, as
     BlurPool does (Zhang, "Making Convolutional Networks Shift-Invariant Again", ICML 2019).

@@ -15,6 +15,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from .arguments import (check_arguments, check_fake_shapes, check_phase_values,
+                        default_output_size, numbers_or_none, pair, stride_values, whole_pair)
 from .extension import EXTENSION_ERROR, has_kernel
 from .ls_conv2d_export import ls_conv2d_at_integer_stride, ls_conv2d_by_sampling
 from .ls_conv2d_reference import ls_conv2d_reference
@@ -22,20 +24,6 @@ from ..torch_compat import (autocast_dtype, autocast_enabled, is_compiling, is_e
                             onnx_export_opset, register_autograd, register_fake)
 
 IntPair = Union[int, Sequence[int]]
-_CPU_DTYPES = (torch.float32, torch.float64)
-_CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _int_pair(value: IntPair, name: str, minimum: int) -> Tuple[int, int]:
-    """``value`` as a pair of ints >= ``minimum``, or a ValueError naming ``name``. Symbolic
-    sizes (torch.SymInt, under torch.export with dynamic shapes) pass as they are."""
-    pair = (value, value) if isinstance(value, (int, torch.SymInt)) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, torch.SymInt) or
-                                 (isinstance(v, int) and not isinstance(v, bool) and v >= minimum)
-                                 for v in pair):
-        raise ValueError(f'{name}={value!r} expected an int or a pair of ints >= {minimum}')
-    return pair
-
 
 # ONNX has GridSample with the 'bilinear' mode TensorRT reads in opsets 16 to 19.
 ONNX_OPSETS = range(16, 20)
@@ -50,26 +38,6 @@ def _check_onnx_opset() -> None:
                          "GridSample (opset 16) with mode 'bilinear' (opsets 16-19)")
 
 
-def _whole_constant(value) -> Optional[Tuple[int, int]]:
-    """``value`` as two ints when it is a pair of whole numbers given as numbers, not as a
-    tensor; else None."""
-    if isinstance(value, Tensor) or value is None:
-        return None
-    pair = _pair_of_numbers(value)
-    if pair is None or not all(v == math.floor(v) for v in pair):
-        return None
-    return tuple(int(v) for v in pair)
-
-
-def _pair_of_numbers(value) -> Optional[Tuple[float, float]]:
-    """``value`` (numbers, not a tensor) as two floats, or None."""
-    values = [value] * 2 if isinstance(value, (int, float)) else list(value)
-    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and
-                                   math.isfinite(v) for v in values):
-        return None
-    return (float(values[0]), float(values[1]))
-
-
 def _export_in_standard_operators(input, weight, stride, bias, padding, dilation, groups,
                                   output_size, phase, given_stride, given_phase,
                                   own_size: bool) -> Tensor:
@@ -77,9 +45,9 @@ def _export_in_standard_operators(input, weight, stride, bias, padding, dilation
     convolution at whole strides and a constant phase given as numbers, else GridSample;
     ``own_size``: ``output_size`` is the default one, computed from the stride."""
     _check_onnx_opset()
-    whole = _whole_constant(given_stride)
+    whole = whole_pair(given_stride)
     constant_phase = (0.0, 0.0) if given_phase is None else (
-        None if isinstance(given_phase, Tensor) else _pair_of_numbers(given_phase))
+        None if isinstance(given_phase, Tensor) else numbers_or_none(given_phase))
     if whole is not None and constant_phase is not None:
         return ls_conv2d_at_integer_stride(input, weight, whole, bias, padding, dilation, groups,
                                            None if own_size else output_size, constant_phase)
@@ -116,87 +84,6 @@ def _on_fixed_grid(input: Tensor, weight: Tensor, stride: Tuple[int, int],
                                        output_size, phase)
 
 
-def _check_tensor(tensor: Tensor, name: str, input: Tensor, same_dtype: bool) -> None:
-    if not isinstance(tensor, Tensor):
-        raise TypeError(f'{name} is a {type(tensor).__name__}, expected a torch.Tensor')
-    if same_dtype and tensor.dtype != input.dtype:
-        raise TypeError(f'{name}.dtype={tensor.dtype} expected {input.dtype} (the dtype of input)')
-    if not tensor.dtype.is_floating_point:
-        raise TypeError(f'{name}.dtype={tensor.dtype} expected a floating-point dtype')
-    if tensor.device != input.device:
-        raise ValueError(f'{name}.device={tensor.device} expected {input.device} '
-                         '(the device of input)')
-
-
-def _check_arguments(input: Tensor, weight: Tensor, stride: Tensor, bias: Optional[Tensor],
-                     padding: Tuple[int, int], dilation: Tuple[int, int], groups: int,
-                     phase: Optional[Tensor] = None) -> None:
-    """Raises a TypeError or ValueError naming the first argument that is not valid.
-
-    Only shapes, dtypes and devices are checked here (no data access, so this
-    traces under torch.compile); the stride values are checked where they are read.
-    Under autocast, input, weight and bias may differ in dtype: the op casts them.
-    The stride and the phase may have any floating dtype.
-    """
-    if not isinstance(input, Tensor):
-        raise TypeError(f'input is a {type(input).__name__}, expected a torch.Tensor')
-    autocast = autocast_enabled(input.device)
-    if input.device.type == 'cpu':
-        dtypes, names = _CPU_DTYPES, 'torch.float32 or torch.float64 on cpu (float16 and ' \
-                                     'bfloat16 run on CUDA)'
-    else:
-        dtypes, names = _CUDA_DTYPES, 'torch.float32, torch.float64, torch.float16 or ' \
-                                      'torch.bfloat16'
-    if not (autocast and input.dtype.is_floating_point) and input.dtype not in dtypes:
-        raise TypeError(f'input.dtype={input.dtype} expected {names}')
-    for tensor, name in ((weight, 'weight'), (stride, 'stride'), (bias, 'bias'),
-                         (phase, 'phase')):
-        if tensor is not None:
-            _check_tensor(tensor, name, input,
-                          same_dtype=not autocast and name in ('weight', 'bias'))
-    if input.dim() != 4:
-        raise ValueError(f'input.dim()={input.dim()} expected 4 (N, C, H, W)')
-    if weight.dim() != 4:
-        raise ValueError(f'weight.dim()={weight.dim()} expected 4 '
-                         '(out_channels, in_channels / groups, kernel_h, kernel_w)')
-    if stride.shape != (2, ):
-        raise ValueError(f'stride.shape={tuple(stride.shape)} expected (2,) = (stride_h, stride_w)')
-    if phase is not None and phase.shape != (2, ):
-        raise ValueError(f'phase.shape={tuple(phase.shape)} expected (2,) = (phase_h, phase_w)')
-    if not isinstance(groups, int) or groups < 1:
-        raise ValueError(f'groups={groups!r} expected an int >= 1')
-    channels, out_channels = input.shape[1], weight.shape[0]
-    if channels % groups or out_channels % groups:
-        raise ValueError(f'groups={groups} expected to divide input channels={channels} '
-                         f'and weight.shape[0]={out_channels}')
-    if weight.shape[1] * groups != channels:
-        raise ValueError(f'weight.shape[1]={weight.shape[1]} expected input channels / groups '
-                         f'= {channels // groups}')
-    if bias is not None and bias.shape != (out_channels, ):
-        raise ValueError(f'bias.shape={tuple(bias.shape)} expected ({out_channels},)')
-    for k, axis in enumerate('hw'):
-        extent = dilation[k] * (weight.shape[2 + k] - 1) + 1
-        padded = input.shape[2 + k] + 2 * padding[k]
-        if extent > padded:
-            raise ValueError(f'kernel extent along {axis}={extent} (dilation * (kernel - 1) + 1) '
-                             f'expected <= padded input size={padded}')
-
-
-def _stride_values(stride: Tensor) -> Tuple[float, float]:
-    """The stride as two Python floats, or a ValueError unless both are finite and > 0."""
-    values = tuple(stride.detach().cpu().double().tolist())
-    if not all(math.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f'stride={values} expected finite values > 0')
-    return values
-
-
-def _check_phase_values(phase: Tensor) -> None:
-    """A ValueError unless both values of the phase are finite."""
-    values = tuple(phase.detach().cpu().double().tolist())
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError(f'phase={values} expected finite values')
-
-
 def _as_tensor(value, input: Tensor) -> Tensor:
     """A stride or phase given as numbers, as a tensor on input's device (float64 for float64
     input, else float32)."""
@@ -204,15 +91,6 @@ def _as_tensor(value, input: Tensor) -> Tensor:
         return value
     dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     return torch.as_tensor(value, dtype=dtype, device=input.device)
-
-
-def default_output_size(input_size: Sequence[int], kernel_size: Sequence[int],
-                        stride: Sequence[float], padding: Sequence[int],
-                        dilation: Sequence[int]) -> Tuple[int, int]:
-    """floor((H + 2p - d(k - 1) - 1) / s) + 1 per axis: nn.Conv2d's size, for a real stride."""
-    return tuple(
-        math.floor((input_size[k] + 2 * padding[k] - dilation[k] * (kernel_size[k] - 1) - 1) /
-                   stride[k]) + 1 for k in range(2))
 
 
 def ls_conv2d(input: Tensor,
@@ -252,24 +130,24 @@ def ls_conv2d(input: Tensor,
     given_stride, given_phase = stride, phase
     stride = _as_tensor(stride, input)
     phase = None if phase is None else _as_tensor(phase, input)
-    padding = _int_pair(padding, 'padding', 0)
-    dilation = _int_pair(dilation, 'dilation', 1)
-    _check_arguments(input, weight, stride, bias, padding, dilation, groups, phase)
+    padding = pair(padding, 'padding', integer=True, minimum=0)
+    dilation = pair(dilation, 'dilation', integer=True, minimum=1)
+    check_arguments(input, weight, stride, bias, padding, dilation, groups, phase)
     stride_checked = own_size = output_size is None
     if output_size is None:
         # From the numbers when given as numbers: known under torch.export, unlike a tensor's.
-        numbers = None if isinstance(given_stride, Tensor) else _pair_of_numbers(given_stride)
-        values = numbers if numbers and min(numbers) > 0 else _stride_values(stride)
+        numbers = None if isinstance(given_stride, Tensor) else numbers_or_none(given_stride)
+        values = numbers if numbers and min(numbers) > 0 else stride_values(stride)
         output_size = default_output_size(input.shape[2:], weight.shape[2:], values, padding,
                                           dilation)
     else:
-        output_size = _int_pair(output_size, 'output_size', 1)
+        output_size = pair(output_size, 'output_size', integer=True, minimum=1)
     if torch.onnx.is_in_onnx_export():  # standard operators only
         return _export_in_standard_operators(input, weight, stride, bias, padding, dilation,
                                              groups, output_size, phase, given_stride,
                                              given_phase, own_size)
-    whole = _whole_constant(given_stride)
-    fixed_phase = (0.0, 0.0) if given_phase is None else _pair_of_numbers(given_phase)
+    whole = whole_pair(given_stride)
+    fixed_phase = (0.0, 0.0) if given_phase is None else numbers_or_none(given_phase)
     if (whole is not None and min(whole) >= 1 and fixed_phase is not None and
             not torch.jit.is_tracing() and
             _form_is_faster(input.device, fixed_phase)):
@@ -278,13 +156,13 @@ def ls_conv2d(input: Tensor,
         return _on_fixed_grid(input, weight, whole, bias, padding, dilation, groups,
                               output_size if concrete or not own_size else None, fixed_phase)
     if has_kernel(input.device):  # the compiled op checks the stride and phase values itself
-        return torch.ops.mmlstride.ls_conv2d(input, weight, bias, stride, padding, dilation, groups,
+        return torch.ops.mmlstride.ls_conv2d(input, weight, stride, bias, padding, dilation, groups,
                                              output_size, phase)
     if not is_compiling():
         if not stride_checked:
-            _stride_values(stride)
+            stride_values(stride)
         if phase is not None:
-            _check_phase_values(phase)
+            check_phase_values(phase)
     return ls_conv2d_reference(input, weight, stride, bias, padding, dilation, groups, output_size,
                                phase)
 
@@ -292,14 +170,15 @@ def ls_conv2d(input: Tensor,
 def _register_torch_library() -> None:
     """Fake (shape) and autograd implementations of the compiled ops."""
 
-    def fake_forward(input, weight, bias, stride, padding, dilation, groups, output_size,
+    def fake_forward(input, weight, stride, bias, padding, dilation, groups, output_size,
                      phase=None):
+        check_fake_shapes(input, weight, stride, bias, groups, phase)
         return input.new_empty((input.shape[0], weight.shape[0], *output_size))
 
     def fake_backward(grad_output, input, weight, stride, phase, padding, dilation, groups,
                       output_mask):
         grads = (input.new_empty(input.shape), weight.new_empty(weight.shape),
-                 weight.new_empty(weight.shape[0]), stride.new_empty(stride.shape),
+                 stride.new_empty(stride.shape), weight.new_empty(weight.shape[0]),
                  phase.new_empty(phase.shape) if phase is not None else None)
         return tuple(grad if needed else None for grad, needed in zip(grads, output_mask))
 
@@ -307,19 +186,19 @@ def _register_torch_library() -> None:
     register_fake('mmlstride::ls_conv2d_backward', fake_backward)
 
     def setup_context(ctx, inputs, output):
-        input, weight, bias, stride, padding, dilation, groups, _, phase = inputs
+        input, weight, stride, bias, padding, dilation, groups, _, phase = inputs
         ctx.save_for_backward(input, weight, stride, phase)
         ctx.conv_args = (padding, dilation, groups)
 
     def backward(ctx, grad_output):
         input, weight, stride, phase = ctx.saved_tensors
-        # (input, weight, bias, stride, phase): the schema's tensors.
+        # (input, weight, stride, bias, phase): the schema's tensors.
         needs = ctx.needs_input_grad
         output_mask = [*needs[:4], phase is not None and needs[8]]
-        grad_input, grad_weight, grad_bias, grad_stride, grad_phase = \
+        grad_input, grad_weight, grad_stride, grad_bias, grad_phase = \
             torch.ops.mmlstride.ls_conv2d_backward(grad_output, input, weight, stride, phase,
                                                    *ctx.conv_args, output_mask)
-        return grad_input, grad_weight, grad_bias, grad_stride, None, None, None, None, grad_phase
+        return grad_input, grad_weight, grad_stride, grad_bias, None, None, None, None, grad_phase
 
     register_autograd('mmlstride::ls_conv2d', backward, setup_context)
 

@@ -1,12 +1,11 @@
 """``LSConv2d``: a drop-in nn.Conv2d whose stride is learned, registered as ``'LSConv'``."""
-import numbers
 import warnings
 from typing import Optional, Tuple, Union
 
 import torch
-from mmengine.registry import MODELS
 from torch import Tensor, nn
 
+from .arguments import pair
 from .ls_conv2d_function import ls_conv2d
 from ..torch_compat import is_compiling, is_exporting
 
@@ -34,29 +33,6 @@ class _BoundedStride(torch.autograd.Function):
         return grad.masked_fill(outward, 0), None, None
 
 
-def _check_nominal_stride(stride, normalised: tuple) -> None:
-    """Raises ValueError unless ``normalised`` (nn.Conv2d's form of ``stride``) is a pair of
-    ints >= 1; bools and floats are refused."""
-    valid = len(normalised) == 2 and all(
-        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in normalised)
-    if not valid:
-        raise ValueError(f'stride={stride!r} expected an int >= 1 or a pair of ints >= 1')
-
-
-def _float_pair(value: FloatPair, name: str) -> Tuple[float, float]:
-    """``value`` (a number or a pair of finite numbers) as a pair of floats; ValueError naming
-    ``name`` otherwise."""
-    try:
-        pair = torch.as_tensor(value, dtype=torch.float64).flatten().tolist()
-    except (TypeError, ValueError, RuntimeError):
-        pair = []
-    pair = pair * 2 if len(pair) == 1 else pair
-    if len(pair) != 2 or not all(abs(v) < float('inf') for v in pair):
-        raise ValueError(f'{name}={value!r} expected a finite number or a pair of them')
-    return (pair[0], pair[1])
-
-
-@MODELS.register_module('LSConv')
 class LSConv2d(nn.Conv2d):
     """2-D convolution with a learnable real stride (s_h, s_w).
 
@@ -153,23 +129,24 @@ class LSConv2d(nn.Conv2d):
             raise ValueError(f'padding={padding!r} expected an int or a pair of ints')
         if padding_mode != 'zeros':
             raise ValueError(f"padding_mode={padding_mode!r} expected 'zeros'")
+        pair(stride, 'stride', integer=True, minimum=1,
+             expected='an int >= 1 or a pair of ints >= 1')
         low, high = stride_bounds
         if not 0 < low <= 1 <= high:
             raise ValueError(f'stride_bounds={stride_bounds!r} expected (low, high) '
                              'with 0 < low <= 1 <= high')
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                          bias, padding_mode, device, dtype)
-        _check_nominal_stride(stride, self.stride)
         self.stride_bounds = (float(low), float(high))
         factory = dict(device=self.weight.device, dtype=self.weight.dtype)
         nominal = torch.tensor(self.stride, **factory)
         self.learnable_stride = nn.Parameter(nominal.clone())
         self.pivot = pivot
         self.learnable_phase = nn.Parameter(torch.zeros(2, **factory)) if learn_phase else None
-        self.initial_phase = _float_pair(0.0 if initial_phase is None else initial_phase,
-                                         'initial_phase')
+        self.initial_phase = pair(0.0 if initial_phase is None else initial_phase,
+                                  'initial_phase', tensor=True)
         self.register_buffer('fixed_phase', None if phase is None else
-                             torch.tensor(_float_pair(phase, 'phase'), **factory))
+                             torch.tensor(pair(phase, 'phase', tensor=True), **factory))
         self.register_buffer('stride_min', nominal * low, persistent=False)
         self.register_buffer('stride_max', nominal * high, persistent=False)
         # (leader,) once this layer follows another's stride; a tuple keeps the
@@ -185,13 +162,12 @@ class LSConv2d(nn.Conv2d):
     def set_initial_stride(self, value: FloatPair) -> None:
         """Sets where the learned stride starts (a number or (s_h, s_w), finite, within
         ``stride_bounds`` times the nominal stride) and moves the stride there."""
-        pair = torch.as_tensor(value, dtype=torch.float64).flatten().tolist()
-        pair = pair * 2 if len(pair) == 1 else pair
         bounds = [(n * self.stride_bounds[0], n * self.stride_bounds[1]) for n in self.stride]
-        if len(pair) != 2 or not all(low <= v <= high for v, (low, high) in zip(pair, bounds)):
-            raise ValueError(f'initial_stride={value!r} expected a number or a pair within the '
-                             f'stride bounds {bounds}')
-        self.initial_stride = (pair[0], pair[1])
+        expected = f'a number or a pair within the stride bounds {bounds}'
+        values = pair(value, 'initial_stride', expected=expected, tensor=True)
+        if not all(low <= v <= high for v, (low, high) in zip(values, bounds)):
+            raise ValueError(f'initial_stride={value!r} expected {expected}')
+        self.initial_stride = values
         self.reset_stride()
 
     @property

@@ -14,7 +14,7 @@
 // for float, half and bfloat16; double for double), with no integer division (the
 // index arithmetic divides by multiplying: FastDivider), but the gather's one.
 //
-// Layouts are those of csrc/pytorch/ls_conv_kernels.h: a tile holds the batch's output
+// Layouts are those of csrc/pytorch/ls_conv_backend.h: a tile holds the batch's output
 // rows [row_begin, row_end) (row = image * out_h + a), and its columns matrix is
 // (C * kernel_h * kernel_w) x ((row_end - row_begin) * out_w). Element indices have type
 // Index: int32_t when every element count of the call fits in it, int64_t otherwise.

@@ -24,7 +24,7 @@
 #include <immintrin.h>
 #endif
 
-#include "../ls_conv_kernels.h"
+#include "ls_conv_cpu.h"
 
 namespace mmlstride {
 namespace {

@@ -4,19 +4,20 @@
 // The launch decisions (table layout, grid size, index width, kernel variant, scatter or
 // gather of the input gradient) are in the torch-free
 // csrc/common/cuda/ls_conv_cuda_launch.cuh, which the CPU emulation also runs.
-// Also the fused sampling GEMMs' launchers (forward, weight gradient).
-// Called by the host code of ls_conv.cpp.
+// Also the fused sampling GEMMs' launchers (forward, weight gradient), and the CUDA backend
+// that gives them to the driver of ls_conv.cpp, with its registration.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
+#include <torch/library.h>
 
 #include <mutex>
 #include <unordered_map>
 
 #include "../../common/cuda/ls_conv_cuda_launch.cuh"
-#include "../ls_conv_kernels.h"
+#include "../ls_conv_backend.h"
 
 namespace mmlstride {
 namespace {
@@ -97,10 +98,6 @@ T* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
 }
 
-at::ScalarType accumulate_type(const at::Tensor& input) {
-  return input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 template <typename Acc>
 cuda::TableLayout layout_for(const LSConvGeometry& g, int device) {
   return cuda::table_layout<Acc>(g, cuda::max_grid_blocks(multiprocessor_count(device)));
@@ -112,8 +109,6 @@ cuda::SamplingTables<Acc> tables_of(const PreparedStride& prepared, const LSConv
   return cuda::tables_at<Acc>(prepared.tables.mutable_data_ptr<uint8_t>(),
                               layout_for<Acc>(g, prepared.tables.device().index()));
 }
-
-}  // namespace
 
 PreparedStride ls_conv_prepare_cuda(const at::Tensor& stride, const at::Tensor& phase,
                                     const at::Tensor& input, const LSConvGeometry& g,
@@ -151,7 +146,7 @@ PreparedStride ls_conv_prepare_cuda(const at::Tensor& stride, const at::Tensor& 
               .view({1, cuda::kGradientSums});
     }
   };
-  if (accumulate_type(input) == at::kDouble) {
+  if (accumulate_type(input.scalar_type()) == at::kDouble) {
     make(double());
   } else {
     make(float());
@@ -214,8 +209,6 @@ void ls_conv_backward_sampling_cuda(const at::Tensor& grad_columns, const at::Te
       });
 }
 
-
-
 bool ls_conv_fused_cuda(const at::Tensor& input, const LSConvGeometry& g) {
   if (has_no_pixels(g)) return false;
   switch (input.scalar_type()) {
@@ -258,7 +251,7 @@ at::Tensor ls_conv_weight_gradient_fused_cuda(const at::Tensor& grad_output,
                                   int(input.element_size()), multiprocessor_count(device));
   const int64_t reduction = g.channels / groups * g.kernel_h * g.kernel_w;
   const at::Tensor partial = at::empty({split.splits, out_channels, reduction},
-                                       input.options().dtype(accumulate_type(input)));
+                                       input.options().dtype(accumulate_type(input.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "ls_conv_weight_gradient_fused_cuda", [&] {
         using T = typename CudaType<scalar_t>::type;
@@ -271,6 +264,96 @@ at::Tensor ls_conv_weight_gradient_fused_cuda(const at::Tensor& grad_output,
   // The splits summed in a fixed order (the first alone: no copy).
   const at::Tensor sum = split.splits == 1 ? partial[0] : partial.sum(0);
   return sum.view({out_channels, g.channels / groups, g.kernel_h, g.kernel_w});
+}
+
+// float32 products as 1x1 convolutions, so that they follow the float32 precision rule of
+// the convolution LSConv replaces: torch.backends.cudnn.allow_tf32 (on by default), as
+// F.conv2d does, where batched matrix products would follow
+// torch.backends.cuda.matmul.allow_tf32 (off by default). Other dtypes take batched
+// products. The fused sampling GEMMs (float16; bfloat16 from sm_80; float64) take the
+// whole forward and the weight gradient, gathering the columns into shared memory rather
+// than writing them to global memory; float32 keeps the columns and cuDNN's products.
+class CudaBackend final : public LSConvBackend {
+ public:
+  void check_dtype(const at::Tensor& input) const override {
+    const at::ScalarType dtype = input.scalar_type();
+    TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+                         dtype == at::kBFloat16,
+                     "input.dtype=", dtype, " expected float32, float64, float16 or bfloat16");
+  }
+
+  // Large enough that the usual detection layers take one or two tiles, so each launch
+  // fills the GPU.
+  int64_t tile_bytes() const override { return int64_t(32) << 20; }
+
+  PreparedStride prepare(const at::Tensor& stride, const at::Tensor& phase,
+                         const at::Tensor& input, const LSConvGeometry& geometry,
+                         bool stride_gradient) const override {
+    return ls_conv_prepare_cuda(stride, phase, input, geometry, stride_gradient);
+  }
+
+  void im2col(const at::Tensor& input, const LSConvGeometry& geometry,
+              const PreparedStride& stride, int64_t row_begin, int64_t row_end,
+              const at::Tensor& columns) const override {
+    ls_conv_im2col_cuda(input, geometry, stride, row_begin, row_end, columns);
+  }
+
+  void backward_sampling(const at::Tensor& grad_columns, const at::Tensor& input,
+                         const LSConvGeometry& geometry, const PreparedStride& stride,
+                         int64_t row_begin, int64_t row_end, const at::Tensor& grad_input,
+                         bool stride_gradient, const at::Tensor& columns) const override {
+    ls_conv_backward_sampling_cuda(grad_columns, input, geometry, stride, row_begin, row_end,
+                                   grad_input, stride_gradient, columns);
+  }
+
+  std::unique_ptr<TileProducts> products(const at::Tensor& input, const at::Tensor& weight,
+                                         const optional<at::Tensor>& bias, int64_t groups,
+                                         bool) const override {
+    return input.scalar_type() == at::kFloat ? convolution_products(weight, bias, groups)
+                                             : batched_products(weight, bias, groups);
+  }
+
+  bool forward_whole(const at::Tensor& input, const at::Tensor& weight,
+                     const optional<at::Tensor>& bias, const LSConvGeometry& geometry,
+                     const PreparedStride& stride, int64_t groups,
+                     at::Tensor& output) const override {
+    if (!ls_conv_fused_cuda(input, geometry)) return false;
+    ls_conv_forward_fused_cuda(input, weight, bias, geometry, stride, groups, output);
+    return true;
+  }
+
+  at::Tensor weight_gradient_whole(const at::Tensor& grad_output, const at::Tensor& input,
+                                   const LSConvGeometry& geometry, const PreparedStride& stride,
+                                   int64_t groups) const override {
+    if (!ls_conv_fused_cuda(input, geometry)) return at::Tensor();
+    return ls_conv_weight_gradient_fused_cuda(grad_output, input, geometry, stride, groups,
+                                              grad_output.size(1));
+  }
+};
+
+const CudaBackend kCuda;
+
+at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& stride,
+                   const optional<at::Tensor>& bias, at::IntArrayRef padding,
+                   at::IntArrayRef dilation, int64_t groups, at::IntArrayRef output_size,
+                   const optional<at::Tensor>& phase) {
+  return ls_conv2d_forward(kCuda, input, weight, stride, bias, padding, dilation, groups,
+                           output_size, phase);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& stride, const optional<at::Tensor>& phase, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, std::array<bool, 5> output_mask) {
+  return ls_conv2d_backward(kCuda, grad_output, input, weight, stride, phase, padding,
+                            dilation, groups, output_mask);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmlstride, CUDA, m) {
+  m.impl("ls_conv2d", &forward);
+  m.impl("ls_conv2d_backward", &backward);
 }
 
 }  // namespace mmlstride
