@@ -6,7 +6,7 @@ mmengine 0.10.7 resolves ``package::path`` config names only for OpenMMLab's own
 
     python -m mmlstride.copy_configs mmlstride_configs
     # then, in my_config.py next to it:
-    _base_ = './mmlstride_configs/digits/retinanet_r18n-ls_digits_quick.py'
+    _base_ = './mmlstride_configs/lsconv/retinanet_r50-ls_fpn_1x_coco.py'
 
 Works the same with a wheel (the configs are copied into ``mmlstride/.mim/configs``) and an
 editable install (there ``.mim/configs`` links to the checkout's ``configs/``).

@@ -4,8 +4,9 @@ In mmengine's root registries (mmcv's ``build_conv_layer`` and every OpenMMLab l
 there): ``LSConv`` and ``BlurConv`` in ``MODELS`` (``conv_cfg=dict(type='LSConv')``),
 ``StrideLoggerHook`` in ``HOOKS``, ``CPUDistributedDataParallel`` in ``MODEL_WRAPPERS``, and
 LSConv's multiply-add rule in ``mmengine.analysis``. Where mmdet is installed, also in mmdet's:
-``LSResNet`` and ``BlurResNet`` in ``MODELS``, ``DigitsDetectionDataset`` and
-``ScaledDigitsDetectionDataset`` in ``DATASETS``.
+``LSResNet`` and ``BlurResNet`` in ``MODELS``, and shift consistency as a metric a config can
+name (``ShiftConsistencyMetric`` in ``METRICS``, the ``ShiftedDataset`` wrapper in
+``DATASETS``, the ``ShiftContent`` pipeline step in ``TRANSFORMS``).
 
 ``import mmlstride`` imports this module where mmengine is installed; the op and the layers
 (:mod:`mmlstride.ops`) need torch alone.
@@ -26,12 +27,16 @@ complexity.register()
 
 if importable('mmdet'):
     from mmdet.registry import DATASETS as MMDET_DATASETS
+    from mmdet.registry import METRICS as MMDET_METRICS
     from mmdet.registry import MODELS as MMDET_MODELS
+    from mmdet.registry import TRANSFORMS as MMDET_TRANSFORMS
 
-    from .datasets import DigitsDetectionDataset, ScaledDigitsDetectionDataset
+    from .evaluation.shift_metric import ShiftConsistencyMetric
+    from .evaluation.shifted_dataset import ShiftContent, ShiftedDataset
     from .models import BlurResNet, LSResNet
 
     MMDET_MODELS.register_module(module=LSResNet)
     MMDET_MODELS.register_module(module=BlurResNet)
-    MMDET_DATASETS.register_module(module=DigitsDetectionDataset)
-    MMDET_DATASETS.register_module(module=ScaledDigitsDetectionDataset)
+    MMDET_DATASETS.register_module(module=ShiftedDataset)
+    MMDET_TRANSFORMS.register_module(module=ShiftContent)
+    MMDET_METRICS.register_module(module=ShiftConsistencyMetric)

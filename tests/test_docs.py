@@ -63,8 +63,13 @@ def anchors(page: Path) -> set:
     return {github_anchor(m.group(1)) for m in re.finditer(r'^#+ (.*)$', text, re.M)}
 
 
+STUDY = REPO / 'projects' / 'lsconv_study'
+
+
 @pytest.mark.parametrize('page', [REPO / 'README.md', REPO / 'CHANGELOG.md',
-                                  REPO / 'configs' / 'README.md'], ids=lambda p: p.name)
+                                  REPO / 'configs' / 'README.md', STUDY / 'README.md',
+                                  STUDY / 'results.md', STUDY / 'configs' / 'README.md'],
+                         ids=lambda p: str(p.relative_to(REPO)))
 def test_links_resolve(page):
     """Every relative link and image of the page names a file of the repository, and every
     anchor a heading of its target page."""

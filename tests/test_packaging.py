@@ -39,13 +39,14 @@ def test_building_a_distribution_keeps_the_checkouts_config_links(tmp_path):
         assert (checkout / 'mmlstride' / '.mim' / name).is_symlink(), name
     with tarfile.open(next((tmp_path / 'dist').glob('*.tar.gz'))) as archive:
         members = [m for m in archive.getmembers() if '/.mim/' in m.name]
-    assert any(m.name.endswith('.mim/configs/digits/retinanet_r18n-ls_digits.py') for m in members)
+    assert any(m.name.endswith('.mim/configs/lsconv/retinanet_r50-ls_fpn_1x_coco.py')
+               for m in members)
     assert not any(m.issym() for m in members)
 
 
 # A user's config in their own directory, on a copied bundled config.
 USER_CONFIG = """
-_base_ = './bundled/digits/retinanet_r18n-ls_digits_quick.py'
+_base_ = './bundled/lsconv/retinanet_r50-ls_fpn_1x_coco.py'
 train_cfg = dict(max_iters=10)
 """
 
@@ -137,7 +138,7 @@ def test_an_editable_installs_configs_serve_as_bases_of_a_users_config(tmp_path)
 def test_copying_configs_refuses_to_overwrite(tmp_path, capsys):
     """Existing files are kept unless --overwrite, with an error that names one."""
     mmlstride.copy_configs.main([str(tmp_path)])
-    target = tmp_path / 'digits' / 'retinanet_r18n-ls_digits.py'
+    target = tmp_path / 'lsconv' / 'retinanet_r50-ls_fpn_1x_coco.py'
     target.write_text('# edited\n')
     with pytest.raises(SystemExit):
         mmlstride.copy_configs.main([str(tmp_path)])

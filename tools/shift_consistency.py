@@ -3,7 +3,9 @@
 Evaluates the detector on the test images shifted right and down by 1-7 whole pixels and by
 0.5-3.5 pixels (bilinear), boxes moved with them, and prints mAP at each shift and the
 consistency (the fraction of ground-truth objects whose match, same class, IoU >= 0.5 and
-score >= --score-thr, is the same as without the shift); see mmlstride.evaluation.
+score >= --score-thr, is the same as without the shift); see mmlstride.evaluation. Runs
+mmengine's evaluation: the config's test set in a ShiftedDataset (ShiftContent put after its
+loading steps), the model's test_step, ShiftConsistencyMetric.
 
     python tools/shift_consistency.py CONFIG CHECKPOINT [--out result.json]
 """
@@ -11,58 +13,39 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
-import numpy as np
 from mmengine.config import DictAction
 
 from mmlstride.engine import load_config, load_weights
-from mmlstride.evaluation import HALF_PIXEL_SHIFTS, WHOLE_PIXEL_SHIFTS, shift_consistency
-from mmlstride.evaluation.shift_consistency import DEFAULT_SCORE_THR, Detections
+from mmlstride.evaluation.shift_consistency import DEFAULT_SCORE_THR
 
 
-def load_test_set(cfg) -> tuple:
-    """The config's test images (BGR, as mmdet loads them) and their ground truth."""
-    import mmcv
-    from mmdet.registry import DATASETS
-    dataset = DATASETS.build(cfg.test_dataloader.dataset)
-    dataset.full_init()
-    images, truths = [], []
-    for index in range(len(dataset)):
-        info = dataset.get_data_info(index)
-        images.append(mmcv.imread(info['img_path']))
-        kept = [i for i in info['instances'] if not i.get('ignore_flag', 0)]
-        truths.append((np.array([i['bbox'] for i in kept], dtype=np.float64).reshape(-1, 4),
-                       np.array([i['bbox_label'] for i in kept], dtype=np.int64)))
-    return images, truths, len(dataset.metainfo['classes'])
-
-
-def detector(cfg, checkpoint: str, batch_size: int):
-    """A function from a list of images (BGR arrays) to the detections of the config's
-    model with these weights, through the config's test pipeline."""
+def evaluate(cfg, checkpoint: str, score_thr: float, batch_size: int) -> dict:
+    """The report of ShiftConsistencyMetric on the config's test set under the default
+    shifts, for the config's model with these weights."""
     import torch
-    from mmcv.transforms import Compose
     from mmdet.apis import init_detector
     from mmengine.dataset import pseudo_collate
+    from mmengine.evaluator import Evaluator
+
+    from mmlstride.evaluation import ShiftConsistencyMetric, ShiftedDataset, with_shift_content
     model = init_detector(cfg, None, device='cpu')
     load_weights(model, checkpoint)
-    steps = [dict(step) for step in cfg.test_dataloader.dataset.pipeline
-             if step['type'] != 'LoadAnnotations']
-    steps[0] = dict(type='mmdet.LoadImageFromNDArray')
-    pipeline = Compose(steps)
-
-    def predict(images: List[np.ndarray]) -> List[Detections]:
-        out = []
-        for start in range(0, len(images), batch_size):
-            batch = pseudo_collate([pipeline(dict(img=image, img_id=start + i))
-                                    for i, image in enumerate(images[start:start + batch_size])])
-            with torch.no_grad():
-                for sample in model.test_step(batch):
-                    found = sample.pred_instances
-                    out.append((found.bboxes.numpy(), found.scores.numpy(),
-                                found.labels.numpy()))
-        return out
-    return predict
+    model.eval()
+    dataset_cfg = cfg.test_dataloader.dataset.copy()
+    dataset_cfg.pipeline = with_shift_content(dataset_cfg.pipeline)
+    dataset = ShiftedDataset(dataset_cfg)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         collate_fn=pseudo_collate)
+    metric = ShiftConsistencyMetric(score_thr=score_thr)
+    evaluator = Evaluator(metric)
+    evaluator.dataset_meta = dataset.metainfo
+    with torch.no_grad():
+        for batch in loader:
+            evaluator.process(model.test_step(batch), batch)
+    evaluator.evaluate(len(dataset))
+    return metric.report
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -81,12 +64,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if not os.path.exists(args.checkpoint):
         parser.error(f'checkpoint {args.checkpoint}: no such file')
     cfg = load_config(args.config, args.cfg_options)
-    images, truths, num_classes = load_test_set(cfg)
-    result = shift_consistency(detector(cfg, args.checkpoint, args.batch_size), images, truths,
-                               num_classes, WHOLE_PIXEL_SHIFTS + HALF_PIXEL_SHIFTS,
-                               args.score_thr)
+    result = evaluate(cfg, args.checkpoint, args.score_thr, args.batch_size)
     result.update(config=os.path.abspath(args.config),
-                  checkpoint=os.path.abspath(args.checkpoint), images=len(images))
+                  checkpoint=os.path.abspath(args.checkpoint))
     print('| shift (dx, dy) | mAP | consistency | objects |\n|---|---|---|---|')
     for row in result['per_shift']:
         print(f"| {row['shift'][0]:g}, {row['shift'][1]:g} | {row['mAP']:.1f} | "

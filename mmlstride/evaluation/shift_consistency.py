@@ -10,6 +10,8 @@ its box with IoU >= 0.5. An object that the shift pushes more than half out of t
 left out of that shift (its box is clipped to the canvas otherwise).
 
 Torch-free: ``predict`` is any function from a list of images to their detections.
+:func:`shift_report` computes the report from what was found at each shift; it is shared
+with the mmengine metric (:mod:`mmlstride.evaluation.shift_metric`).
 """
 import contextlib
 import io
@@ -146,30 +148,54 @@ def shift_consistency(predict: Callable[[List[np.ndarray]], List[Detections]],
                       + HALF_PIXEL_SHIFTS,
                       score_thr: float = DEFAULT_SCORE_THR) -> Dict[str, object]:
     """mAP and consistency of ``predict`` on ``images`` at each (dx, dy) of ``shifts``
-    against no shift, and their summaries: over the whole-pixel shifts (``whole``: mean mAP
-    and its spread, max minus min, over no shift and these shifts; mean consistency) and over
-    the fractional ones (``fractional``)."""
+    against no shift, and their summaries (see :func:`shift_report`). ``predict`` is called
+    once without the shift, then once per shift in order."""
     if not len(images) or len(images) != len(truths):
         raise ValueError(f'images ({len(images)}) and truths ({len(truths)}) expected the same '
                          'number of images, at least one')
     truths = [(np.asarray(b, dtype=np.float64).reshape(-1, 4), np.asarray(l))
               for b, l in truths]
-    reference = predict([np.asarray(image, dtype=np.float32) for image in images])
-    reference_matched = [matched(t, d, score_thr) for t, d in zip(truths, reference)]
-    results = [ShiftResult((0.0, 0.0), coco_map(truths, reference, num_classes), 1.0,
-                           sum(len(t[1]) for t in truths))]
+    shifted_truths, detections, visibles = [truths], [], []
+    detections.append(predict([np.asarray(image, dtype=np.float32) for image in images]))
     for dx, dy in shifts:
-        moved_truths, visibles, same, counted = [], [], 0, 0
-        for (boxes, labels), image in zip(truths, images):
-            moved, visible = shift_boxes(boxes, dx, dy, image.shape[1], image.shape[0])
-            moved_truths.append((moved[visible], labels[visible]))
-            visibles.append(visible)
-        detections = predict([shift_image(image, dx, dy) for image in images])
-        for truth, visible, detected, before in zip(moved_truths, visibles, detections,
+        moved = [shift_boxes(boxes, dx, dy, image.shape[1], image.shape[0])
+                 for (boxes, _), image in zip(truths, images)]
+        shifted_truths.append([(boxes[visible], labels[visible])
+                               for (boxes, visible), (_, labels) in zip(moved, truths)])
+        visibles.append([visible for _, visible in moved])
+        detections.append(predict([shift_image(image, dx, dy) for image in images]))
+    return shift_report(shifts, shifted_truths, detections, visibles, num_classes, score_thr)
+
+
+def shift_report(shifts: Sequence[Tuple[float, float]],
+                 truths: Sequence[Sequence[GroundTruth]],
+                 detections: Sequence[Sequence[Detections]],
+                 visibles: Sequence[Sequence[np.ndarray]], num_classes: int,
+                 score_thr: float = DEFAULT_SCORE_THR) -> Dict[str, object]:
+    """The report of :func:`shift_consistency` from what was found at each shift.
+
+    ``truths[k][i]`` and ``detections[k][i]`` are image i's ground truth and detections
+    without a shift (k = 0) and at ``shifts[k - 1]``; ``visibles[k - 1][i]`` says which of
+    image i's unshifted objects ``truths[k][i]`` keeps (in order). Returns ``score_thr``,
+    ``per_shift`` (shift, mAP, consistency, objects; no shift first) and the summaries over
+    the whole-pixel shifts (``whole``: mean mAP and its spread, max minus min, over no shift
+    and these shifts; mean consistency) and over the fractional ones (``fractional``)."""
+    if not len(truths) == len(detections) == len(visibles) + 1 == len(shifts) + 1:
+        raise ValueError(f'{len(shifts)} shifts expected truths ({len(truths)}) and detections '
+                         f'({len(detections)}) for no shift and each shift, visibles '
+                         f'({len(visibles)}) for each shift')
+    reference_matched = [matched(t, d, score_thr) for t, d in zip(truths[0], detections[0])]
+    results = [ShiftResult((0.0, 0.0), coco_map(truths[0], detections[0], num_classes), 1.0,
+                           sum(len(labels) for _, labels in truths[0]))]
+    for shift, moved_truths, found, visible_of in zip(shifts, truths[1:], detections[1:],
+                                                      visibles):
+        same, counted = 0, 0
+        for truth, visible, detected, before in zip(moved_truths, visible_of, found,
                                                     reference_matched):
             same += int((matched(truth, detected, score_thr) == before[visible]).sum())
             counted += int(visible.sum())
-        results.append(ShiftResult((dx, dy), coco_map(moved_truths, detections, num_classes),
+        results.append(ShiftResult((shift[0], shift[1]),
+                                   coco_map(moved_truths, found, num_classes),
                                    same / counted if counted else float('nan'), counted))
 
     def summary(selected: List[ShiftResult]) -> Dict[str, float]:

@@ -33,9 +33,9 @@ class LSResNet(ResNet):
         stage_conv: config of the replacing layer, built with mmcv's
             ``build_conv_layer``: ``dict(type='LSConv', phase=0.5)`` (default:
             a grid fixed half a pixel in, which with frozen strides is a 2 x 2
-            box blur before each strided conv; in the anti-aliasing study,
-            docs/study.md, it matched learned strides and BlurPool in mAP and
-            shift consistency at 0.4% more multiply-adds, and it exports as a
+            box blur before each strided conv; in the anti-aliasing study
+            (projects/lsconv_study) it matched learned strides and BlurPool in
+            mAP and shift consistency at 0.4% more multiply-adds, and it exports as a
             plain convolution), ``dict(type='LSConv', learn_phase=True)`` for
             a learned translation, ``dict(type='LSConv')`` for the op's own
             corner grid, or with

@@ -21,7 +21,8 @@ import pytest
 pytest.importorskip('mmdet')
 pytest.importorskip('sklearn')
 
-from mmlstride.datasets import digits_detection, scaled_digits_detection  # noqa: E402
+from projects.lsconv_study.lsconv_study.datasets import (  # noqa: E402
+    digits_detection, scaled_digits_detection)
 from mmlstride.evaluation.shift_consistency import (HALF_PIXEL_SHIFTS,  # noqa: E402
                                                     WHOLE_PIXEL_SHIFTS, shift_boxes,
                                                     shift_image)

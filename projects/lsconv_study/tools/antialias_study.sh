@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# LSConv against fixed anti-aliasing (docs/study.md, "LSConv against a fixed blur"): trains its
-# cells with tools/benchmark_detection.py, two runs at a time, most important cells first,
-# evaluates every run under shifts, measures each setting's cost alone, then rewrites the
-# suites' sections of docs/study.md. Re-running it trains only what is missing. STUDY_WORK_DIR
+# LSConv against fixed anti-aliasing (results.md, "LSConv against a fixed blur"): trains its
+# cells with benchmark.py, two runs at a time, most important cells first, evaluates every run
+# under shifts, measures each setting's cost alone, then rewrites the suites' sections of
+# results.md. Re-running it trains only what is missing. STUDY_WORK_DIR
 # sets where the runs go (default work_dirs/detection_benchmark); BEST_LSCONV, BEST_BLUR name
 # the cells that get five seeds with fixed strides and the fixed half phase with frozen strides
 # (defaults: the best of the three-seed cells on digits by mean mAP).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."  # the repository
 python=${MMLSTRIDE_VENV:-.venv}/bin/python
 work_dir=${STUDY_WORK_DIR:-work_dirs/detection_benchmark}
 best_lsconv=${BEST_LSCONV:-lsconv-half}
 best_blur=${BEST_BLUR:-blurpool}
-bench() { "$python" tools/benchmark_detection.py --jobs 2 --work-dir "$work_dir" "$@"; }
+bench() { "$python" projects/lsconv_study/tools/benchmark.py --jobs 2 --work-dir "$work_dir" "$@"; }
 three='0 1 2'
 five='0 1 2 3 4'
 everything='fixed lsconv-half-frozen blurpool blurfirst lsconv-half lsconv-phase lsconv'
@@ -36,9 +36,10 @@ bench --suite antialias-scaled --settings $best_lsconv --seeds $three --other-se
 bench --suite antialias-scaled --settings lsconv-phase lsconv --seeds $three \
   --other-seeds $three
 # 4. Costs, measured alone (nothing else may run meanwhile), then the sections of
-#    docs/study.md and their figures, from every finished run.
+#    results.md and their figures, from every finished run.
 for suite in antialias antialias-scaled antialias-frcnn; do
-  "$python" tools/benchmark_detection.py --suite $suite --no-train --costs --seeds $five \
-    --other-seeds $five --work-dir "$work_dir" --readme docs/study.md \
-    --figure "docs/figures/study_$suite.png"
+  "$python" projects/lsconv_study/tools/benchmark.py --suite $suite --no-train --costs \
+    --seeds $five \
+    --other-seeds $five --work-dir "$work_dir" --readme projects/lsconv_study/results.md \
+    --figure "projects/lsconv_study/figures/study_$suite.png"
 done

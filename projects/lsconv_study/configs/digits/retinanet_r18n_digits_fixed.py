@@ -1,10 +1,13 @@
-# The CPU detection benchmark: RetinaNet on a narrow ResNet-18 (32-256
+# The CPU detection study: RetinaNet on a narrow ResNet-18 (32-256
 # channels) at 128 px, on digits canvases generated from scikit-learn's
 # handwritten digits (DigitsDetectionDataset: made on first use under
 # data/digits_detection, nothing downloaded). This config is the baseline with
 # fixed integer strides; the others in this folder change only the backbone.
 _base_ = 'mmdet::_base_/default_runtime.py'
-custom_imports = dict(imports=['mmlstride'], allow_failed_imports=False)
+# The study's package registers the datasets: run from the repository's root with it on
+# PYTHONPATH, e.g. `PYTHONPATH=$PWD mim train mmdet CONFIG` (see the project's README).
+custom_imports = dict(imports=['mmlstride', 'projects.lsconv_study.lsconv_study'],
+                      allow_failed_imports=False)
 
 max_iters = 1200
 data_root = 'data/digits_detection/'

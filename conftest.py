@@ -1,4 +1,6 @@
-"""Shared by the tests: the device parametrisation (every test that takes ``device`` runs on the
+"""Shared by the tests (the product's in tests/, the study's in projects/lsconv_study/tests):
+the repository on the PYTHONPATH of the processes tests start (the study's configs import
+projects.lsconv_study), the device parametrisation (every test that takes ``device`` runs on the
 CPU and, where a GPU is visible, on CUDA), the rule that CI fails instead of skipping when a
 tool it expects is missing, and one summary line per group of skipped tests."""
 import collections
@@ -9,6 +11,10 @@ import pytest
 import torch
 
 from mmlstride.torch_compat import FEATURES, has_feature
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+os.environ['PYTHONPATH'] = os.pathsep.join(
+    p for p in (REPO, os.environ.get('PYTHONPATH')) if p)
 
 # Older torch versions refuse cuBLAS under torch.use_deterministic_algorithms(True)
 # unless this is set before CUDA starts (tests/test_cuda.py uses deterministic mode).

@@ -1,5 +1,5 @@
-"""The generated detection datasets (in mmdet's DATASETS through
-:mod:`mmlstride.openmmlab`)."""
+"""The generated detection datasets of the study (registered in mmdet's DATASETS when the
+project is imported)."""
 from .digits_detection import (CLASSES, DigitsDetectionDataset, ensure_digits_detection,
                                generate_digits_detection)
 from .scaled_digits_detection import (ScaledDigitsDetectionDataset,

@@ -1,0 +1,204 @@
+"""mmdet backbones with LSConv: LSResNet's strided blocks, their shortcuts following the main
+conv's grid, its default, BlurResNet, and loading plain ResNet weights."""
+import pytest
+import torch
+
+from conftest import require_module
+
+require_module('mmdet')
+
+from mmlstride.models import LSResNet  # noqa: E402
+from mmlstride.ops import LSConv2d  # noqa: E402
+
+
+def test_follower_samples_the_leader_grid():
+    """A 3x3 main conv reduced to its centre tap and a 1x1 shortcut that follows it read the
+    input at the same positions for any stride."""
+    torch.manual_seed(0)
+    main = LSConv2d(4, 4, 3, stride=2, padding=1, bias=False).double()
+    shortcut = LSConv2d(4, 4, 1, stride=2, bias=False).double()
+    shortcut.follow_stride(main)
+    with torch.no_grad():
+        main.learnable_stride.copy_(torch.tensor([1.63, 2.41]))
+        main.weight.zero_()
+        main.weight[:, :, 1, 1] = torch.eye(4)
+        shortcut.weight.copy_(torch.eye(4)[:, :, None, None])
+    x = torch.randn(2, 4, 17, 19, dtype=torch.float64)
+    torch.testing.assert_close(main(x), shortcut(x))
+    assert 'learnable_stride' not in dict(shortcut.named_parameters())
+    shortcut(x).sum().backward()
+    assert main.learnable_stride.grad.abs().sum() > 0
+
+
+def test_follow_stride_rejects_misaligned_layers():
+    main = LSConv2d(4, 4, 3, stride=2, padding=0)
+    shortcut = LSConv2d(4, 4, 1, stride=2)
+    with pytest.raises(ValueError, match='centre offset'):
+        shortcut.follow_stride(main)
+    with pytest.raises(ValueError, match='nominal'):
+        LSConv2d(4, 4, 1, stride=1).follow_stride(LSConv2d(4, 4, 1, stride=2))
+
+
+@pytest.mark.parametrize('depth', [18, 50])
+def test_ls_resnet_has_one_stride_per_strided_block(depth):
+    backbone = LSResNet(depth=depth, base_channels=8, out_indices=(1, 2, 3))
+    names = sorted(name for name, _ in backbone.learned_strides())
+    conv = 'conv1' if depth == 18 else 'conv2'
+    assert names == [f'layer{i}.0.{conv}' for i in (2, 3, 4)]
+    with pytest.raises(ValueError, match='ls_stages'):
+        LSResNet(depth=18, ls_stages=(True, True))
+
+
+@pytest.mark.parametrize('learn_phase', [False, True])
+@pytest.mark.parametrize('depth', [18, 50])
+def test_ls_resnet_shortcuts_follow_their_block_stride(depth, learn_phase):
+    """Each strided block's shortcut is an LSConv that follows the block's strided conv, and
+    after the stride (and the learned phase) moves both branches sample with it: each equals
+    the pure-PyTorch reference at the leader's moved grid (the kernel centres then sit on the
+    same grid)."""
+    from mmlstride.ops import ls_conv2d_reference
+    backbone = LSResNet(depth=depth, base_channels=8, out_indices=(1, 2, 3),
+                        stage_conv=dict(type='LSConv', learn_phase=learn_phase)).double()
+    strided = 'conv1' if depth == 18 else 'conv2'
+    torch.manual_seed(0)
+    for index, layer in enumerate(('layer2', 'layer3', 'layer4')):
+        block = getattr(backbone, layer)[0]
+        leader, shortcut = getattr(block, strided), block.downsample[0]
+        assert isinstance(leader, LSConv2d) and leader.stride_leader is None
+        assert isinstance(shortcut, LSConv2d) and shortcut.stride_leader is leader
+        assert 'learnable_stride' not in dict(shortcut.named_parameters())
+        assert 'learnable_phase' not in dict(shortcut.named_parameters())
+        moved = torch.tensor([1.63 + 0.1 * index, 2.41 - 0.2 * index], dtype=torch.float64)
+        phase = torch.tensor([0.4, -0.7 + 0.1 * index], dtype=torch.float64)
+        with torch.no_grad():
+            leader.learnable_stride.copy_(moved)
+            if learn_phase:
+                leader.learnable_phase.copy_(phase)
+        for conv in (leader, shortcut):
+            x = torch.randn(2, conv.in_channels, 15, 13, dtype=torch.float64)
+            expected = ls_conv2d_reference(x, conv.weight, moved, conv.bias, conv.padding,
+                                           conv.dilation, conv.groups, (8, 7),
+                                           phase if learn_phase else None)
+            torch.testing.assert_close(conv(x), expected)
+    # Blocks with stride 1 keep identity shortcuts and plain convs.
+    assert backbone.layer2[1].downsample is None
+    assert not isinstance(getattr(backbone.layer2[1], strided), LSConv2d)
+
+
+def test_ls_resnet_with_a_fixed_phase():
+    """stage_conv=dict(type='LSConv', phase=0.5): every strided conv holds the phase fixed (no
+    phase parameter), its shortcut samples on that grid, and the strides still learn."""
+    from mmlstride.ops import ls_conv2d_reference
+    backbone = LSResNet(depth=18, base_channels=8, out_indices=(1, 2, 3),
+                        stage_conv=dict(type='LSConv', phase=0.5), learn_stride=True).double()
+    assert not [name for name, _ in backbone.named_parameters() if 'phase' in name]
+    assert sorted(name for name in backbone.state_dict() if 'phase' in name) == [
+        f'layer{i}.0.conv1.fixed_phase' for i in (2, 3, 4)]
+    block = backbone.layer3[0]
+    assert block.conv1.fixed_phase.tolist() == [0.5, 0.5]
+    assert block.downsample[0].stride_leader is block.conv1
+    x = torch.randn(1, block.downsample[0].in_channels, 9, 9, dtype=torch.float64)
+    expected = ls_conv2d_reference(x, block.downsample[0].weight, block.conv1.learnable_stride,
+                                   block.downsample[0].bias, (0, 0), (1, 1), 1, (5, 5),
+                                   torch.tensor([0.5, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(block.downsample[0](x), expected)
+    features = backbone(torch.randn(1, 3, 64, 64, dtype=torch.float64))
+    grads = torch.autograd.grad(sum(f.sum() for f in features),
+                                [m.learnable_stride for _, m in backbone.learned_strides()])
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize('order', ['conv-blur', 'blur-conv'])
+def test_blur_resnet_blurs_where_lsconv_goes_and_loads_resnet_weights(order):
+    """BlurResNet: the strided convs of stages 2-4 and their strided shortcuts are BlurConv2d
+    (the stem and stride-1 convs unchanged), the parameter names are ResNet's (a ResNet's
+    weights load strictly, as the fixed model's initial weights do through load_from), and the
+    feature maps have ResNet's sizes."""
+    from mmdet.models.backbones import ResNet
+    from mmlstride.models import BlurResNet
+    from mmlstride.ops import BlurConv2d
+    torch.manual_seed(0)
+    resnet = ResNet(depth=18, base_channels=8, out_indices=(1, 2, 3))
+    backbone = BlurResNet(depth=18, base_channels=8, out_indices=(1, 2, 3), order=order)
+    backbone.load_state_dict(resnet.state_dict())
+    blurred = sorted(name for name, m in backbone.named_modules() if isinstance(m, BlurConv2d))
+    assert blurred == [f'layer{i}.0.{conv}' for i in (2, 3, 4)
+                       for conv in ('conv1', 'downsample.0')]
+    assert all(m.order == order and m.stride == (2, 2) for name, m in backbone.named_modules()
+               if isinstance(m, BlurConv2d))
+    x = torch.randn(1, 3, 61, 70)
+    backbone.eval()
+    resnet.eval()
+    with torch.no_grad():
+        found, plain = backbone(x), resnet(x)
+    assert [f.shape for f in found] == [f.shape for f in plain]
+    assert (found[0] - plain[0]).abs().max() > 1e-3  # the blur changes what stage 2 sees
+
+
+def test_ls_resnet_default_is_the_fixed_half_phase_at_frozen_strides():
+    """LSResNet's default (the anti-aliasing study's choice): every strided conv samples half a
+    pixel in, a fixed phase (no phase parameter), at the nominal stride, frozen; a 2 x 2 box
+    average then the plain strided conv. learn_stride=True learns the strides (and a learned
+    phase) from there; dict(type='LSConv') gives the corner grid alone."""
+    from mmdet.models.backbones import ResNet
+    default = LSResNet(depth=18, base_channels=8).double()
+    layers = [m for _, m in default.learned_strides()]
+    assert len(layers) == 3
+    for m in layers:
+        assert m.learnable_phase is None and m.fixed_phase.tolist() == [0.5, 0.5]
+        assert m.learnable_stride.tolist() == [2.0, 2.0]
+        assert not m.learnable_stride.requires_grad
+    # A strided conv of the default is the box average, then the plain conv at stride 2.
+    conv = default.layer3[0].conv1
+    x = torch.randn(2, conv.in_channels, 12, 12, dtype=torch.float64)
+    box = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (1, 1, 1, 1)), 2, stride=1)
+    expected = torch.nn.functional.conv2d(box, conv.weight, conv.bias, stride=2)
+    torch.testing.assert_close(conv(x), expected)
+    plain = ResNet(depth=18, base_channels=8)
+    assert set(plain.state_dict()) <= set(default.state_dict())
+    learned = LSResNet(depth=18, learn_stride=True,
+                       stage_conv=dict(type='LSConv', learn_phase=True))
+    assert all(m.learnable_stride.requires_grad and m.learnable_phase.requires_grad
+               for _, m in learned.learned_strides())
+    corner = LSResNet(depth=18, stage_conv=dict(type='LSConv'))
+    assert all(m.learnable_phase is None and m.fixed_phase is None
+               for _, m in corner.learned_strides())
+
+
+def test_all_3x3_and_initial_stride():
+    """all_3x3 makes every 3x3 conv of stages 2-4 an LSConv (13 at depth 50, plus the 3
+    strided shortcuts); initial_stride moves only the strided ones."""
+    backbone = LSResNet(depth=50, base_channels=8, all_3x3=True, initial_stride=1.5,
+                        learn_stride=True)
+    convs = [m for m in backbone.modules() if isinstance(m, LSConv2d)]
+    assert len(convs) == 16
+    assert len(LSResNet(depth=50, base_channels=8).learned_strides()) == 3
+    assert not any(isinstance(m, LSConv2d) for m in backbone.layer1.modules())
+    for layer in (backbone.layer2, backbone.layer3, backbone.layer4):
+        for index, block in enumerate(layer):
+            assert isinstance(block.conv2, LSConv2d)
+            expected = [1.5, 1.5] if index == 0 else [1.0, 1.0]
+            assert block.conv2.learnable_stride.tolist() == expected
+            assert block.conv2.learnable_stride.requires_grad
+            assert not isinstance(block.conv1, LSConv2d) and not isinstance(block.conv3, LSConv2d)
+
+
+def test_ls_resnet_loads_a_plain_resnet_checkpoint():
+    from mmdet.models.backbones import ResNet
+    plain = ResNet(depth=18, base_channels=8)
+    backbone = LSResNet(depth=18, base_channels=8, initial_stride=3.0)
+    with torch.no_grad():
+        for _, layer in backbone.learned_strides():
+            layer.learnable_stride.fill_(1.7)  # as if trained
+    backbone.load_state_dict(plain.state_dict())  # strict: the learned strides are optional
+    # A checkpoint without strides (pretrained or shared initial weights) keeps the initial stride.
+    assert all(m.learnable_stride.tolist() == [3.0, 3.0] for _, m in backbone.learned_strides())
+    for name, value in plain.state_dict().items():
+        assert torch.equal(backbone.state_dict()[name], value), name
+
+
+def test_initial_and_frozen_strides():
+    backbone = LSResNet(depth=18, base_channels=8, initial_stride=3.0, learn_stride=False)
+    for _, layer in backbone.learned_strides():
+        assert layer.learnable_stride.tolist() == [3.0, 3.0]
+        assert not layer.learnable_stride.requires_grad
