@@ -5,6 +5,7 @@ CPU and, where a GPU is visible, on CUDA), the rule that CI fails instead of ski
 tool it expects is missing, and one summary line per group of skipped tests."""
 import collections
 import contextlib
+import importlib.util
 import os
 
 import pytest
@@ -76,6 +77,14 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section('skipped groups')
         for reason, count in counts.most_common():
             terminalreporter.line(f'{count} skipped: {reason} ({", ".join(sorted(groups[reason]))})')
+
+
+def load_tool(name: str):
+    """The command-line tool ``tools/<name>.py`` as a module (its ``main`` and helpers)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def require_cuda_kernels() -> None:

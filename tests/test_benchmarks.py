@@ -1,21 +1,13 @@
 """The fixed-grid and backbone benchmarks: what they time computes what they claim."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import require_module
+from conftest import load_tool, require_module
 
 TOOLS = Path(__file__).resolve().parents[1] / 'tools'
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_fixed_grid_benchmark_prints_and_writes_every_method(tmp_path, capsys):

@@ -2,7 +2,6 @@
 trains with the stride hook (alone, in two gloo processes, through mim), the stride hook, and
 the shift-consistency and cost tools on a trained detector."""
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import require_module
+from conftest import load_tool, require_module
 
 require_module('mmdet')
 
@@ -42,8 +41,9 @@ def test_install_puts_the_configs_in_the_mim_extension():
     mim_dir = Path(mmlstride.__file__).parent / '.mim'
     for config in CONFIGS:
         relative = os.path.relpath(config, REPO / 'configs')
-        assert (mim_dir / 'configs' / relative).is_file(), relative
-    assert (mim_dir / 'tools' / 'shift_consistency.py').is_file()
+        assert (mim_dir / 'configs' / relative).read_bytes() == Path(config).read_bytes(), relative
+    for tool in (REPO / 'tools').glob('*.py'):
+        assert (mim_dir / 'tools' / tool.name).read_bytes() == tool.read_bytes(), tool.name
     cfg = Config.fromfile(str(mim_dir / 'configs' / 'lsconv' / 'retinanet_r50-ls_fpn_1x_coco.py'))
     assert cfg.model.backbone.type == 'LSResNet'
 
@@ -155,13 +155,6 @@ def test_stride_hook_raises_when_ranks_disagree(monkeypatch):
     monkeypatch.setattr(stride_logger_hook, 'all_gather_object', stride_differs)
     with pytest.raises(RuntimeError, match="layer '0': stride differs across ranks"):
         StrideLoggerHook(interval=1).before_train(runner)
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_shift_consistency_tool_agrees_with_mmdets_metric(tmp_path):

@@ -11,17 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs_torch_for, require, require_module
+from conftest import load_tool, needs_torch_for, require, require_module
 from mmlstride.torch_compat import torch_version
 
 TOOLS = Path(__file__).resolve().parents[1] / 'tools'
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_benchmark_op_writes_table_json_and_chart(tmp_path, capsys):
@@ -175,7 +168,8 @@ def test_deploy_exports_a_detector_that_onnxruntime_runs(tmp_path, capsys):
 
     import mmlstride  # noqa: F401
     from mmlstride.ops import LSConv2d
-    config = str(TOOLS.parent / 'configs' / 'digits' / 'retinanet_r18n-ls_digits_quick.py')
+    config = str(TOOLS.parent / 'projects' / 'lsconv_study' / 'configs' / 'digits'
+                 / 'retinanet_r18n-ls_digits_quick.py')
     init_default_scope('mmdet')
     torch.manual_seed(0)
     detector = MODELS.build(Config.fromfile(config).model)
