@@ -172,4 +172,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d
     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     std::array<bool, 5> output_mask);
 
+// The op's kernels on a backend of class Backend, as each backend registers them
+// (TORCH_LIBRARY_IMPL).
+template <class Backend>
+at::Tensor ls_conv2d_kernel(const at::Tensor& input, const at::Tensor& weight,
+                            const at::Tensor& stride, const optional<at::Tensor>& bias,
+                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                            at::IntArrayRef output_size, const optional<at::Tensor>& phase) {
+  static const Backend backend;
+  return ls_conv2d_forward(backend, input, weight, stride, bias, padding, dilation, groups,
+                           output_size, phase);
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ls_conv2d_backward_kernel(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& stride, const optional<at::Tensor>& phase, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, std::array<bool, 5> output_mask) {
+  static const Backend backend;
+  return ls_conv2d_backward(backend, grad_output, input, weight, stride, phase, padding,
+                            dilation, groups, output_mask);
+}
+
 }  // namespace mmlstride

@@ -82,29 +82,11 @@ class CpuBackend final : public LSConvBackend {
   }
 };
 
-const CpuBackend kCpu;
-
-at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& stride,
-                   const optional<at::Tensor>& bias, at::IntArrayRef padding,
-                   at::IntArrayRef dilation, int64_t groups, at::IntArrayRef output_size,
-                   const optional<at::Tensor>& phase) {
-  return ls_conv2d_forward(kCpu, input, weight, stride, bias, padding, dilation, groups,
-                           output_size, phase);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    const at::Tensor& stride, const optional<at::Tensor>& phase, at::IntArrayRef padding,
-    at::IntArrayRef dilation, int64_t groups, std::array<bool, 5> output_mask) {
-  return ls_conv2d_backward(kCpu, grad_output, input, weight, stride, phase, padding, dilation,
-                            groups, output_mask);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mmlstride, CPU, m) {
-  m.impl("ls_conv2d", &forward);
-  m.impl("ls_conv2d_backward", &backward);
+  m.impl("ls_conv2d", &ls_conv2d_kernel<CpuBackend>);
+  m.impl("ls_conv2d_backward", &ls_conv2d_backward_kernel<CpuBackend>);
 }
 
 }  // namespace mmlstride
