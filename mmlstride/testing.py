@@ -1,4 +1,5 @@
-"""Independent references for LSConv (DESIGN.md section 3) and random cases, for tests and tools."""
+"""Independent references for LSConv (docs/op.md, "Independent references") and random cases,
+for tests and tools."""
 import contextlib
 import math
 import random
@@ -82,10 +83,10 @@ def ls_conv2d_by_interpolation(input: Tensor, weight: Tensor, stride: Tensor,
                                dilation: Tuple[int, int], groups: int,
                                output_size: Tuple[int, int],
                                phase: Optional[Tensor] = None) -> Tensor:
-    """LSConv straight from its definition (DESIGN.md section 1): every sample is a product
-    of the two axes' :func:`interpolation_matrix`, so its stride derivative at pixel positions
-    follows the op's convention, unlike ``grid_sample``'s at ``p = -1``. Dense and small: for
-    tests."""
+    """LSConv straight from its definition (docs/op.md, "What the op computes"): every sample
+    is a product of the two axes' :func:`interpolation_matrix`, so its stride derivative at
+    pixel positions follows the op's convention, unlike ``grid_sample``'s at ``p = -1``. Dense
+    and small: for tests."""
     n, channels, height, width = input.shape
     out_channels, group_channels, kh, kw = weight.shape
     out_h, out_w = output_size

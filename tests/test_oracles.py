@@ -191,7 +191,8 @@ def test_stride_gradient_at_minus_one_follows_mmcv(device):
 
 
 def test_seed_notebook_example(device):
-    """DESIGN.md section 2: the notebook's data, with the factor a (b) it left out."""
+    """The hand-worked example of docs/op.md ("Independent references"): its data, with the
+    factor a (b) of the chain rule through a * s in the stride gradient."""
     f64 = dict(dtype=torch.float64, device=device)
     x = torch.tensor([[10., 2, 3], [0, 1, 2], [30, 5, 2]], **f64).view(1, 1, 3, 3)
     w = torch.tensor([[0.4, 0.2], [0.1, 0.9]], **f64).view(1, 1, 2, 2)
