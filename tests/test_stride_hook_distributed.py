@@ -2,11 +2,9 @@
 hold alike, each planted to differ on one rank, raises on every rank naming the layer and the
 state."""
 import json
-import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -108,14 +106,12 @@ def rank_results(tmp_path_factory):
     out = tmp_path_factory.mktemp('ranks')
     script = out / 'check.py'
     script.write_text(RANKS_CHECK)
-    # The script lies outside the checkout: the ranks import the mmlstride under test.
-    root = str(Path(__file__).resolve().parents[1])
-    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [root] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
+    # The script lies outside the checkout: the ranks import the mmlstride under test through
+    # the PYTHONPATH conftest.py sets.
     result = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
          f'--master_port={free_port()}', str(script), str(out), ','.join(PLANTS)],
-        env=environment, capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     return [json.loads((out / f'rank{rank}.json').read_text()) for rank in (0, 1)]
 

@@ -209,15 +209,17 @@ void forward_by_tiles(const LSConvBackend& backend, TileProducts& products,
       RECORD_FUNCTION("mmlstride::im2col", std::vector<c10::IValue>());
       backend.im2col(input, g, prepared, begin, end, columns);
     }
+    // In place: the product is written into the output's rows; else copied there.
+    const bool in_place = products.in_place() && within_one_image(g, begin, end);
     at::Tensor target;
-    if (products.in_place()) {
-      target = within_one_image(g, begin, end)
-          ? rows_of_image(output, g, groups, begin, end)
-          : matrix_view(output_buffer.get(), out_channels, cols)
-                .view({groups, out_channels / groups, cols});
+    if (in_place) {
+      target = rows_of_image(output, g, groups, begin, end);
+    } else if (products.in_place()) {
+      target = matrix_view(output_buffer.get(), out_channels, cols)
+                   .view({groups, out_channels / groups, cols});
     }
     const at::Tensor product = products.forward(columns, target);
-    if (!(products.in_place() && within_one_image(g, begin, end))) {
+    if (!in_place) {
       copy_tile(output, product.view({out_channels, cols}), g, begin, end, /*to_tile=*/false);
     }
   }
