@@ -18,7 +18,7 @@ os.environ['PYTHONPATH'] = os.pathsep.join(
     p for p in (REPO, os.environ.get('PYTHONPATH')) if p)
 
 # Older torch versions refuse cuBLAS under torch.use_deterministic_algorithms(True)
-# unless this is set before CUDA starts (tests/test_cuda.py uses deterministic mode).
+# unless this is set before CUDA starts (tests/cuda/test_cuda.py uses deterministic mode).
 os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
 
 CUDA_AVAILABLE = torch.cuda.is_available()

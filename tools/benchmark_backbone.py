@@ -10,7 +10,7 @@ mode, the 'pytorch' style: the stride on the 3 x 3 conv), for
 - ``learned``: the same with the strides learning.
 
 The network is built here from torch and ``mmlstride.ops`` alone, with mmdet's parameter
-names, so that it runs where mmdet is not installed (``tests/test_tools.py`` checks that it
+names, so that it runs where mmdet is not installed (``tests/tools/test_tools.py`` checks that it
 computes what mmdet's ``ResNet`` and ``LSResNet`` compute). CUDA: CUDA events, float32 (TF32
 as torch's defaults leave it, or ``--tf32``) and bfloat16 autocast; CPU: the host clock.
 Prints medians in ms and ratios to ``resnet``.

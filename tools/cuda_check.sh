@@ -184,8 +184,8 @@ fi
 parallel=()
 "$python" -c 'import xdist' 2> /dev/null && parallel=(-n "$(( jobs < 8 ? jobs : 8 ))")
 step 'CUDA tests' 240 pytest.log "$python" -m pytest -q -rs -p no:cacheprovider \
-  "${parallel[@]}" tests/test_cuda.py tests/test_autocast.py tests/test_oracles.py \
-  tests/test_torch_library.py tests/test_errors.py
+  "${parallel[@]}" tests/cuda/test_cuda.py tests/op/test_autocast.py tests/op/test_oracles.py \
+  tests/op/test_torch_library.py tests/op/test_errors.py
 
 # 4. compute-sanitizer without the caching allocator (so that an access past a tensor's end
 # lands outside an allocation); memcheck, racecheck and synccheck on the op's kernels alone

@@ -17,7 +17,7 @@ import torch
 from mmlstride.ops import ls_conv2d_reference
 from mmlstride.testing import Case, compiled_op, norm_relative_error, random_case
 
-# Worst norm-relative error against the float64 reference, as in tests/test_cuda.py.
+# Worst norm-relative error against the float64 reference, as in tests/cuda/test_cuda.py.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 5e-3,
              torch.bfloat16: 3e-2}
 

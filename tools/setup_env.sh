@@ -25,7 +25,7 @@ pip install -q --upgrade pip 'setuptools>=77,<81' wheel ninja
 pip install -q "torch==$torch_version"
 pip install -q -r requirements/runtime.txt -r requirements/tests.txt -r requirements/docs.txt
 # The headers of CUDA 11.8 and 12.1 (torch 2.1's CUDA builds), which the CUDA code is checked
-# against (tests/test_cuda_kernels_compile.py): about 60 MB each, apart from site-packages.
+# against (tests/cuda/test_cuda_kernels_compile.py): about 60 MB each, apart from site-packages.
 for cuda in 11.8.89 12.1.105; do
   target=$venv/cuda-headers/${cuda%.*}
   [ -d "$target/nvidia" ] || pip install -q --no-deps --target "$target" \

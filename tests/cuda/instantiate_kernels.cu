@@ -1,6 +1,6 @@
 // Instantiates every CUDA kernel of csrc/common/cuda for every dtype and index
 // type the launchers use, so that nvcc checks them on machines without a GPU or
-// a CUDA build of torch (tests/test_cuda_kernels_compile.py: compiled, and read as PTX).
+// a CUDA build of torch (tests/cuda/test_cuda_kernels_compile.py: compiled, and read as PTX).
 #include "common/cuda/ls_conv_cuda_fused.cuh"
 #include "common/cuda/ls_conv_cuda_kernel.cuh"
 

@@ -1,7 +1,7 @@
 // The CPU's tile products through oneDNN's matmul, the library behind F.conv2d and F.linear
 // on the CPU, reached through the dispatcher (mkldnn::_linear_pointwise, torch's
 // prepacking-free linear), bit for bit the same whatever the thread count
-// (tests/test_oracles.py). Other dtypes, a torch built without oneDNN, and
+// (tests/op/test_oracles.py). Other dtypes, a torch built without oneDNN, and
 // torch.backends.mkldnn disabled take ATen's batched products.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>

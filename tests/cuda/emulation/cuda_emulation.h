@@ -1,7 +1,7 @@
 // A CPU stand-in for the parts of the CUDA execution model that the kernels of
 // csrc/common/cuda use, so that their logic (indexing, grid-stride loops, the block
 // reduction, the cooperation of blocks through atomics and fences, dtype conversions) runs
-// in the test suite on machines without a GPU: tests/test_cuda_kernels_emulated.py, and
+// in the test suite on machines without a GPU: tests/cuda/test_cuda_kernels_emulated.py, and
 // under ThreadSanitizer tests/cuda/emulation/tsan_cases.cpp. Device-side assertions
 // (LSCONV_ASSERT_FAIL) are recorded in emulation::assertion. Include it before the kernel
 // header; launch with emulated_launch(grid, block, kernel, args...).

@@ -1,5 +1,5 @@
 // C entry points that run the CUDA kernels of csrc/common/cuda on the CPU
-// through cuda_emulation.h, for tests/test_cuda_kernels_emulated.py (ctypes):
+// through cuda_emulation.h, for tests/cuda/test_cuda_kernels_emulated.py (ctypes):
 // each kernel alone (after the sampling tables, made by their kernel from the stride),
 // and the launch layer (ls_conv_cuda_launch.cuh) for a call, recording what it launched,
 // the fused sampling GEMMs (ls_conv_cuda_fused.cuh) among them.

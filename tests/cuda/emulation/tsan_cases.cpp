@@ -7,7 +7,7 @@
 // reduction steps and channel tiles. Each call runs under two schedules (seeds, 4 workers); with the argument `quick`,
 // under one, in float and 32-bit indices alone (the fused GEMMs: float and half, for the
 // tensor cores' staging), for the planted races. The results are not
-// checked here (tests/test_cuda_kernels_emulated.py does that): ThreadSanitizer's reports
+// checked here (tests/cuda/test_cuda_kernels_emulated.py does that): ThreadSanitizer's reports
 // are the output, and its exit status (66 when it reported) the verdict.
 //
 //   c++ -std=c++20 -O1 -g -fsanitize=thread -pthread -I<cuda>/include -I. -I<repo>/csrc

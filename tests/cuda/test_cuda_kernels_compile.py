@@ -7,7 +7,7 @@ torch's extension builder uses (its half-conversion macros included):
   torch's headers;
 - and the kernels' PTX is read for float64 arithmetic and integer divisions.
 
-Nothing is linked or run: that needs a GPU machine (tests/test_cuda.py)."""
+Nothing is linked or run: that needs a GPU machine (tests/cuda/test_cuda.py)."""
 import importlib.util
 import re
 import shutil
@@ -19,7 +19,7 @@ from torch.utils import cpp_extension
 
 from conftest import require
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NVCC = shutil.which('nvcc')
 CXXFILT = shutil.which('c++filt')
 # CUDA builds of torch generate one header that CPU wheels lack; a stand-in takes its place.

@@ -13,7 +13,7 @@ from mmlstride.torch_compat import (FEATURES, TORCH_FLOOR, check_torch_floor, on
                                     register_autograd, register_fake, require_feature,
                                     torch_version)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.parametrize('version,expected', [('2.1.2+cu121', (2, 1)), ('2.14.1', (2, 14)),

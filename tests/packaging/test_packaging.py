@@ -13,7 +13,7 @@ import pytest
 import mmlstride.copy_configs
 from conftest import require_module
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def copy_checkout(checkout: Path) -> Path:

@@ -25,7 +25,7 @@ from mmlstride.evaluation import (HALF_PIXEL_SHIFTS, WHOLE_PIXEL_SHIFTS,  # noqa
                                   shift_boxes, shift_consistency, shift_image, shift_report,
                                   with_shift_content)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The detection study's digits config.
 DIGITS_CONFIG = str(REPO / 'projects/lsconv_study/configs/digits/retinanet_r18n_digits_fixed.py')
 SHIFTS = WHOLE_PIXEL_SHIFTS + HALF_PIXEL_SHIFTS

@@ -25,7 +25,7 @@ from mmlstride.ops import LSConv2d  # noqa: E402
 from projects.lsconv_study.lsconv_study.testing import (  # noqa: E402
     check_config_builds, tiny_run_config, write_tiny_config)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(glob.glob(str(REPO / 'configs' / '**' / '*.py'), recursive=True))
 STUDY_CONFIGS = REPO / 'projects' / 'lsconv_study' / 'configs'
 
@@ -139,7 +139,7 @@ def test_stride_hook_records_every_interval_and_at_the_end(iterations, steps):
 
 def test_stride_hook_raises_when_ranks_disagree(monkeypatch):
     """The hook gathers every rank's grid states; equal ones are noted in the log, a
-    difference raises (the two-process runs are in tests/test_stride_hook_distributed.py)."""
+    difference raises (the two-process runs are in tests/engine/test_stride_hook_distributed.py)."""
     from mmlstride.engine import StrideLoggerHook, stride_logger_hook
     runner = StubRunner(torch.nn.Sequential(LSConv2d(2, 2, 3, stride=2, padding=1)))
     monkeypatch.setattr(stride_logger_hook, 'get_world_size', lambda: 2)

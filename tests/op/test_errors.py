@@ -84,7 +84,7 @@ def test_stride_values_checked_by_the_pure_pytorch_fallback(values, monkeypatch)
 @pytest.mark.parametrize('values', BAD_STRIDE_VALUES, ids=str)
 def test_stride_values_checked_by_the_compiled_op(values):
     """The CPU kernels read the stride and raise ValueError, as the Python layer does (CUDA
-    checks it on the device: tests/test_cuda_kernels_emulated.py)."""
+    checks it on the device: tests/cuda/test_cuda_kernels_emulated.py)."""
     with pytest.raises(ValueError, match='expected finite values > 0'):
         ls_conv2d(**good_args(stride=torch.tensor(values)), output_size=(4, 4))
 

@@ -4,8 +4,8 @@ interleaved at its barriers, both in orders drawn from a seed that changes with 
 the sampling tables made from the stride on the "device" and its check, the index arithmetic,
 grid-stride loops, block reductions (the last block's sum of the stride gradient), atomics and
 dtype conversions against an autograd reference, and the same results under any schedule, on
-machines without a GPU. tests/test_cuda_kernels_tsan.py checks the same kernels for races;
-launchers and streams are left to tests/test_cuda.py on a GPU."""
+machines without a GPU. tests/cuda/test_cuda_kernels_tsan.py checks the same kernels for races;
+launchers and streams are left to tests/cuda/test_cuda.py on a GPU."""
 import ctypes
 import os
 import random
@@ -20,7 +20,7 @@ import torch
 from conftest import require
 from mmlstride.testing import Case, interpolation_matrix, random_case
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EMULATION = REPO / 'tests' / 'cuda' / 'emulation'
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 THREADS = 256  # cuda::kThreads

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import require_module
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / 'README.md', *sorted((REPO / 'docs').glob('*.md'))]
 FENCE = re.compile(r'^```(\w*)\n(.*?)^```', re.S | re.M)
 LINK = re.compile(r'!?\[[^\]]*\]\(([^)\s]+)\)')

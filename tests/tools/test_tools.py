@@ -14,7 +14,7 @@ import pytest
 from conftest import load_tool, needs_torch_for, require, require_module
 from mmlstride.torch_compat import torch_version
 
-TOOLS = Path(__file__).resolve().parents[1] / 'tools'
+TOOLS = Path(__file__).resolve().parents[2] / 'tools'
 
 
 def test_benchmark_op_writes_table_json_and_chart(tmp_path, capsys):

@@ -7,7 +7,7 @@ import torch
 
 from conftest import load_tool, require_module
 
-TOOLS = Path(__file__).resolve().parents[1] / 'tools'
+TOOLS = Path(__file__).resolve().parents[2] / 'tools'
 
 
 def test_fixed_grid_benchmark_prints_and_writes_every_method(tmp_path, capsys):
