@@ -68,7 +68,8 @@ STUDY = REPO / 'projects' / 'lsconv_study'
 
 @pytest.mark.parametrize('page', [REPO / 'README.md', REPO / 'CHANGELOG.md',
                                   REPO / 'configs' / 'README.md', STUDY / 'README.md',
-                                  STUDY / 'results.md', STUDY / 'configs' / 'README.md'],
+                                  STUDY / 'results.md', STUDY / 'datasets.md',
+                                  STUDY / 'configs' / 'README.md'],
                          ids=lambda p: str(p.relative_to(REPO)))
 def test_links_resolve(page):
     """Every relative link and image of the page names a file of the repository, and every
