@@ -9,116 +9,22 @@ mode, the 'pytorch' style: the stride on the 3 x 3 conv), for
   (stages 2-4, shortcuts following the main conv);
 - ``learned``: the same with the strides learning.
 
-The network is built here from torch and ``mmlstride.ops`` alone, with mmdet's parameter
-names, so that it runs where mmdet is not installed (``tests/tools/test_tools.py`` checks that it
-computes what mmdet's ``ResNet`` and ``LSResNet`` compute). CUDA: CUDA events, float32 (TF32
-as torch's defaults leave it, or ``--tf32``) and bfloat16 autocast; CPU: the host clock.
-Prints medians in ms and ratios to ``resnet``.
+The network (``mmlstride.benchmarks.backbone``) is built from torch and ``mmlstride.ops`` alone,
+with mmdet's parameter names, so that it runs where mmdet is not installed
+(``tests/tools/test_benchmarks.py`` checks that it computes what mmdet's ``ResNet`` and
+``LSResNet`` compute). CUDA: CUDA events, float32 (TF32 as torch's defaults leave it, or
+``--tf32``) and bfloat16 autocast; CPU: the host clock. Prints medians in ms and ratios to
+``resnet``.
 
     python tools/benchmark_backbone.py --device cuda --dtype float32 bfloat16 --out b.json
 """
 import argparse
-import contextlib
 import json
-import statistics
 from typing import Dict, List, Optional
 
 import torch
-from torch import Tensor, nn
 
-from mmlstride.benchmarking import elapsed_ms
-from mmlstride.ops import LSConv2d
-
-SETTINGS = ('resnet', 'default', 'learned')
-BLOCKS = (3, 4, 6, 3)  # ResNet-50
-
-
-class Bottleneck(nn.Module):
-    """mmdet's pytorch-style bottleneck: 1x1, 3x3 (strided), 1x1, with a 1x1 shortcut."""
-
-    def __init__(self, inplanes: int, planes: int, stride: int, setting: str) -> None:
-        super().__init__()
-        lsconv = setting != 'resnet' and stride > 1
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = (LSConv2d(planes, planes, 3, stride, 1, bias=False, phase=0.5) if lsconv
-                      else nn.Conv2d(planes, planes, 3, stride, 1, bias=False))
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample: Optional[nn.Sequential] = None
-        if stride > 1 or inplanes != planes * 4:
-            shortcut = (LSConv2d(inplanes, planes * 4, 1, stride, bias=False) if lsconv
-                        else nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False))
-            if lsconv:
-                shortcut.follow_stride(self.conv2)
-                self.conv2.learnable_stride.requires_grad_(setting == 'learned')
-            self.downsample = nn.Sequential(shortcut, nn.BatchNorm2d(planes * 4))
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class ResNet50(nn.Module):
-    """ResNet-50 with mmdet's names; LSConv in stages 2-4 unless ``setting`` is 'resnet'."""
-
-    def __init__(self, setting: str) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        inplanes = 64
-        for stage, blocks in enumerate(BLOCKS):
-            planes = 64 * 2**stage
-            layers = []
-            for index in range(blocks):
-                stride = 2 if stage > 0 and index == 0 else 1
-                layers.append(Bottleneck(inplanes, planes, stride, setting))
-                inplanes = planes * 4
-            setattr(self, f'layer{stage + 1}', nn.Sequential(*layers))
-
-    def forward(self, x: Tensor) -> List[Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        outs = []
-        for stage in range(len(BLOCKS)):
-            x = getattr(self, f'layer{stage + 1}')(x)
-            outs.append(x)
-        return outs
-
-    def train_as_mmdet(self) -> 'ResNet50':
-        """Training mode as mmdet trains it: ``frozen_stages=1`` (the stem and stage 1 frozen,
-        in eval mode) and ``norm_eval=True`` (every batch norm in eval mode)."""
-        self.train()
-        for module in (self.conv1, self.bn1, self.layer1):
-            module.eval()
-            for parameter in module.parameters():
-                parameter.requires_grad_(False)
-        for module in self.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.eval()
-        return self
-
-
-def step_time(model: nn.Module, x: Tensor, dtype: torch.dtype, repeats: int,
-              warmup: int) -> float:
-    """Median ms of one forward+backward (autocast to ``dtype`` unless float32)."""
-    device = x.device.type
-    autocast = (contextlib.nullcontext() if dtype == torch.float32 else
-                torch.autocast(device, dtype=dtype))
-
-    def step():
-        with autocast:
-            loss = sum(out.float().mean() for out in model(x))
-        loss.backward()
-
-    times = [elapsed_ms(step, x.device) for _ in range(warmup + repeats)]
-    times = times[warmup:]
-    return statistics.median(times)
+from mmlstride.benchmarks.backbone import SETTINGS, ResNet50, step_time
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -139,7 +45,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     x = torch.randn(args.batch, 3, *args.size, device=args.device)
     results: Dict[str, Dict[str, float]] = {}
     models = {s: ResNet50(s).to(args.device).train_as_mmdet() for s in SETTINGS}
-    print(f'| dtype | ' + ' | '.join(SETTINGS) + ' |')
+    print('| dtype | ' + ' | '.join(SETTINGS) + ' |')
     print('|' + '---|' * (1 + len(SETTINGS)))
     for name in args.dtype:
         dtype = getattr(torch, name)

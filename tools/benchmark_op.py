@@ -31,9 +31,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from mmlstride.op_benchmark import (CPU_SHAPES, FRACTIONAL_STRIDE, NOMINAL_STRIDE, SHAPES, Shape,
-                                    available_methods, benchmark_shape, floor_ms, forward_loop,
-                                    measure_rates, profile_lsconv)
+from mmlstride.benchmarks.op import (CPU_SHAPES, FRACTIONAL_STRIDE, NOMINAL_STRIDE, SHAPES,
+                                     Shape, available_methods, benchmark_shape, floor_ms,
+                                     forward_loop, measure_rates, profile_lsconv)
 
 
 def parse_shape(text: str) -> Shape:

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import load_tool, needs_torch_for, require, require_module
+from mmlstride.benchmarks import launches
+from mmlstride.benchmarks.timing import interleaved_ratio
 from mmlstride.torch_compat import torch_version
 
 TOOLS = Path(__file__).resolve().parents[2] / 'tools'
@@ -50,7 +52,6 @@ def test_benchmark_op_forward_loop_prints_both_ratios(capsys):
         assert words[0] == name and words[1] == 'warm' and words[3] == 'flushed'
         assert float(words[2].rstrip('x')) > 0 and float(words[4].rstrip('x')) > 0
     calls = []
-    from mmlstride.benchmarking import interleaved_ratio
     ratio = interleaved_ratio(lambda: calls.append(1), lambda: calls.append(2), 3)
     assert calls == [1, 2] * 3 and ratio > 0
 
@@ -144,13 +145,12 @@ def test_count_launches_sees_gemms_in_place_with_the_bias(capsys):
     the backward reads grad_output in place (no copy, no separate bias add); a tile of two
     images goes through a buffer (one copy each way). The layers' weights are larger than
     their inputs, so the CPU forward takes the channel-major columns of the CUDA path."""
-    tool = load_tool('count_launches')
-    one_image = tool.count('one image', 1, 16, 6, 'cpu')['calls']
+    one_image = launches.count('one image', 1, 16, 6, 'cpu')['calls']
     assert one_image['aten::baddbmm'] == 1 and one_image['aten::bmm'] == 1
     assert 'aten::copy_' not in one_image and 'aten::add_' not in one_image, one_image
-    two_images = tool.count('two images', 2, 16, 6, 'cpu')['calls']
+    two_images = launches.count('two images', 2, 16, 6, 'cpu')['calls']
     assert two_images['aten::copy_'] == 2 and 'aten::add_' not in two_images, two_images
-    tool.main([])
+    load_tool('count_launches').main([])
     assert 'r50-s2' in capsys.readouterr().out
 
 
@@ -167,7 +167,6 @@ def test_deploy_exports_a_detector_that_onnxruntime_runs(tmp_path, capsys):
     from mmengine.registry import init_default_scope
     from mmdet.registry import MODELS
 
-    import mmlstride  # noqa: F401
     from mmlstride.ops import LSConv2d
     config = str(TOOLS.parent / 'projects' / 'lsconv_study' / 'configs' / 'digits'
                  / 'retinanet_r18n-ls_digits_quick.py')
@@ -287,10 +286,10 @@ def test_deploy_stacks_the_labels_of_boxes_on_one_object():
     """The detections picture writes each label at its box's corner, moved down past labels
     already written there, so that labels of overlapping boxes stay readable."""
     numpy = pytest.importorskip('numpy')
-    deploy = load_tool('deploy')
+    from mmlstride.deployment import label_positions
     corners = numpy.array([[10.0, 20.0], [11.0, 21.0], [12.0, 19.0], [100.0, 20.0]])
-    assert deploy.label_positions(corners, 16) == [(10.0, 20.0), (11.0, 37.0), (12.0, 67.0),
-                                                   (100.0, 20.0)]
+    assert label_positions(corners, 16) == [(10.0, 20.0), (11.0, 37.0), (12.0, 67.0),
+                                            (100.0, 20.0)]
 
 
 @needs_torch_for('the dynamo ONNX exporter')
@@ -324,10 +323,11 @@ def test_benchmark_real_size_times_both_detectors_in_processes(tmp_path):
     tool = load_tool('benchmark_real_size')
     from mmengine.registry import init_default_scope
 
+    from mmlstride.benchmarks.real_size import build_detector
     from mmlstride.ops import LSConv2d
     init_default_scope('mmdet')
-    plain, _ = tool.build_detector(tool.DEFAULT_CONFIG, 'plain')
-    lsconv, _ = tool.build_detector(tool.DEFAULT_CONFIG, 'lsconv')
+    plain, _ = build_detector(tool.DEFAULT_CONFIG, 'plain')
+    lsconv, _ = build_detector(tool.DEFAULT_CONFIG, 'lsconv')
     assert not any(isinstance(m, LSConv2d) for m in plain.modules())
     assert sum(isinstance(m, LSConv2d) for m in lsconv.modules()) == 6
     assert {k for k, _ in plain.named_parameters()} == {

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .benchmarking import captured, elapsed_ms, interleaved_ratio
-from .ops import ls_conv2d, ls_conv2d_reference
+from ..ops import ls_conv2d, ls_conv2d_reference
+from .timing import captured, elapsed_ms, interleaved_ratio
 
 
 KERNEL = 3
@@ -40,6 +40,7 @@ class Shape:
 
     @property
     def out_size(self) -> Tuple[int, int]:
+        """Output height and width at the nominal stride."""
         return tuple((n + 2 * PADDING - KERNEL) // NOMINAL_STRIDE + 1
                      for n in (self.height, self.width))
 
@@ -70,10 +71,13 @@ class Problem:
     grad_output: Tensor
 
     def leaves(self) -> List[Tensor]:
+        """The tensors that get gradients."""
         return [self.input, self.weight, self.bias, self.stride]
 
 
 def make_problem(shape: Shape, dtype: torch.dtype, device: torch.device) -> Problem:
+    """Random leaves of ``shape`` (seeded; the weight scaled by 1 / sqrt(fan-in)), the fractional
+    stride, and an output gradient."""
     gen = torch.Generator().manual_seed(0)
 
     def leaf(*size, scale=1.0):
@@ -128,6 +132,7 @@ def available_methods(device: torch.device) -> Dict[str, Callable[[Problem, Tupl
 
 
 def synchronize(device: torch.device) -> None:
+    """Waits for the work queued on ``device`` (CUDA; nothing elsewhere)."""
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
 
@@ -188,7 +193,8 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def peak_memory(forward: Callable, p: Problem, out: int, device: torch.device) -> float:
+def peak_memory(forward: Callable, p: Problem, out: Tuple[int, int],
+                device: torch.device) -> float:
     """Peak bytes allocated through PyTorch during one forward+backward, above what was live before."""
     for leaf in p.leaves():
         leaf.grad = None
@@ -213,6 +219,7 @@ def peak_memory(forward: Callable, p: Problem, out: int, device: torch.device) -
 
 
 def summary(values: Sequence[float]) -> Dict[str, float]:
+    """Median, min and max of ``values`` (seconds), in ms."""
     ms = [1e3 * v for v in values]
     return {'median': statistics.median(ms), 'min': min(ms), 'max': max(ms)}
 
@@ -251,7 +258,7 @@ def floor_ms(shape: Shape, element_size: int, rates: Dict[str, float]) -> Dict[s
     }
 
 
-def supported(methods: Dict[str, Callable], p: Problem, out: int,
+def supported(methods: Dict[str, Callable], p: Problem, out: Tuple[int, int],
               device: torch.device) -> Dict[str, Callable]:
     """The methods that run on this problem (torchvision's deform conv has no bfloat16 kernel,
     say); says which do not."""
@@ -268,6 +275,9 @@ def supported(methods: Dict[str, Callable], p: Problem, out: int,
 def benchmark_shape(shape: Shape, dtype: torch.dtype, device: torch.device,
                     methods: Dict[str, Callable], warmup: int, repeats: int,
                     cuda_graph: bool = False) -> List[dict]:
+    """One record per method that runs on ``shape`` at ``dtype``: its forward, backward,
+    forward+backward and no_grad forward times, peak memory, CUDA-graph times (with
+    ``cuda_graph``) and ratios to ``conv2d``'s; none where ``conv2d`` does not run."""
     p = make_problem(shape, dtype, device)
     out = shape.out_size
     methods = supported(methods, p, out, device)
