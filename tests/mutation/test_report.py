@@ -1,0 +1,77 @@
+"""The mutation report counts mutmut's results per module, sets equivalent mutants apart and
+holds every module to the target."""
+import json
+
+import pytest
+
+import report
+
+
+def write_meta(root, path, codes):
+    meta = root / path
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps({'exit_code_by_key': codes}))
+
+
+@pytest.fixture
+def mutants(tmp_path):
+    write_meta(tmp_path, 'mmlstride/ops/arguments.py.meta', {
+        'mmlstride.ops.arguments.x_pair__mutmut_1': 1,      # a test failed
+        'mmlstride.ops.arguments.x_pair__mutmut_2': 36,     # timed out
+        'mmlstride.ops.arguments.x_pair__mutmut_3': 0,      # survived
+        'mmlstride.ops.arguments.x_pair__mutmut_4': 0,      # survived, equivalent
+        'mmlstride.ops.arguments.x_pair__mutmut_5': 33,     # no test ran it
+    })
+    write_meta(tmp_path, 'mmlstride/models/ls_resnet.py.meta', {
+        'mmlstride.models.ls_resnet.xǁLSResNetǁ__init____mutmut_1': -11,  # crashed
+        'mmlstride.models.ls_resnet.xǁLSResNetǁ__init____mutmut_2': None,  # not run
+    })
+    return tmp_path
+
+
+def test_counts_per_module(mutants):
+    codes = report.read_results(mutants)
+    table = report.tally(codes, {'mmlstride.ops.arguments.x_pair__mutmut_4': 'same value'})
+    assert table['mmlstride.ops.arguments'] == {'killed': 2, 'survived': 2, 'equivalent': 1}
+    assert table['mmlstride.models.ls_resnet'] == {'killed': 1, 'not run': 1}
+    assert report.score(table['mmlstride.ops.arguments']) == 0.5
+    assert report.score(table['mmlstride.models.ls_resnet']) == 1.0
+
+
+def test_markdown_lists_survivors_and_equivalents(mutants):
+    codes = report.read_results(mutants)
+    lines = report.markdown(codes, {'mmlstride.ops.arguments.x_pair__mutmut_4': 'same value'})
+    assert '| `mmlstride.ops.arguments` | 5 | 2 | 1 | 2 | 0 | 50.0% |' in lines
+    assert '| all | 7 | 3 | 1 | 2 | 1 | 60.0% |' in lines
+    assert '- `mmlstride.ops.arguments.x_pair__mutmut_3`' in lines
+    assert '- `mmlstride.ops.arguments.x_pair__mutmut_5`' in lines
+    assert '- `mmlstride.ops.arguments.x_pair__mutmut_4`: same value' in lines
+    assert report.below_target(codes, {}) == [('mmlstride.ops.arguments', 0.4)]
+
+
+def test_a_killed_mutant_cannot_be_listed_as_equivalent(mutants):
+    with pytest.raises(ValueError, match='x_pair__mutmut_1 is listed as equivalent'):
+        report.tally(report.read_results(mutants),
+                     {'mmlstride.ops.arguments.x_pair__mutmut_1': 'wrong'})
+
+
+def test_equivalents_file_format(tmp_path):
+    listed = tmp_path / 'equivalents.txt'
+    listed.write_text('# comment\n\na.b.x_f__mutmut_1: the same value either way\n')
+    assert report.read_equivalents(listed) == {'a.b.x_f__mutmut_1': 'the same value either way'}
+    listed.write_text('a.b.x_f__mutmut_1\n')
+    with pytest.raises(ValueError, match='expected "mutant name: reason"'):
+        report.read_equivalents(listed)
+    assert isinstance(report.read_equivalents(), dict)  # the committed list parses
+
+
+def test_report_goes_between_the_markers(tmp_path, mutants):
+    page = tmp_path / 'mutation.md'
+    page.write_text(f'intro\n{report.START}\nold\n{report.END}\nafter\n')
+    assert report.main(['--mutants', str(mutants), '--out', str(page)]) == 1  # below target
+    text = page.read_text()
+    assert text.startswith(f'intro\n{report.START}\n| module |') and 'old' not in text
+    assert text.endswith(f'{report.END}\nafter\n')
+    page.write_text('no markers')
+    with pytest.raises(ValueError, match='lacks the markers'):
+        report.write_between_markers(page, ['x'])
