@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Mutation testing: mutmut (configured in setup.cfg's [mutmut]) changes the package's code one
 # small edit at a time (an operator, a constant, an argument) and runs the tests that execute the
-# changed function; a mutant that no test fails on is a survivor. Then the report per module goes
-# into docs/mutation.md between its markers. Usage:
+# changed function; a mutant that no test fails on is a survivor. The survivors of code that
+# runs at import or in subprocesses then run again, each in a new process
+# (tests/mutation/fresh_process.py), and the report per module goes into docs/mutation.md
+# between its markers. Usage:
 #   bash tools/mutation_test.sh            # every module, from scratch (about an hour on 2 cores)
 #   bash tools/mutation_test.sh --resume   # keep mutants/ and run what has no result yet
 set -euo pipefail
@@ -16,4 +18,5 @@ else
   rm -rf mutants
 fi
 "$venv/bin/mutmut" run --max-children 2 "$@"
+"$venv/bin/python" tests/mutation/fresh_process.py
 exec "$venv/bin/python" tests/mutation/report.py --out docs/mutation.md

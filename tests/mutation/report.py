@@ -24,10 +24,14 @@ SURVIVED_CODES = {0, 5, 33}
 
 
 def read_results(mutants: Path) -> Dict[str, Optional[int]]:
-    """Each mutant's exit code (None: not run), from the ``.meta`` files under ``mutants``."""
+    """Each mutant's exit code (None: not run), from the ``.meta`` files under ``mutants``,
+    and for those run again in a fresh process (tests/mutation/fresh_process.py), that run's."""
     codes = {}
     for meta in sorted(mutants.rglob('*.meta')):
         codes.update(json.loads(meta.read_text())['exit_code_by_key'])
+    fresh = mutants / 'fresh_process.json'
+    if fresh.exists():
+        codes.update(json.loads(fresh.read_text()))
     return codes
 
 

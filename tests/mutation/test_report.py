@@ -75,3 +75,17 @@ def test_report_goes_between_the_markers(tmp_path, mutants):
     page.write_text('no markers')
     with pytest.raises(ValueError, match='lacks the markers'):
         report.write_between_markers(page, ['x'])
+
+
+def test_fresh_process_runs_override_and_pick_only_their_functions(mutants):
+    import fresh_process
+    survivor = 'mmlstride.engine.complexity.x_register__mutmut_1'
+    write_meta(mutants, 'mmlstride/engine/complexity.py.meta', {
+        survivor: 0, 'mmlstride.engine.complexity.x_register__mutmut_2': 1,
+        'mmlstride.engine.complexity.x_lsconv_count__mutmut_1': 0})
+    codes = report.read_results(mutants)
+    # Only survivors of the listed functions, and not those already run.
+    assert fresh_process.candidates(codes, {}) == [survivor]
+    assert fresh_process.candidates(codes, {survivor: 1}) == []
+    (mutants / fresh_process.RESULTS).write_text(json.dumps({survivor: 1}))
+    assert report.read_results(mutants)[survivor] == 1
