@@ -284,3 +284,18 @@ def test_compile_and_export_keep_the_op_and_its_values():
     torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-6)
     program = torch.export.export(frozen, (x, ))
     torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_autocast_keeps_float64_and_a_given_output_size(form_calls):
+    """Under CPU autocast a float64 call on a fixed grid stays in float64, as the op's does,
+    and keeps the output size it is given."""
+    x = torch.randn(2, 4, 15, 14, dtype=torch.float64)
+    w, b = torch.randn(6, 4, 3, 3, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    grid = torch.tensor([2.0, 2.0], dtype=torch.float64)
+    phase = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = ls_conv2d(x, w, (2, 2), b, padding=1, output_size=(6, 5), phase=(0.5, 0.5))
+        wanted = ls_conv2d(x, w, grid, b, padding=1, output_size=(6, 5), phase=phase)
+    assert out.dtype == wanted.dtype == torch.float64 and out.shape == (2, 6, 6, 5)
+    torch.testing.assert_close(out, wanted, rtol=1e-12, atol=1e-12)
+    assert len(form_calls) == 1

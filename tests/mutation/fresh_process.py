@@ -54,10 +54,10 @@ def function_of(mutant: str) -> str:
 
 def candidates(codes: Dict[str, Optional[int]], done: Dict[str, int]) -> List[str]:
     """The survivors of the functions above that have no fresh-process result yet."""
-    equivalents = report.read_equivalents()
+    justified = report.read_justified()
     return [m for m, code in sorted(codes.items())
             if function_of(m) in FRESH_PROCESS_TESTS and report.outcome(code) == 'survived'
-            and m not in equivalents and m not in done]
+            and m not in justified and m not in done]
 
 
 def run_mutant(mutant: str, folder: Path) -> int:

@@ -3,10 +3,10 @@
     python tests/mutation/report.py [--mutants mutants] [--out docs/mutation.md]
 
 Reads the ``.meta`` files mutmut writes under ``mutants/`` (each mutant's exit code) and
-``tests/mutation/equivalents.txt`` (mutants that no test can kill, each with the reason), and
-prints per module: mutants, killed (a failing test, a timeout or a crash), equivalent,
-survived (no test failed, or no test ran the code), and the killed fraction of the
-non-equivalent mutants; then every survivor and every equivalent mutant by name.
+``tests/mutation/justified.txt`` (survivors that no test here can kill, each with the reason:
+equivalent, or GPU only), and prints per module: mutants, killed (a failing test, a timeout or
+a crash), justified, survived (no test failed, or no test ran the code), and the killed
+fraction of the others; then every survivor and every justified mutant by name.
 """
 import argparse
 import collections
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
-EQUIVALENTS = HERE / 'equivalents.txt'
+JUSTIFIED = HERE / 'justified.txt'
 TARGET = 0.90
 
 # mutmut's exit codes (mutmut.stats.status_by_exit_code) grouped into what the report counts.
@@ -35,10 +35,10 @@ def read_results(mutants: Path) -> Dict[str, Optional[int]]:
     return codes
 
 
-def read_equivalents(path: Path = EQUIVALENTS) -> Dict[str, str]:
-    """Mutant name -> why it is equivalent, from lines ``name: reason`` (``#`` starts a comment
+def read_justified(path: Path = JUSTIFIED) -> Dict[str, str]:
+    """Mutant name -> why no test here kills it, from lines ``name: reason`` (``#`` starts a comment
     line)."""
-    equivalents = {}
+    justified = {}
     for line in path.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith('#'):
@@ -46,8 +46,8 @@ def read_equivalents(path: Path = EQUIVALENTS) -> Dict[str, str]:
         name, sep, reason = line.partition(':')
         if not sep or not reason.strip():
             raise ValueError(f'{path}: {line!r} expected "mutant name: reason"')
-        equivalents[name.strip()] = reason.strip()
-    return equivalents
+        justified[name.strip()] = reason.strip()
+    return justified
 
 
 def module_of(mutant: str) -> str:
@@ -64,53 +64,53 @@ def outcome(code: Optional[int]) -> str:
     return 'not run' if code is None else f'exit code {code}'
 
 
-def tally(codes: Dict[str, Optional[int]], equivalents: Dict[str, str]
+def tally(codes: Dict[str, Optional[int]], justified: Dict[str, str]
           ) -> Dict[str, collections.Counter]:
-    """Per module, the count of each outcome; equivalent mutants that survived count as
-    ``equivalent``, and a listed one that was killed fails the report."""
+    """Per module, the count of each outcome; justified mutants that survived count as
+    ``justified``, and a listed one that was killed fails the report."""
     by_module: Dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for mutant, code in codes.items():
         result = outcome(code)
-        if mutant in equivalents:
+        if mutant in justified:
             if result == 'killed':
-                raise ValueError(f'{mutant} is listed as equivalent but a test kills it')
-            result = 'equivalent'
+                raise ValueError(f'{mutant} is listed as justified but a test kills it')
+            result = 'justified'
         by_module[module_of(mutant)][result] += 1
     return dict(sorted(by_module.items()))
 
 
 def score(counts: collections.Counter) -> float:
-    """Killed fraction of the non-equivalent mutants that ran."""
+    """Killed fraction of the mutants that ran, justified ones apart."""
     relevant = counts['killed'] + counts['survived']
     return counts['killed'] / relevant if relevant else 1.0
 
 
-def markdown(codes: Dict[str, Optional[int]], equivalents: Dict[str, str]) -> List[str]:
-    table = tally(codes, equivalents)
-    lines = ['| module | mutants | killed | equivalent | survived | other | killed fraction |',
+def markdown(codes: Dict[str, Optional[int]], justified: Dict[str, str]) -> List[str]:
+    table = tally(codes, justified)
+    lines = ['| module | mutants | killed | justified | survived | other | killed fraction |',
              '|---|---|---|---|---|---|---|']
     total: collections.Counter = collections.Counter()
     for module, counts in table.items():
         total.update(counts)
         other = sum(n for k, n in counts.items()
-                    if k not in ('killed', 'equivalent', 'survived'))
+                    if k not in ('killed', 'justified', 'survived'))
         lines.append(f'| `{module}` | {sum(counts.values())} | {counts["killed"]} | '
-                     f'{counts["equivalent"]} | {counts["survived"]} | {other} | '
+                     f'{counts["justified"]} | {counts["survived"]} | {other} | '
                      f'{score(counts):.1%} |')
-    other = sum(n for k, n in total.items() if k not in ('killed', 'equivalent', 'survived'))
-    lines.append(f'| all | {sum(total.values())} | {total["killed"]} | {total["equivalent"]} '
+    other = sum(n for k, n in total.items() if k not in ('killed', 'justified', 'survived'))
+    lines.append(f'| all | {sum(total.values())} | {total["killed"]} | {total["justified"]} '
                  f'| {total["survived"]} | {other} | {score(total):.1%} |')
-    survivors = [m for m, c in codes.items() if outcome(c) == 'survived' and m not in equivalents]
+    survivors = [m for m, c in codes.items() if outcome(c) == 'survived' and m not in justified]
     lines += ['', f'Survivors ({len(survivors)}):', '']
     lines += [f'- `{m}`' for m in sorted(survivors)] or ['- none']
-    lines += ['', f'Equivalent mutants ({len(equivalents)}), with why no test can kill them:', '']
-    lines += [f'- `{m}`: {why}' for m, why in sorted(equivalents.items())] or ['- none']
+    lines += ['', f'Justified survivors ({len(justified)}), with why no test here kills them:', '']
+    lines += [f'- `{m}`: {why}' for m, why in sorted(justified.items())] or ['- none']
     return lines
 
 
-def below_target(codes: Dict[str, Optional[int]], equivalents: Dict[str, str]
+def below_target(codes: Dict[str, Optional[int]], justified: Dict[str, str]
                  ) -> List[Tuple[str, float]]:
-    return [(m, score(c)) for m, c in tally(codes, equivalents).items() if score(c) < TARGET]
+    return [(m, score(c)) for m, c in tally(codes, justified).items() if score(c) < TARGET]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -122,11 +122,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     codes = read_results(args.mutants)
     if not codes:
         parser.error(f'{args.mutants} holds no mutmut results: run mutmut first')
-    lines = markdown(codes, read_equivalents())
+    lines = markdown(codes, read_justified())
     print('\n'.join(lines))
     if args.out:
         write_between_markers(args.out, lines)
-    missing = below_target(codes, read_equivalents())
+    missing = below_target(codes, read_justified())
     for module, value in missing:
         print(f'{module}: {value:.1%} killed, below the {TARGET:.0%} target')
     return 1 if missing else 0

@@ -1,4 +1,4 @@
-"""The mutation report counts mutmut's results per module, sets equivalent mutants apart and
+"""The mutation report counts mutmut's results per module, sets justified survivors apart and
 holds every module to the target."""
 import json
 
@@ -19,7 +19,7 @@ def mutants(tmp_path):
         'mmlstride.ops.arguments.x_pair__mutmut_1': 1,      # a test failed
         'mmlstride.ops.arguments.x_pair__mutmut_2': 36,     # timed out
         'mmlstride.ops.arguments.x_pair__mutmut_3': 0,      # survived
-        'mmlstride.ops.arguments.x_pair__mutmut_4': 0,      # survived, equivalent
+        'mmlstride.ops.arguments.x_pair__mutmut_4': 0,      # survived, justified
         'mmlstride.ops.arguments.x_pair__mutmut_5': 33,     # no test ran it
     })
     write_meta(tmp_path, 'mmlstride/models/ls_resnet.py.meta', {
@@ -32,13 +32,13 @@ def mutants(tmp_path):
 def test_counts_per_module(mutants):
     codes = report.read_results(mutants)
     table = report.tally(codes, {'mmlstride.ops.arguments.x_pair__mutmut_4': 'same value'})
-    assert table['mmlstride.ops.arguments'] == {'killed': 2, 'survived': 2, 'equivalent': 1}
+    assert table['mmlstride.ops.arguments'] == {'killed': 2, 'survived': 2, 'justified': 1}
     assert table['mmlstride.models.ls_resnet'] == {'killed': 1, 'not run': 1}
     assert report.score(table['mmlstride.ops.arguments']) == 0.5
     assert report.score(table['mmlstride.models.ls_resnet']) == 1.0
 
 
-def test_markdown_lists_survivors_and_equivalents(mutants):
+def test_markdown_lists_survivors_and_justified_ones(mutants):
     codes = report.read_results(mutants)
     lines = report.markdown(codes, {'mmlstride.ops.arguments.x_pair__mutmut_4': 'same value'})
     assert '| `mmlstride.ops.arguments` | 5 | 2 | 1 | 2 | 0 | 50.0% |' in lines
@@ -49,20 +49,20 @@ def test_markdown_lists_survivors_and_equivalents(mutants):
     assert report.below_target(codes, {}) == [('mmlstride.ops.arguments', 0.4)]
 
 
-def test_a_killed_mutant_cannot_be_listed_as_equivalent(mutants):
-    with pytest.raises(ValueError, match='x_pair__mutmut_1 is listed as equivalent'):
+def test_a_killed_mutant_cannot_be_listed_as_justified(mutants):
+    with pytest.raises(ValueError, match='x_pair__mutmut_1 is listed as justified'):
         report.tally(report.read_results(mutants),
                      {'mmlstride.ops.arguments.x_pair__mutmut_1': 'wrong'})
 
 
 def test_equivalents_file_format(tmp_path):
-    listed = tmp_path / 'equivalents.txt'
+    listed = tmp_path / 'justified.txt'
     listed.write_text('# comment\n\na.b.x_f__mutmut_1: the same value either way\n')
-    assert report.read_equivalents(listed) == {'a.b.x_f__mutmut_1': 'the same value either way'}
+    assert report.read_justified(listed) == {'a.b.x_f__mutmut_1': 'the same value either way'}
     listed.write_text('a.b.x_f__mutmut_1\n')
     with pytest.raises(ValueError, match='expected "mutant name: reason"'):
-        report.read_equivalents(listed)
-    assert isinstance(report.read_equivalents(), dict)  # the committed list parses
+        report.read_justified(listed)
+    assert isinstance(report.read_justified(), dict)  # the committed list parses
 
 
 def test_report_goes_between_the_markers(tmp_path, mutants):
