@@ -151,6 +151,16 @@ def test_coco_map_of_a_half_overlapping_box():
     assert coco_map(truth, [(np.zeros((0, 4)), np.zeros(0), np.zeros(0))], 1) == 0.0
 
 
+def test_objects_leave_through_the_bottom_of_a_wide_image():
+    """The canvas is the image's own width and height: 48 x 32 here."""
+    image = np.zeros((32, 48, 3), np.uint8)
+    truth = (np.array([[2.0, 24, 12, 32], [38, 2, 46, 12]]), np.array([0, 1]))
+    stub = ShiftedTruth([truth], ((0.0, 7.0), (7.0, 0.0)))
+    result = shift_consistency(stub, [image], [truth], 2, ((0.0, 7.0), (7.0, 0.0)))
+    assert [row['objects'] for row in result['per_shift']] == [2, 1, 1]
+
+
 def test_images_and_truths_must_pair():
-    with pytest.raises(ValueError, match=r'images \(1\) and truths \(0\)'):
+    with pytest.raises(ValueError, match=r'images \(1\) and truths \(0\) expected the same '
+                       r'number of images, at least one'):
         shift_consistency(lambda images: [], [np.zeros((4, 4))], [], 1)
