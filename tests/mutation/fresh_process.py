@@ -2,7 +2,7 @@
 when a module is imported (registrations) and code that runs in processes a test starts (the
 ranks of a distributed run).
 
-    python tests/mutation/fresh_process.py [--mutants mutants]
+    python tests/mutation/fresh_process.py [--mutants mutants] [NAME_PATTERN ...]
 
 mutmut forks each mutant's run from a process that has already imported the package, and it
 picks a mutant's tests by which tests called its function in that process. A mutant of an
@@ -13,6 +13,7 @@ subprocesses inherit), against the tests of that function's subject. The exit co
 ``fresh_process.json`` in mutmut's folder, which tests/mutation/report.py reads.
 """
 import argparse
+import fnmatch
 import json
 import os
 import subprocess
@@ -52,12 +53,15 @@ def function_of(mutant: str) -> str:
     return mutant.rsplit('__mutmut_', 1)[0]
 
 
-def candidates(codes: Dict[str, Optional[int]], done: Dict[str, int]) -> List[str]:
-    """The survivors of the functions above that have no fresh-process result yet."""
+def candidates(codes: Dict[str, Optional[int]], done: Dict[str, int],
+               patterns: Sequence[str] = ('*', )) -> List[str]:
+    """The survivors of the functions above, matching one of ``patterns`` (fnmatch), that
+    have no fresh-process result yet."""
     justified = report.read_justified()
     return [m for m, code in sorted(codes.items())
             if function_of(m) in FRESH_PROCESS_TESTS and report.outcome(code) == 'survived'
-            and m not in justified and m not in done]
+            and m not in justified and m not in done
+            and any(fnmatch.fnmatchcase(m, p) for p in patterns)]
 
 
 def run_mutant(mutant: str, folder: Path) -> int:
@@ -77,10 +81,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--mutants', type=Path, default=Path('mutants'),
                         help="mutmut's working folder (default: mutants)")
+    parser.add_argument('patterns', nargs='*', default=['*'],
+                        help='run only the mutants whose names match one of these (fnmatch)')
     args = parser.parse_args(argv)
     path = args.mutants / RESULTS
     done = json.loads(path.read_text()) if path.exists() else {}
-    todo = candidates(report.read_results(args.mutants), done)
+    todo = candidates(report.read_results(args.mutants), done, args.patterns)
     print(f'{len(todo)} survivors to run in a fresh process')
     for index, mutant in enumerate(todo, 1):
         done[mutant] = run_mutant(mutant, args.mutants.resolve())

@@ -87,5 +87,7 @@ def test_fresh_process_runs_override_and_pick_only_their_functions(mutants):
     # Only survivors of the listed functions, and not those already run.
     assert fresh_process.candidates(codes, {}) == [survivor]
     assert fresh_process.candidates(codes, {survivor: 1}) == []
+    assert fresh_process.candidates(codes, {}, ['mmlstride.engine.*']) == [survivor]
+    assert fresh_process.candidates(codes, {}, ['mmlstride.ops.*']) == []
     (mutants / fresh_process.RESULTS).write_text(json.dumps({survivor: 1}))
     assert report.read_results(mutants)[survivor] == 1
