@@ -211,6 +211,35 @@ def test_with_shift_content_moves_loading_first():
     assert with_shift_content(with_shift_content(pipeline))[2].__class__ is ShiftContent
 
 
+def test_with_shift_content_reads_every_form_of_a_step():
+    """Steps as type names (scoped or not), as classes, as transform objects: loading steps
+    first whatever the form; a ShiftContent in any form is kept as the only one; the input
+    pipeline is left as it was."""
+    from mmcv.transforms import LoadImageFromFile
+    from mmdet.datasets.transforms import LoadAnnotations, Resize
+    pipeline = [dict(type='Resize', scale=[8, 8]), dict(type=LoadImageFromFile),
+                dict(type='mmdet.LoadAnnotations'), LoadAnnotations(), Resize(scale=(8, 8)),
+                dict(scale=(4, 4))]
+    out = with_shift_content(pipeline)
+    assert [s if isinstance(s, dict) else type(s) for s in out] == [
+        dict(type=LoadImageFromFile), dict(type='mmdet.LoadAnnotations'), LoadAnnotations,
+        ShiftContent, dict(type='Resize', scale=[8, 8]), Resize, dict(scale=(4, 4))]
+    out[4]['scale'][0] = 2
+    assert pipeline[0] == dict(type='Resize', scale=[8, 8])
+    for given in (dict(type='ShiftContent'), dict(type='mmlstride.ShiftContent'),
+                  dict(type=ShiftContent), ShiftContent()):
+        kept = with_shift_content([dict(type='Resize', scale=(8, 8)), given])
+        assert len(kept) == 2, given
+        assert kept[1] == given if isinstance(given, dict) else isinstance(kept[1], ShiftContent)
+
+
+def test_evaluation_names_a_missing_attribute():
+    import mmlstride.evaluation
+    with pytest.raises(AttributeError, match="module 'mmlstride.evaluation' has no attribute "
+                                             "'nothing'"):
+        mmlstride.evaluation.nothing
+
+
 def digits_predict(model, meta_keys):
     """Like the former tools/shift_consistency.py: arrays through LoadImageFromNDArray,
     Resize and PackDetInputs, then the model's test_step."""
