@@ -25,7 +25,7 @@ def setup_cpu_distributed(cfg: Config) -> None:
     if torch.cuda.is_available():
         raise RuntimeError('setup_cpu_distributed is for machines without a GPU; expected '
                            "mmengine's own launcher set-up here")
-    cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    cfg.merge_from_dict({'env_cfg.dist_cfg.backend': 'gloo'})
     if not torch_dist.is_initialized():
         torch_dist.init_process_group(backend='gloo')
     wrapper = dict(cfg.get('model_wrapper_cfg') or {})

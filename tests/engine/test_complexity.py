@@ -3,7 +3,7 @@
 backbones against the plain ResNet."""
 import pytest
 import torch
-from mmengine.analysis import FlopAnalyzer, get_model_complexity_info
+from mmengine.analysis import ActivationAnalyzer, FlopAnalyzer, get_model_complexity_info
 from torch import nn
 
 from conftest import require_module
@@ -51,6 +51,9 @@ def test_model_summary_sees_lsconv():
     second = 8 * 8 * 8 * 8 * 9
     assert info['flops'] == first + second + 4 * 8 * 9 * 64
     assert info['activations'] == 16 * 16 * 8 + 8 * 8 * 8
+    activations = ActivationAnalyzer(model, (x,))
+    activations.unsupported_ops_warnings(False)
+    assert activations.by_operator() == {'conv': 16 * 16 * 8 + 8 * 8 * 8}  # LSConv's as a conv's
 
 
 def layer_sizes(model: nn.Module, kind: type, x: torch.Tensor) -> list:
