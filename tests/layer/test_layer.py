@@ -121,6 +121,12 @@ def test_loads_a_conv2d_checkpoint():
     torch.testing.assert_close(model(x), conv(x))
 
 
+def test_a_checkpoint_of_other_sizes_is_refused_naming_them():
+    layer = LSConv2d(3, 4, 3, stride=2, padding=1)
+    with pytest.raises(RuntimeError, match=r'size mismatch for weight: .*\[4, 2, 3, 3\]'):
+        layer.load_state_dict(nn.Conv2d(2, 4, 3).state_dict())
+
+
 def test_initial_stride_is_where_the_stride_starts_and_returns():
     layer = LSConv2d(3, 4, 3, stride=2, padding=1, initial_stride=(1.5, 2.5))
     assert layer.learnable_stride.tolist() == [1.5, 2.5]

@@ -135,6 +135,19 @@ def test_blur_resnet_blurs_where_lsconv_goes_and_loads_resnet_weights(order):
     assert (found[0] - plain[0]).abs().max() > 1e-3  # the blur changes what stage 2 sees
 
 
+def test_blur_resnet_defaults_and_arguments_as_resnet():
+    """By default Zhang's placement (conv then blur) in stages 2-4; the depth may be given by
+    position, as to mmdet's ResNet, and ``ls_stages`` chooses the stages."""
+    from mmlstride.models import BlurResNet
+    from mmlstride.ops import BlurConv2d
+    default = BlurResNet(18, base_channels=8)
+    orders = {m.order for m in default.modules() if isinstance(m, BlurConv2d)}
+    assert default.depth == 18 and orders == {'conv-blur'}
+    chosen = BlurResNet(18, base_channels=8, ls_stages=(False, False, True, False))
+    assert sorted(name for name, m in chosen.named_modules() if isinstance(m, BlurConv2d)) == [
+        'layer3.0.conv1', 'layer3.0.downsample.0']
+
+
 def test_ls_resnet_default_is_the_fixed_half_phase_at_frozen_strides():
     """LSResNet's default (the anti-aliasing study's choice): every strided conv samples half a
     pixel in, a fixed phase (no phase parameter), at the nominal stride, frozen; a 2 x 2 box

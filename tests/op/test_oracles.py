@@ -654,3 +654,13 @@ def test_phase_keeps_its_own_dtype(device):
     case.phase = case.phase.detach().float().requires_grad_()
     got = evaluate(compiled_op, case, output_gradient(case).to(device))
     assert got['grad_phase'].dtype == torch.float32
+
+
+def test_reference_takes_a_stride_in_another_dtype():
+    """The pure-PyTorch implementation samples in the input's dtype whatever the stride's."""
+    x, w = torch.randn(1, 2, 9, 10), torch.randn(3, 2, 3, 3)
+    stride = torch.tensor([1.7, 2.2], dtype=torch.float64)
+    out = ls_conv2d_reference(x, w, stride, None, (1, 1), (1, 1), 1, (5, 5))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ls_conv2d_reference(x, w, stride.float(), None, (1, 1), (1, 1),
+                                                        1, (5, 5)))
