@@ -42,6 +42,13 @@ def test_lsconv_counts_the_conv_and_its_sampling(kwargs):
                                 'ls_conv2d_sampling': 4 * 2 * 8 * 9 * out_h * out_w}
 
 
+def test_lsconv_counts_a_rectangular_kernel():
+    x = torch.randn(1, 4, 20, 17)
+    ls = counts(LSConv2d(4, 6, (3, 5), stride=2, padding=(1, 2)), x)
+    plain = counts(nn.Conv2d(4, 6, (3, 5), stride=2, padding=(1, 2)), x)
+    assert ls.by_operator() == {'conv': plain.total(), 'ls_conv2d_sampling': 4 * 4 * 15 * 10 * 9}
+
+
 def test_model_summary_sees_lsconv():
     """get_model_complexity_info, as users call it, counts an LSConv layer inside a model."""
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), LSConv2d(8, 8, 3, stride=2, padding=1))

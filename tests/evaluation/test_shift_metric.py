@@ -324,3 +324,8 @@ def test_shift_report_compares_each_object_with_itself():
                                'consistency': 1.0}
     with pytest.raises(ValueError, match='1 shifts expected truths'):
         shift_report([(8.0, 8.0)], [[truth]], [[found]], [], num_classes=2)
+
+
+def test_metric_prefix_is_shift_unless_given():
+    assert ShiftConsistencyMetric().prefix == 'shift'
+    assert ShiftConsistencyMetric(prefix='moved').prefix == 'moved'
