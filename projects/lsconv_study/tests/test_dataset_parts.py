@@ -1,7 +1,7 @@
-"""The scaled digits dataset's parts, each against what it promises: the background is a
-darkened, sometimes flipped crop of either photograph, anywhere in it; the clutter is 3-8
-strokes of 2-4 points inside the canvas; the dataset class and ``ensure_`` generate with the
-stated defaults where the config says."""
+"""The generated datasets' parts, each against what it promises: the scaled digits' background
+is a darkened, sometimes flipped crop of either photograph, anywhere in it, and its clutter 3-8
+strokes of 2-4 points inside the canvas; each dataset class and ``ensure_`` function generate
+with the stated defaults where the config says, then read what they made."""
 import inspect
 
 import numpy as np
@@ -11,7 +11,8 @@ from conftest import require_module
 
 require_module('mmdet')
 
-from projects.lsconv_study.lsconv_study.datasets import scaled_digits_detection  # noqa: E402
+from projects.lsconv_study.lsconv_study.datasets import (  # noqa: E402
+    digits_detection, scaled_digits_detection)
 
 SIZE = 60
 
@@ -101,24 +102,37 @@ def test_strokes_are_3_to_8_polylines_of_2_to_4_points_inside_the_canvas(monkeyp
     assert abs(steps.mean()) < 0.5 and 14.1 < steps.std() < 15.1
 
 
-def test_ensure_generates_with_the_stated_defaults(monkeypatch, tmp_path):
+DATASETS = {
+    'digits': (digits_detection, 'generate_digits_detection', 'ensure_digits_detection',
+               'DigitsDetectionDataset', 128),
+    'scaled': (scaled_digits_detection, 'generate_scaled_digits_detection',
+               'ensure_scaled_digits_detection', 'ScaledDigitsDetectionDataset', 256),
+}
+
+
+@pytest.mark.parametrize('name', list(DATASETS))
+def test_ensure_generates_with_the_stated_defaults(monkeypatch, tmp_path, name):
+    module, generate, ensure, _, size = DATASETS[name]
     made = []
-    monkeypatch.setattr(scaled_digits_detection, 'generate_scaled_digits_detection',
-                        lambda root, **kwargs: made.append((root, kwargs)))
-    scaled_digits_detection.ensure_scaled_digits_detection(str(tmp_path / 'a'))
-    scaled_digits_detection.ensure_scaled_digits_detection(str(tmp_path / 'b'), num_val=7)
-    assert made == [(str(tmp_path / 'a'), dict(num_train=800, num_val=200, size=256, seed=0)),
-                    (str(tmp_path / 'b'), dict(num_train=800, num_val=7, size=256, seed=0))]
+    monkeypatch.setattr(module, generate, lambda root, **kwargs: made.append((root, kwargs)))
+    getattr(module, ensure)(str(tmp_path / 'a'))
+    getattr(module, ensure)(str(tmp_path / 'b'), num_val=7)
+    assert made == [(str(tmp_path / 'a'), dict(num_train=800, num_val=200, size=size, seed=0)),
+                    (str(tmp_path / 'b'), dict(num_train=800, num_val=7, size=size, seed=0))]
 
 
-def test_dataset_generates_its_data_root_then_reads_it(tmp_path):
-    signature = inspect.signature(scaled_digits_detection.ScaledDigitsDetectionDataset)
-    assert signature.parameters['data_root'].default == 'data/scaled_digits_detection'
-    root = tmp_path / 'scaled'
-    dataset = scaled_digits_detection.ScaledDigitsDetectionDataset(
+@pytest.mark.parametrize('name', list(DATASETS))
+def test_dataset_generates_its_data_root_then_reads_it(tmp_path, name):
+    module, _, _, dataset_class, _ = DATASETS[name]
+    dataset_class = getattr(module, dataset_class)
+    signature = inspect.signature(dataset_class)
+    assert signature.parameters['data_root'].default == f'data/{module.__name__.split(".")[-1]}'
+    root = tmp_path / name
+    dataset = dataset_class(
         generation=dict(num_train=3, num_val=1, size=128, seed=2), data_root=str(root),
         ann_file='annotations/train.json', data_prefix=dict(img='train/'), pipeline=[])
     assert len(dataset) == 3 and (root / 'meta.json').exists()
     assert dataset[0]['img_path'].startswith(str(root / 'train'))
+    assert dataset.metainfo['classes'] == tuple(str(d) for d in range(10))
     meta = (root / 'meta.json').read_text()
     assert '"seed": 2' in meta and '"size": 128' in meta
