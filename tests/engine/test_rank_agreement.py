@@ -1,11 +1,38 @@
-"""The cross-rank check on gathered grid states, in one process: which rank and layer and state
-each message names, for three ranks, layers or states held by one side only, and exact values
-(the two-process gloo run is tests/engine/test_stride_hook_distributed.py)."""
+"""What ranks must hold alike, in one process: every LSConv's grid states read from a model (or
+its wrapper), and the check on them gathered, with the rank, layer and state each message
+names, for three ranks and layers or states held by one side only (the two-process gloo run
+is tests/engine/test_stride_hook_distributed.py)."""
 import pytest
+import torch
+from torch import nn
 
 pytest.importorskip('mmengine')
 
-from mmlstride.engine.stride_logger_hook import check_ranks_agree  # noqa: E402
+from mmlstride.engine.stride_logger_hook import check_ranks_agree, grid_states  # noqa: E402
+from mmlstride.ops import LSConv2d  # noqa: E402
+
+
+def test_grid_states_of_each_kind_of_layer():
+    """A learned stride and phase, a fixed phase, a frozen stride, a follower; the same through
+    a model wrapper."""
+    model = nn.Sequential()
+    model.add_module('a', LSConv2d(2, 2, 3, stride=2, padding=1, learn_phase=True,
+                                   initial_phase=(0.25, -0.5)))
+    model.add_module('b', LSConv2d(2, 2, 3, stride=(2, 1), padding=1, phase=0.5))
+    model.add_module('c', LSConv2d(2, 2, 1, stride=2))
+    model.c.follow_stride(model.a)
+    with torch.no_grad():
+        model.a.learnable_stride.copy_(torch.tensor([1.75, 2.25]))
+    model.b.learnable_stride.requires_grad_(False)
+    expected = {
+        'a': {'leader': None, 'stride': (1.75, 2.25), 'stride learning': True,
+              'learned phase': (0.25, -0.5), 'phase learning': True, 'fixed phase': None},
+        'b': {'leader': None, 'stride': (2.0, 1.0), 'stride learning': False,
+              'learned phase': None, 'phase learning': None, 'fixed phase': (0.5, 0.5)},
+        'c': {'leader': 'a'},
+    }
+    assert grid_states(model) == expected
+    assert grid_states(nn.DataParallel(model)) == expected
 
 
 def states(**layers):
