@@ -25,13 +25,14 @@ SURVIVED_CODES = {0, 5, 33}
 
 def read_results(mutants: Path) -> Dict[str, Optional[int]]:
     """Each mutant's exit code (None: not run), from the ``.meta`` files under ``mutants``,
-    and for those run again in a fresh process (tests/mutation/fresh_process.py), that run's."""
+    where a run in a fresh process (tests/mutation/fresh_process.py) killed one, that kill."""
     codes = {}
     for meta in sorted(mutants.rglob('*.meta')):
         codes.update(json.loads(meta.read_text())['exit_code_by_key'])
     fresh = mutants / 'fresh_process.json'
     if fresh.exists():
-        codes.update(json.loads(fresh.read_text()))
+        codes.update({mutant: code for mutant, code in json.loads(fresh.read_text()).items()
+                      if outcome(code) == 'killed'})
     return codes
 
 
