@@ -68,17 +68,21 @@ def test_input_without_pixels(device):
     assert torch.equal(grad_b, torch.full_like(grad_b, 12.0))
 
 
-@pytest.mark.parametrize('seed', range(8))
-def test_gradcheck_float64(seed, device):
-    case = random_case(seed, device=device)
-    # Shrink the case: gradcheck is quadratic in the number of elements.
+def gradcheck_shrunk(case: Case, device: torch.device) -> bool:
+    """gradcheck of ls_conv2d in float64 on ``case`` shrunk (gradcheck is quadratic in the
+    number of elements)."""
     case.input = case.input.detach()[:2, :, :7, :7].clone().requires_grad_()
     case.output_size = tuple(min(v, 4) for v in case.output_size)
     # On CUDA the input gradient is summed with atomics, so two backward passes may differ
     # in the last bits (gradcheck's reentrance check).
     nondet_tol = 1e-12 if device.type == 'cuda' else 0.0
-    assert torch.autograd.gradcheck(lambda *t: ls_conv2d(*t), case.args(), eps=1e-6, atol=1e-7,
+    return torch.autograd.gradcheck(lambda *t: ls_conv2d(*t), case.args(), eps=1e-6, atol=1e-7,
                                     nondet_tol=nondet_tol)
+
+
+@pytest.mark.parametrize('seed', range(8))
+def test_gradcheck_float64(seed, device):
+    assert gradcheck_shrunk(random_case(seed, device=device), device)
 
 
 @pytest.mark.parametrize('seed', range(6))
@@ -538,12 +542,7 @@ def test_frozen_phase(seed, device):
 
 @pytest.mark.parametrize('seed', range(6))
 def test_gradcheck_float64_with_phase(seed, device):
-    case = random_case(seed, device=device, phase=True)
-    case.input = case.input.detach()[:2, :, :7, :7].clone().requires_grad_()
-    case.output_size = tuple(min(v, 4) for v in case.output_size)
-    nondet_tol = 1e-12 if device.type == 'cuda' else 0.0
-    assert torch.autograd.gradcheck(lambda *t: ls_conv2d(*t), case.args(), eps=1e-6, atol=1e-7,
-                                    nondet_tol=nondet_tol)
+    assert gradcheck_shrunk(random_case(seed, device=device, phase=True), device)
 
 
 @pytest.mark.parametrize('seed', range(6))
