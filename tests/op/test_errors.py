@@ -139,6 +139,30 @@ def test_compiled_op_names_the_argument(changes, error, message):
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize('changes,message', [
+    (dict(input=(2, 4, 8)), 'input.dim()=3 expected 4'),
+    (dict(weight=(6, 2, 3)), 'weight.dim()=3 expected 4'),
+    (dict(weight=(6, 4, 3, 3)), 'weight.shape[1]=4 expected input channels / groups'),
+    (dict(stride=(3, )), 'stride.shape=(3,) expected (2,)'),
+    (dict(phase=(3, )), 'phase.shape=(3,) expected (2,)'),
+    (dict(bias=(5, )), 'bias.shape=(5,) expected (6,)'),
+])
+def test_fake_kernel_names_the_bad_shape(changes, message):
+    """The shape function (meta tensors, as torch.compile and torch.export trace) checks every
+    tensor's shape, with the name of the argument."""
+    good = dict(input=(2, 4, 8, 8), weight=(6, 2, 3, 3), stride=(2, ), bias=(6, ), phase=(2, ))
+
+    def on_meta(shapes):
+        t = {name: torch.empty(shape, device='meta') for name, shape in shapes.items()}
+        return torch.ops.mmlstride.ls_conv2d(t['input'], t['weight'], t['stride'], t['bias'],
+                                             (1, 1), (1, 1), 2, (4, 5), t['phase'])
+
+    assert on_meta(good).shape == (2, 6, 4, 5)
+    with pytest.raises(RuntimeError) as info:
+        on_meta({**good, **changes})
+    assert message in str(info.value)
+
+
 def test_backward_op_checks_grad_output():
     args = good_args()
     with pytest.raises(ValueError, match=r'grad_output.shape=\[2, 5, 4, 4\] expected \[2, 6'):
