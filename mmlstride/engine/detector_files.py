@@ -4,18 +4,16 @@ from typing import Optional
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from mmengine.utils import import_modules_from_strings
 from torch import nn
 
 
 def load_config(path: str, options: Optional[dict] = None) -> Config:
     """The config at ``path`` with ``options`` (``--cfg-options``, parsed by mmengine's
-    DictAction) merged in, its default scope set and its ``custom_imports`` imported."""
+    DictAction) merged in, its default scope set and its ``custom_imports`` imported (by
+    mmengine's ``Config.fromfile``)."""
     cfg = Config.fromfile(path)
     cfg.merge_from_dict(options or {})
     init_default_scope(cfg.get('default_scope', 'mmdet'))
-    if cfg.get('custom_imports'):
-        import_modules_from_strings(**cfg.custom_imports)
     return cfg
 
 

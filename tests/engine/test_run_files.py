@@ -2,6 +2,7 @@
 in it, and a checkpoint's weights, bare or as mmengine saves them."""
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -9,7 +10,11 @@ from torch import nn
 
 pytest.importorskip('mmengine')
 
-from mmlstride.engine import find_scalars_json, load_weights, read_stride_trajectories  # noqa: E402
+from mmengine.logging import HistoryBuffer  # noqa: E402
+from mmengine.registry import DefaultScope  # noqa: E402
+
+from mmlstride.engine import (find_scalars_json, load_config, load_weights,  # noqa: E402
+                              read_stride_trajectories)
 
 
 def write_scalars(path, lines, mtime):
@@ -48,7 +53,27 @@ def test_trajectories_per_layer_and_axis(tmp_path):
 def test_weights_load_from_a_checkpoint_or_a_bare_state_dict(tmp_path, wrapped):
     source, target = nn.Linear(3, 2), nn.Linear(3, 2)
     state = source.state_dict()
-    torch.save({'state_dict': state, 'message_hub': {'a': 1}} if wrapped else state,
+    # mmengine's checkpoints pickle the message hub's buffers, which weights_only refuses.
+    hub = {'log_scalars': {'loss': HistoryBuffer([1.0, 0.5], [1, 1])}}
+    torch.save({'state_dict': state, 'message_hub': hub} if wrapped else state,
                tmp_path / 'w.pth')
     load_weights(target, str(tmp_path / 'w.pth'))
     assert all(torch.equal(target.state_dict()[k], v) for k, v in state.items())
+
+
+def test_config_loads_with_options_scope_and_custom_imports(tmp_path, monkeypatch):
+    """As the tools load a config: --cfg-options merged, the config's default scope set (mmdet
+    when it names none), its custom_imports imported."""
+    (tmp_path / 'imported_by_config.py').write_text('IMPORTED = True\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, 'imported_by_config', raising=False)
+    (tmp_path / 'scoped.py').write_text(
+        "default_scope = 'mmengine'\nmodel = dict(depth=50, width=8)\n"
+        "custom_imports = dict(imports=['imported_by_config'], allow_failed_imports=False)\n")
+    cfg = load_config(str(tmp_path / 'scoped.py'), {'model.depth': 18})
+    assert cfg.model == dict(depth=18, width=8)
+    assert DefaultScope.get_current_instance().scope_name == 'mmengine'
+    assert sys.modules['imported_by_config'].IMPORTED
+    (tmp_path / 'plain.py').write_text('model = dict(depth=50)\n')
+    assert load_config(str(tmp_path / 'plain.py')).model == dict(depth=50)
+    assert DefaultScope.get_current_instance().scope_name == 'mmdet'

@@ -233,6 +233,16 @@ def test_with_shift_content_reads_every_form_of_a_step():
         assert kept[1] == given if isinstance(given, dict) else isinstance(kept[1], ShiftContent)
 
 
+def test_evaluation_imports_its_openmmlab_parts_on_first_use():
+    """The names that need mmdet resolve, at first use, to their modules' objects."""
+    import mmlstride.evaluation
+    from mmlstride.evaluation import shift_metric, shifted_dataset
+    assert mmlstride.evaluation.ShiftConsistencyMetric is shift_metric.ShiftConsistencyMetric
+    assert mmlstride.evaluation.ShiftContent is shifted_dataset.ShiftContent
+    assert mmlstride.evaluation.ShiftedDataset is shifted_dataset.ShiftedDataset
+    assert mmlstride.evaluation.with_shift_content is shifted_dataset.with_shift_content
+
+
 def test_evaluation_names_a_missing_attribute():
     import mmlstride.evaluation
     with pytest.raises(AttributeError, match="module 'mmlstride.evaluation' has no attribute "

@@ -141,8 +141,11 @@ def test_blur_resnet_defaults_and_arguments_as_resnet():
     from mmlstride.models import BlurResNet
     from mmlstride.ops import BlurConv2d
     default = BlurResNet(18, base_channels=8)
-    orders = {m.order for m in default.modules() if isinstance(m, BlurConv2d)}
-    assert default.depth == 18 and orders == {'conv-blur'}
+    blurs = [m for m in default.modules() if isinstance(m, BlurConv2d)]
+    assert default.depth == 18 and {(m.order, m.filter_size) for m in blurs} == {('conv-blur', 3)}
+    wider = BlurResNet(18, base_channels=8, order='blur-conv', filter_size=5)
+    assert {(m.order, m.filter_size) for m in wider.modules() if isinstance(m, BlurConv2d)} == {
+        ('blur-conv', 5)}
     chosen = BlurResNet(18, base_channels=8, ls_stages=(False, False, True, False))
     assert sorted(name for name, m in chosen.named_modules() if isinstance(m, BlurConv2d)) == [
         'layer3.0.conv1', 'layer3.0.downsample.0']
