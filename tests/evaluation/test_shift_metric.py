@@ -2,6 +2,7 @@
 shift_boxes, the ShiftedDataset wrapper, ShiftConsistencyMetric against shift_consistency() on
 stub detections, and a digits config whose val_evaluator names the metric, run by a Runner."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -339,3 +340,86 @@ def test_shift_report_compares_each_object_with_itself():
 def test_metric_prefix_is_shift_unless_given():
     assert ShiftConsistencyMetric().prefix == 'shift'
     assert ShiftConsistencyMetric(prefix='moved').prefix == 'moved'
+
+
+def metric_sample(source, shift, boxes, labels, shape=(40, 60), **meta):
+    """A data sample as the metric reads it (``to_dict`` of a packed sample with predictions):
+    detections equal to the ground truth."""
+    boxes, labels = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels, np.int64)
+    return dict(meta, shift=shift, source_idx=source, ori_shape=shape,
+                gt_instances=dict(bboxes=boxes, labels=labels),
+                pred_instances=dict(bboxes=boxes, scores=np.full(len(labels), 0.9),
+                                    labels=labels))
+
+
+def evaluated(metric, samples, classes=('a', 'b')):
+    metric.dataset_meta = dict(classes=classes)
+    metric.process(None, samples)
+    return metric.evaluate(len(samples))
+
+
+def test_metric_arguments():
+    metric = ShiftConsistencyMetric(score_thr=1, collect_dir='/tmp/m')
+    assert (metric.score_thr, metric.collect_device, metric.collect_dir) == (1, 'cpu', '/tmp/m')
+    assert ShiftConsistencyMetric(collect_device='gpu').collect_device == 'gpu'
+    assert metric.report is None and ShiftConsistencyMetric(score_thr=0).score_thr == 0
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match=rf'^score_thr={bad}: expected a value in \[0, 1\]$'):
+            ShiftConsistencyMetric(score_thr=bad)
+
+
+def test_metric_takes_the_shifts_in_the_order_they_came_without_the_datasets():
+    """Without ``shifts`` in dataset_meta, the shifts in the order of the first sample of each;
+    (h, w, channels) shapes and a scale_factor (the truth in the resized image's pixels)."""
+    box, scale = np.array([[10.0, 8.0, 30.0, 20.0]]), (2.0, 0.5)
+    samples = [metric_sample(0, shift, shift_boxes(box, *shift, 60, 40)[0] * np.tile(scale, 2),
+                             [1], shape=(40, 60, 3), scale_factor=scale)
+               for shift in [(2.0, 1.0), (0.0, 0.0), (0.5, 0.0), (2.0, 1.0)]]
+    metric = ShiftConsistencyMetric(score_thr=0.95)
+    metrics = evaluated(metric, samples)
+    assert [row['shift'] for row in metric.report['per_shift']] == [(0, 0), (2, 1), (0.5, 0)]
+    assert metric.report['score_thr'] == 0.95 and metric.report['images'] == 1
+    assert {'shift/mAP_2_1', 'shift/consistency_0.5_0', 'shift/mAP_0_0'} <= set(metrics)
+
+
+def test_metric_names_what_it_misses():
+    with pytest.raises(KeyError, match=re.escape(
+            "ShiftConsistencyMetric expected samples of a ShiftedDataset with ['source_idx', "
+            "'ori_shape'] in their metainfo")):
+        ShiftConsistencyMetric().process(None, [dict(shift=(0.0, 0.0))])
+    for meta in (None, {}, dict(shifts=[(1.0, 1.0)])):
+        metric = ShiftConsistencyMetric()
+        metric.dataset_meta = meta
+        with pytest.raises(ValueError, match='^ShiftConsistencyMetric expected dataset_meta '
+                                             'with the classes$'):
+            metric.compute_metrics([])
+    shifts = [(1.0, 1.0), (2.0, 2.0), (3.0, 3.0)]
+    box = [[10.0, 8.0, 30.0, 20.0]]
+    # 3 images, each unshifted; at the shifts only image 2: 6 samples missing, then 5.
+    present = [metric_sample(i, (0.0, 0.0), box, [0]) for i in range(3)] + [
+        metric_sample(2, s, shift_boxes(np.array(box), *s, 60, 40)[0], [0]) for s in shifts]
+    with pytest.raises(ValueError, match=re.escape(
+            'ShiftConsistencyMetric found no sample of (image, shift) [(0, (1.0, 1.0)), '
+            '(1, (1.0, 1.0)), (0, (2.0, 2.0)), (1, (2.0, 2.0)), (0, (3.0, 3.0))] ...')):
+        evaluated(ShiftConsistencyMetric(), present)
+    extra = metric_sample(0, (1.0, 1.0), shift_boxes(np.array(box), 1.0, 1.0, 60, 40)[0], [0])
+    with pytest.raises(ValueError, match=re.escape(
+            '(1, (1.0, 1.0)), (0, (2.0, 2.0)), (1, (2.0, 2.0)), (0, (3.0, 3.0)), '
+            '(1, (3.0, 3.0))]') + '$'):
+        evaluated(ShiftConsistencyMetric(), present + [extra])
+
+
+def test_metric_refuses_truth_off_by_more_than_its_tolerance_at_any_size():
+    """The shifted truth must be the moved unshifted truth within 0.01 px, wherever it lies
+    (an absolute tolerance), with the message that says where to put ShiftContent."""
+    box = np.array([[1500.0, 1500.0, 1900.0, 1990.0]])
+    moved = shift_boxes(box, 1.0, 1.0, 2000, 2000)[0]
+    reference = metric_sample(0, (0.0, 0.0), box, [0], shape=(2000, 2000))
+    within = metric_sample(0, (1.0, 1.0), moved + 0.009, [0], shape=(2000, 2000))
+    assert 'shift/mAP_1_1' in evaluated(ShiftConsistencyMetric(), [reference, within])
+    off = metric_sample(0, (1.0, 1.0), moved + 0.012, [0], shape=(2000, 2000))
+    with pytest.raises(ValueError, match=re.escape(
+            'image 0 at shift (1.0, 1.0): its ground truth is not the unshifted one moved by '
+            'the shift; expected ShiftContent in the pipeline right after LoadImageFromFile '
+            'and LoadAnnotations')):
+        evaluated(ShiftConsistencyMetric(), [reference, off])
