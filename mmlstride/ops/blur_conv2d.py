@@ -14,8 +14,7 @@ def binomial_filter(size: int) -> Tensor:
     row of Pascal's triangle with itself ([1, 2, 1] / 4 along each axis for size 3)."""
     row = torch.ones(1, dtype=torch.float64)
     for _ in range(size - 1):
-        row = torch.cat([row, torch.zeros(1, dtype=torch.float64)]) + \
-            torch.cat([torch.zeros(1, dtype=torch.float64), row])
+        row = torch.cat([row, row.new_zeros(1)]) + torch.cat([row.new_zeros(1), row])
     row = row / row.sum()
     return row[:, None] * row[None, :]
 

@@ -1,10 +1,13 @@
 """Shift consistency: the image and box shifts, and the metric on stub detectors whose mAP and
 consistency are known (the shifted ground truth itself, and detectors that miss on purpose)."""
+import warnings
+
 import numpy as np
 import pytest
 
 from mmlstride.evaluation import (HALF_PIXEL_SHIFTS, WHOLE_PIXEL_SHIFTS, coco_map, matched,
                                   shift_boxes, shift_consistency, shift_image)
+from mmlstride.evaluation.shift_consistency import box_iou
 
 SHIFTS = WHOLE_PIXEL_SHIFTS + HALF_PIXEL_SHIFTS
 
@@ -164,3 +167,97 @@ def test_images_and_truths_must_pair():
     with pytest.raises(ValueError, match=r'images \(1\) and truths \(0\) expected the same '
                        r'number of images, at least one'):
         shift_consistency(lambda images: [], [np.zeros((4, 4))], [], 1)
+
+
+def test_box_iou_of_hand_computed_pairs():
+    """IoU = intersection / union: identical 1, half-shifted 50/150, contained 16/100; boxes
+    apart diagonally or only touching along an edge share no area (0)."""
+    a = np.array([[0.0, 0, 10, 10]])
+    b = np.array([[0.0, 0, 10, 10], [5, 0, 15, 10], [2, 2, 6, 6], [20, 20, 30, 30],
+                  [10, 0, 20, 10]])
+    expected = [[1, 1 / 3, 0.16, 0, 0]]
+    np.testing.assert_allclose(box_iou(a, b), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(box_iou(b, a), np.transpose(expected), rtol=1e-12, atol=1e-12)
+
+
+def test_box_iou_does_not_depend_on_the_unit():
+    """IoU is a ratio of areas: boxes a hundred times smaller (well under a pixel) have the
+    same IoU; two empty boxes have IoU 0, not nan."""
+    a = np.array([[0.0, 0, 10, 10]]) / 100
+    b = np.array([[0.0, 0, 10, 10], [5, 0, 15, 10]]) / 100
+    np.testing.assert_allclose(box_iou(a, b), [[1, 1 / 3]], rtol=1e-9)
+    empty = np.array([[3.0, 3, 3, 3]])
+    assert box_iou(empty, empty).tolist() == [[0.0]]
+
+
+def test_match_at_exactly_the_thresholds():
+    """A detection scoring exactly ``score_thr`` counts, and IoU exactly 0.5 (the lower half of
+    a 10 x 10 box: 50 / 100) is a match."""
+    truth = (np.array([[0.0, 0, 10, 10]]), np.array([3]))
+    detections = (np.array([[0.0, 0, 10, 5]]), np.array([0.3]), np.array([3]))
+    assert matched(truth, detections, 0.3).tolist() == [True]
+    assert matched(truth, detections, 0.31).tolist() == [False]
+
+
+def test_match_without_detections_is_a_boolean_mask():
+    """With nothing detected (or nothing above the threshold) every object is unmatched, as a
+    boolean mask that can select the objects."""
+    truth = (np.array([[0.0, 0, 10, 10], [20, 20, 30, 30]]), np.array([1, 2]))
+    for detections in ((np.zeros((0, 4)), np.zeros(0), np.zeros(0, int)),
+                       (np.array([[0.0, 0, 10, 10]]), np.array([0.1]), np.array([1]))):
+        found = matched(truth, detections, 0.3)
+        assert found.dtype == bool and found.tolist() == [False, False]
+        assert truth[0][found].shape == (0, 4)
+        assert truth[0][~found].shape == (2, 4)
+
+
+def test_coco_map_counts_a_zero_height_object_as_missed():
+    """A degenerate (zero-height) ground-truth box overlaps nothing, so of the class's two
+    objects one is found: precision 1 at COCO's recall points 0, 0.01, ..., 0.5, i.e. 51 of
+    its 101 points, at every IoU threshold."""
+    truth = [(np.array([[0.0, 0, 10, 10], [20, 20, 30, 20]]), np.array([0, 0]))]
+    detection = [(np.array([[0.0, 0, 10, 10]]), np.array([0.9]), np.array([0]))]
+    assert coco_map(truth, detection, 1) == pytest.approx(100 * 51 / 101)
+
+
+def test_report_names_each_shift_and_sorts_mixed_shifts_as_fractional():
+    """Rows come in order, no shift first, with (dx, dy) as given; a shift is whole only when
+    both dx and dy are whole. Everything is missed at the first (fractional) shift only."""
+    images, truths = scenes()
+    shifts = ((0.5, 0.5), (1.0, 0.5), (0.5, 1.0), (2.0, 2.0))
+    stub = ShiftedTruth(truths, shifts, miss=lambda shift, image, obj: shift == 1)
+    result = shift_consistency(stub, images, truths, 5, shifts)
+    assert result['score_thr'] == 0.3
+    assert [row['shift'] for row in result['per_shift']] == [(0.0, 0.0), *shifts]
+    assert [row['consistency'] for row in result['per_shift']] == [1.0, 0.0, 1.0, 1.0, 1.0]
+    assert result['whole'] == {'mAP_mean': pytest.approx(100), 'mAP_spread': pytest.approx(0),
+                               'consistency': 1.0}
+    # fractional: mAP over no shift and the three fractional shifts: 100, 0, 100, 100
+    assert result['fractional'] == {'mAP_mean': pytest.approx(75),
+                                    'mAP_spread': pytest.approx(100),
+                                    'consistency': pytest.approx(2 / 3)}
+
+
+def test_consistency_is_nan_when_every_object_is_pushed_out():
+    """A shift that leaves no object in the canvas has no consistency to measure: nan, with 0
+    objects counted."""
+    image = np.zeros((32, 32, 3), np.uint8)
+    truth = (np.array([[24.0, 24, 32, 32]]), np.array([1]))
+    stub = ShiftedTruth([truth], ((7.0, 7.0),))
+    result = shift_consistency(stub, [image], [truth], 2, ((7.0, 7.0),))
+    row = result['per_shift'][1]
+    assert row['objects'] == 0 and np.isnan(row['consistency'])
+    assert np.isnan(result['whole']['consistency'])
+
+
+def test_summary_without_fractional_shifts_is_nan_without_warning():
+    """With whole-pixel shifts only, the fractional summary's consistency is nan, given
+    directly rather than as numpy's mean of nothing (which warns 'Mean of empty slice')."""
+    images, truths = scenes(1)
+    shifts = ((1.0, 1.0),)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', RuntimeWarning)
+        result = shift_consistency(ShiftedTruth(truths, shifts), images, truths, 5, shifts)
+    assert result['whole']['consistency'] == 1.0
+    assert np.isnan(result['fractional']['consistency'])
+    assert result['fractional']['mAP_mean'] == pytest.approx(100)

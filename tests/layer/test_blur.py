@@ -41,6 +41,15 @@ def test_binomial_filter():
     assert all(binomial_filter(n).sum().item() == pytest.approx(1.0) for n in range(2, 8))
 
 
+def test_binomial_filter_is_float64_from_one_tap():
+    """Every size, the one-tap identity filter [[1]] included, comes in float64, and size 7 is
+    row 6 of Pascal's triangle (1 6 15 20 15 6 1) / 64 along each axis."""
+    assert torch.equal(binomial_filter(1), torch.ones(1, 1, dtype=torch.float64))
+    assert all(binomial_filter(n).dtype == torch.float64 for n in range(1, 8))
+    row = torch.tensor([1., 6., 15., 20., 15., 6., 1.], dtype=torch.float64) / 64
+    assert torch.equal(binomial_filter(7), row[:, None] * row[None, :])
+
+
 @pytest.mark.parametrize('taps', [2, 3, 4])
 @pytest.mark.parametrize('order', ['conv-blur', 'blur-conv'])
 def test_against_the_reference(order, taps):
@@ -53,6 +62,71 @@ def test_against_the_reference(order, taps):
         expected = F.conv2d(blur_by_indices(x, taps, 1), layer.weight, layer.bias, stride=2,
                             padding=1)
     torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('order', ['conv-blur', 'blur-conv'])
+def test_dilation_and_groups_reach_the_conv(order):
+    """dilation and groups are nn.Conv2d's at stride 2 as well, in both orders."""
+    torch.manual_seed(0)
+    layer = BlurConv2d(6, 9, 3, stride=2, padding=2, dilation=2, groups=3,
+                       order=order).double()
+    x = torch.randn(2, 6, 13, 10, dtype=torch.float64)
+    if order == 'conv-blur':
+        full = F.conv2d(x, layer.weight, layer.bias, padding=2, dilation=2, groups=3)
+        expected = blur_by_indices(full, 3, 2)
+    else:
+        expected = F.conv2d(blur_by_indices(x, 3, 1), layer.weight, layer.bias, stride=2,
+                            padding=2, dilation=2, groups=3)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_defaults_are_conv2d_s_and_a_three_tap_blur():
+    """Left out, stride is 1 and padding 0 as in nn.Conv2d (a plain conv), and filter_size is 3:
+    at stride 2 the default layer blurs with [1, 2, 1] x [1, 2, 1] / 16."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 9, 8, dtype=torch.float64)
+    plain = BlurConv2d(2, 3, 3).double()
+    assert (plain.stride, plain.padding, plain.order) == ((1, 1), (0, 0), 'conv-blur')
+    torch.testing.assert_close(plain(x), F.conv2d(x, plain.weight, plain.bias),
+                               rtol=1e-12, atol=1e-12)
+    strided = BlurConv2d(2, 3, 3, stride=2).double()
+    assert strided.filter_size == 3
+    full = F.conv2d(x, strided.weight, strided.bias)
+    torch.testing.assert_close(strided(x), blur_by_indices(full, 3, 2), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('taps', [2, 7])
+def test_filter_sizes_two_and_seven_are_accepted(taps):
+    """The ends of the allowed range 2 to 7 build and blur as the reference does."""
+    torch.manual_seed(0)
+    layer = BlurConv2d(2, 2, 1, stride=2, bias=False, filter_size=taps).double()
+    x = torch.randn(1, 2, 12, 11, dtype=torch.float64)
+    full = F.conv2d(x, layer.weight)
+    torch.testing.assert_close(layer(x), blur_by_indices(full, taps, 2), rtol=1e-12, atol=1e-12)
+
+
+def test_device_and_dtype_reach_every_tensor():
+    """device= and dtype= put the weight, the bias and the blur filter on that device in that
+    dtype (the meta device: no data), and the layer runs there; left out, all are float32."""
+    layer = BlurConv2d(2, 3, 3, stride=2, device='meta', dtype=torch.float64)
+    for tensor in (layer.weight, layer.bias, layer.blur_filter):
+        assert (tensor.device.type, tensor.dtype) == ('meta', torch.float64)
+    x = torch.empty(1, 2, 9, 9, device='meta', dtype=torch.float64)
+    assert layer(x).shape == (1, 3, 4, 4)
+    layer = BlurConv2d(2, 3, 3, stride=2)
+    assert [t.dtype for t in (layer.weight, layer.bias, layer.blur_filter)] == [torch.float32] * 3
+
+
+def test_blur_keeps_the_input_s_dtype():
+    """blur() filters a map of any float dtype in that dtype: a float64 map through a float32
+    layer matches the float64 reference, and a float32 map comes out float32."""
+    torch.manual_seed(0)
+    layer = BlurConv2d(2, 2, 3, stride=2)
+    x = torch.randn(1, 2, 10, 9, dtype=torch.float64)
+    found = layer.blur(x, (2, 2))
+    assert found.dtype == torch.float64
+    torch.testing.assert_close(found, blur_by_indices(x, 3, 2), rtol=1e-12, atol=1e-12)
+    assert layer.blur(x.float(), (2, 2)).dtype == torch.float32
 
 
 @pytest.mark.parametrize('order', ['conv-blur', 'blur-conv'])
@@ -89,6 +163,7 @@ def test_blur_removes_what_the_stride_would_alias():
     (dict(order='blur'), "order='blur' expected 'conv-blur' or 'blur-conv'"),
     (dict(filter_size=1), 'filter_size=1 expected an int from 2 to 7'),
     (dict(filter_size=3.0), 'filter_size=3.0 expected an int from 2 to 7'),
+    (dict(filter_size=8), 'filter_size=8 expected an int from 2 to 7'),
     (dict(padding='same'), "padding='same' expected an int or a pair of ints"),
     (dict(padding_mode='reflect'), "padding_mode='reflect' expected 'zeros'"),
 ])

@@ -1,6 +1,6 @@
 """LSConv in mmdet: the product's configs build, the install bundles them for mim, a detector
-trains with the stride hook (alone, in two gloo processes, through mim), the stride hook, and
-the shift-consistency and cost tools on a trained detector."""
+trains with the stride hook (alone, in two gloo processes, through mim), and the
+shift-consistency and cost tools on a trained detector."""
 import glob
 import json
 import os
@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import load_tool, require_module
 
@@ -21,7 +20,6 @@ from mmengine.runner import Runner  # noqa: E402
 import mmlstride  # noqa: E402,F401  (registrations)
 from mmlstride.engine import (find_scalars_json, learned_strides,  # noqa: E402
                               read_stride_trajectories)
-from mmlstride.ops import LSConv2d  # noqa: E402
 from projects.lsconv_study.lsconv_study.testing import (  # noqa: E402
     check_config_builds, tiny_run_config, write_tiny_config)
 
@@ -106,55 +104,6 @@ def test_mim_train_runs_a_benchmark_config(tmp_path):
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     assert 'strides at iter 3' in log, log[-4000:]
-
-
-class StubRunner:
-    """What StrideLoggerHook reads of a Runner: the model, the iteration, a visualizer and a
-    logger that keep what they are given."""
-
-    def __init__(self, model):
-        self.model, self.iter, self.records, self.lines = model, 0, [], []
-        self.visualizer = type('Visualizer', (), {'add_scalars': lambda _, scalars, step:
-                                                  self.records.append((step, scalars))})()
-        self.logger = type('Logger', (), {'info': lambda _, line: self.lines.append(line)})()
-
-
-def run_stride_hook(hook, runner, iterations):
-    hook.before_train(runner)
-    for runner.iter in range(iterations):
-        hook.after_train_iter(runner, runner.iter)
-    runner.iter = iterations
-    hook.after_train(runner)
-
-
-@pytest.mark.parametrize('iterations, steps', [(5, [0, 2, 4, 5]), (4, [0, 2, 4])])
-def test_stride_hook_records_every_interval_and_at_the_end(iterations, steps):
-    from mmlstride.engine import StrideLoggerHook
-    runner = StubRunner(torch.nn.Sequential(LSConv2d(2, 2, 3, stride=2, padding=1)))
-    run_stride_hook(StrideLoggerHook(interval=2), runner, iterations)
-    assert [step for step, _ in runner.records] == steps
-    assert runner.records[-1][1] == {'stride/0/h': 2.0, 'stride/0/w': 2.0}
-    assert runner.lines[-1] == f'strides at iter {steps[-1]}: 0 (2.000, 2.000)'
-
-
-def test_stride_hook_raises_when_ranks_disagree(monkeypatch):
-    """The hook gathers every rank's grid states; equal ones are noted in the log, a
-    difference raises (the two-process runs are in tests/engine/test_stride_hook_distributed.py)."""
-    from mmlstride.engine import StrideLoggerHook, stride_logger_hook
-    runner = StubRunner(torch.nn.Sequential(LSConv2d(2, 2, 3, stride=2, padding=1)))
-    monkeypatch.setattr(stride_logger_hook, 'get_world_size', lambda: 2)
-    monkeypatch.setattr(stride_logger_hook, 'all_gather_object', lambda states: [states, states])
-    run_stride_hook(StrideLoggerHook(interval=1), runner, 1)
-    assert runner.lines[-1].startswith('strides at iter 1 (identical on 2 ranks)')
-
-    def stride_differs(states):
-        other = {name: dict(state) for name, state in states.items()}
-        other['0']['stride'] = (2.0, 2.000001)
-        return [states, other]
-
-    monkeypatch.setattr(stride_logger_hook, 'all_gather_object', stride_differs)
-    with pytest.raises(RuntimeError, match="layer '0': stride differs across ranks"):
-        StrideLoggerHook(interval=1).before_train(runner)
 
 
 def test_shift_consistency_tool_agrees_with_mmdets_metric(tmp_path):
