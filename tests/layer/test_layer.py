@@ -1,4 +1,5 @@
 """LSConv2d as an nn.Conv2d drop-in and as the registered 'LSConv' layer."""
+import re
 import subprocess
 import sys
 import textwrap
@@ -74,8 +75,8 @@ def test_stride_is_clamped_to_bounds_and_can_come_back():
 
 
 @pytest.mark.parametrize('at_bound, outward, inward', [
-    ((1.0, 4.0), [1.0, -1.0], [-1.0, 1.0]),  # s_h at the low bound, s_w at the high one
-    ((4.0, 1.0), [-1.0, 1.0], [1.0, -1.0]),
+    ((1.0, 4.0), [0.5, -0.5], [-0.5, 0.5]),  # s_h at the low bound, s_w at the high one
+    ((4.0, 1.0), [-0.5, 0.5], [0.5, -0.5]),
 ])
 def test_stride_exactly_on_a_bound(at_bound, outward, inward):
     """A stride equal to a bound counts as on it: a descent step outward is blocked, one
@@ -347,6 +348,38 @@ def test_initial_phase_is_where_the_phase_starts_and_returns():
                          phase=torch.tensor([0.5, -0.25]))
     torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
     assert LSConv2d(3, 4, 3, learn_phase=True, initial_phase=0.5).initial_phase == (0.5, 0.5)
+
+
+def test_centre_offset_per_axis():
+    """dilation * (kernel - 1) / 2 - padding: where output (0, 0)'s kernel centre samples."""
+    assert LSConv2d(1, 1, (3, 5), stride=2, padding=(1, 0), dilation=(2, 3)).centre_offset() == (
+        1.0, 6.0)
+    assert LSConv2d(1, 1, (2, 1), stride=2, padding=(0, 1)).centre_offset() == (0.5, -1.0)
+
+
+def test_follow_stride_refuses_what_cannot_share_a_grid():
+    leader = LSConv2d(3, 4, 3, stride=2, padding=1)
+    for bad, message in [
+            (nn.Conv2d(3, 4, 3, stride=2, padding=1), 'leader=Conv2d expected another LSConv2d'),
+            (None, 'leader=NoneType expected another LSConv2d'),
+            (leader, 'leader=LSConv2d expected another LSConv2d')]:
+        with pytest.raises(ValueError, match=f'^{re.escape(message)}$'):
+            leader.follow_stride(bad)
+    with pytest.raises(ValueError, match=re.escape(
+            'leader.stride=(2, 2) expected (2, 1), the nominal stride of the follower') + '$'):
+        LSConv2d(3, 4, 1, stride=(2, 1)).follow_stride(leader)
+    with pytest.raises(ValueError, match=re.escape(
+            'leader centre offset=(0.0, 0.0) expected (1.0, 1.0): the kernel centres must '
+            'sample the same grid') + '$'):
+        LSConv2d(3, 4, 3, stride=2).follow_stride(leader)
+
+
+def test_a_follower_of_a_follower_follows_the_first_leader():
+    leader = LSConv2d(3, 4, 3, stride=2, padding=1)
+    middle, last = LSConv2d(3, 4, 1, stride=2), LSConv2d(3, 4, 1, stride=2)
+    middle.follow_stride(leader)
+    last.follow_stride(middle)
+    assert last.stride_leader is leader and middle.stride_leader is leader
 
 
 def test_follower_samples_on_the_leaders_grid():

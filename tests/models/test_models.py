@@ -218,3 +218,110 @@ def test_initial_and_frozen_strides():
     for _, layer in backbone.learned_strides():
         assert layer.learnable_stride.tolist() == [3.0, 3.0]
         assert not layer.learnable_stride.requires_grad
+
+
+def test_ls_resnet_rejects_bad_stage_counts_and_initial_strides():
+    """A wrong number of ls_stages entries and an initial_stride not > 0 raise errors that name
+    the argument and what it expected; a positive initial_stride below 1 is accepted."""
+    import re
+    with pytest.raises(ValueError, match=re.escape(
+            'ls_stages=(True, True) expected 4 entries, one per stage')):
+        LSResNet(depth=18, base_channels=8, ls_stages=(True, True))
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match=re.escape(
+                f'initial_stride={bad} expected a value > 0')):
+            LSResNet(depth=18, base_channels=8, initial_stride=bad)
+    slow = LSResNet(depth=18, base_channels=8, initial_stride=0.5)
+    assert all(m.learnable_stride.tolist() == [0.5, 0.5] for _, m in slow.learned_strides())
+
+
+def test_ls_resnet_rejects_an_average_pooled_shortcut():
+    """avg_down=True puts the shortcut's stride in an average pool (its conv has stride 1), which
+    cannot follow the strided conv's grid: the error names the stride expected and the conv."""
+    import re
+    with pytest.raises(ValueError, match=re.escape(
+            'the strided shortcut of a block with a replaced strided conv must be a conv with '
+            'stride (2, 2) (avg_down=False); got Conv2d(8, 16, kernel_size=(1, 1), '
+            'stride=(1, 1), bias=False)')):
+        LSResNet(depth=18, base_channels=8, avg_down=True)
+
+
+def test_ls_resnet_leaves_unstrided_shortcuts_and_other_stage_convs_alone():
+    """In a converted stage, a block whose shortcut only changes channels (layer1 of a
+    Bottleneck ResNet) keeps its plain convs and shortcut; with a stage_conv that is not LSConv
+    or BlurConv (DCN) the strided convs are replaced but the shortcuts are left as they are."""
+    from torch import nn
+    backbone = LSResNet(depth=50, base_channels=8, ls_stages=(True, True, True, True))
+    block = backbone.layer1[0]
+    assert type(block.downsample[0]) is nn.Conv2d and block.downsample[0].stride == (1, 1)
+    assert not any(isinstance(m, LSConv2d) for m in backbone.layer1.modules())
+    assert sorted(name for name, _ in backbone.learned_strides()) == [
+        f'layer{i}.0.conv2' for i in (2, 3, 4)]
+    from mmcv.ops import DeformConv2dPack
+    dcn = LSResNet(depth=18, base_channels=8, stage_conv=dict(type='DCN', deform_groups=1))
+    for layer in (dcn.layer2, dcn.layer3, dcn.layer4):
+        assert isinstance(layer[0].conv1, DeformConv2dPack) and layer[0].conv1.stride == (2, 2)
+        assert type(layer[0].downsample[0]) is nn.Conv2d
+    assert not any(isinstance(m, LSConv2d) for m in dcn.modules())
+
+
+def test_ls_resnet_keeps_dilation_and_groups_of_the_replaced_convs():
+    """A strided conv's dilation (a dilated stage) and groups (ResNeXt blocks) carry over to its
+    LSConv, whose shortcut still follows it."""
+    from mmdet.models.backbones import ResNeXt
+
+    class LSResNeXt(LSResNet, ResNeXt):
+        pass
+
+    dilated = LSResNet(depth=18, base_channels=8, strides=(1, 2, 2, 2), dilations=(1, 1, 1, 2))
+    conv = dilated.layer4[0].conv1
+    assert isinstance(conv, LSConv2d)
+    assert (conv.stride, conv.padding, conv.dilation) == ((2, 2), (2, 2), (2, 2))
+    assert dilated.layer4[0].downsample[0].stride_leader is conv
+    assert dilated.layer3[0].conv1.dilation == (1, 1)
+    grouped = LSResNeXt(depth=50, groups=4, base_width=4, base_channels=8)
+    for layer in (grouped.layer2, grouped.layer3, grouped.layer4):
+        conv = layer[0].conv2
+        assert isinstance(conv, LSConv2d) and conv.groups == 4 and conv.stride == (2, 2)
+        assert conv.weight.shape[1] == conv.in_channels // 4
+        assert layer[0].downsample[0].stride_leader is conv
+
+
+def test_rebuild_copies_the_whole_geometry_of_a_conv():
+    """_rebuild makes a layer of the configured type with the conv's channels, kernel, stride,
+    padding, dilation, groups and bias (or no bias)."""
+    from torch import nn
+    for bias in (True, False):
+        conv = nn.Conv2d(4, 6, (3, 5), stride=(2, 1), padding=(2, 1), dilation=(2, 3), groups=2,
+                         bias=bias)
+        for cfg, kind in ((dict(type='LSConv'), LSConv2d), (dict(type='Conv2d'), nn.Conv2d)):
+            new = LSResNet._rebuild(conv, cfg)
+            assert type(new) is kind
+            assert (new.in_channels, new.out_channels, new.kernel_size, new.stride, new.padding,
+                    new.dilation, new.groups) == (4, 6, (3, 5), (2, 1), (2, 1), (2, 3), 2)
+            assert (new.bias is not None) is bias
+            assert new.weight.shape == conv.weight.shape
+
+
+def test_convert_block_skips_layers_that_are_not_convs():
+    """_convert_block takes any block: a conv name holding something other than a conv is left
+    as it is and the convs after it are still converted, and a block without a downsample
+    attribute keeps none; a strided block whose shortcut has no conv is rejected."""
+    import re
+    from torch import nn
+    backbone = LSResNet(depth=18, base_channels=8)
+    block = nn.Module()
+    block.conv1 = nn.Identity()
+    block.conv2 = nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False)
+    block.conv3 = nn.Conv2d(8, 8, 1, bias=False)
+    backbone._convert_block(block, all_3x3=False)
+    assert isinstance(block.conv1, nn.Identity)
+    assert isinstance(block.conv2, LSConv2d) and block.conv2.stride == (2, 2)
+    assert type(block.conv3) is nn.Conv2d
+    assert not hasattr(block, 'downsample')
+    pooled = nn.Module()
+    pooled.conv1 = nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False)
+    pooled.downsample = nn.Sequential(nn.AvgPool2d(2), nn.BatchNorm2d(8))
+    with pytest.raises(ValueError, match=re.escape(
+            'must be a conv with stride (2, 2) (avg_down=False); got None')):
+        backbone._convert_block(pooled, all_3x3=False)
