@@ -122,12 +122,13 @@ def assert_standard_operators(model, opset, form='grid_sample'):
 
 
 @DYNAMO_ONNX
-@pytest.mark.parametrize('opset', [18, 19])
-@pytest.mark.parametrize('spec', LAYERS, ids=LAYER_IDS)
+@pytest.mark.parametrize('spec, opset', [(LAYERS[0], 18)] + [(spec, 19) for spec in LAYERS],
+                         ids=[f'{LAYER_IDS[0]}-18'] + [f'{i}-19' for i in LAYER_IDS])
 def test_onnx_export_runs_in_onnxruntime(spec, opset, tmp_path):
     """torch.onnx.export (the default exporter, dynamic batch, height and width) of an
     LSConv2d gives standard operators whose ONNX Runtime output matches PyTorch to 1e-4 at
-    sizes other than the traced one."""
+    sizes other than the traced one: every layer at opset 19, one at 18 (GridSample is the
+    same from opset 16 to 19; 16 and 17 go through the TorchScript exporter below)."""
     layer = make_layer(spec)
     session, model = onnx_session(layer, torch.randn(TRACED), tmp_path / 'layer.onnx', opset)
     assert_standard_operators(model, opset)
