@@ -3,6 +3,7 @@ is a darkened, sometimes flipped crop of either photograph, anywhere in it, and 
 strokes of 2-4 points inside the canvas; each dataset class and ``ensure_`` function generate
 with the stated defaults where the config says, then read what they made."""
 import inspect
+import json
 
 import numpy as np
 import pytest
@@ -366,3 +367,92 @@ def test_paste_digit_draws_the_digit_as_an_8_bit_grey_image_scaled_bilinearly():
     np.testing.assert_allclose(canvas[8:24, 6:10], np.broadcast_to([120, 187.5, 255], (16, 4, 3)),
                                rtol=1e-6)
     np.testing.assert_allclose(canvas[8:24, 18:26, 2], 15, rtol=1e-6)  # faint ink's interior
+
+
+def test_write_generated_dataset_writes_coco_pngs_and_meta_through_a_hidden_sibling(tmp_path):
+    """Each split's canvases, drawn from its own digit pool (train 1437, val the other 360),
+    become ``<split>/00000.png``... and COCO json: images with ids from 0 and the size,
+    annotations with ids from 1, category id = label + 1 (ids 1-10 for '0'-'9'), iscrowd 0,
+    the unrounded area and bbox [x0, y0, w, h] rounded to 2 decimals; meta.json is the meta.
+    It is staged in a hidden '.digits-' directory beside the root, which appears whole."""
+    from PIL import Image
+    root, calls = tmp_path / 'made' / 'data', []
+
+    def canvas(rng, images, labels, pool, size):
+        if not calls:
+            assert not root.exists()
+            staged = [p.name for p in root.parent.iterdir()]
+            assert len(staged) == 1 and staged[0].startswith('.digits-')
+        calls.append(pool)
+        pixels = np.zeros((size, size, 3), np.uint8)
+        pixels[..., 0], pixels[1, 2] = len(calls), (7, 8, 9)
+        return pixels, [[1.125, 2.375, 10.5, 20.0, 9], [0.0, 3.0, 4.0, 5.5, 0]][:len(calls) % 3]
+
+    digits_detection.write_generated_dataset(str(root), canvas, {'any': ['meta']}, 3, 2, 16, 4)
+    assert [p.name for p in root.parent.iterdir()] == ['data']
+    assert json.loads((root / 'meta.json').read_text()) == {'any': ['meta']}
+    train, val = calls[0], calls[3]
+    assert all(p is train for p in calls[:3]) and all(p is val for p in calls[3:])
+    assert len(train) == 1437 and len(val) == 360 and not set(train) & set(val)
+    first = {'image_id': 0, 'category_id': 10, 'iscrowd': 0, 'area': 9.375 * 17.625,
+             'bbox': [1.12, 2.38, 9.38, 17.62]}
+    second = {'image_id': 1, 'category_id': 10, 'iscrowd': 0, 'area': 9.375 * 17.625,
+              'bbox': [1.12, 2.38, 9.38, 17.62]}
+    # Images 0 and 1 of each split: one box, then two; train's image 2 none.
+    expected = [dict(first, id=1), dict(second, id=2),
+                {'id': 3, 'image_id': 1, 'category_id': 1, 'iscrowd': 0, 'area': 10.0,
+                 'bbox': [0.0, 3.0, 4.0, 2.5]}]
+    for split, count, offset in (('train', 3, 1), ('val', 2, 4)):
+        coco = json.loads((root / 'annotations' / f'{split}.json').read_text())
+        assert coco['images'] == [{'id': i, 'file_name': f'0000{i}.png', 'width': 16,
+                                   'height': 16} for i in range(count)]
+        assert coco['categories'] == [{'id': k + 1, 'name': str(k)} for k in range(10)]
+        assert coco['annotations'] == expected
+        for i in range(count):
+            pixels = np.asarray(Image.open(root / split / f'0000{i}.png'))
+            assert pixels.shape == (16, 16, 3) and pixels.dtype == np.uint8
+            assert pixels[0, 0].tolist() == [offset + i, 0, 0]
+            assert pixels[1, 2].tolist() == [7, 8, 9]
+
+
+def test_write_generated_dataset_leaves_a_root_made_meanwhile_and_cleans_up(tmp_path):
+    """If the root appeared while it was writing (another rank finished first), that data is
+    kept and the staged copy removed."""
+    root = tmp_path / 'data'
+
+    def canvas(rng, images, labels, pool, size):
+        if not root.exists():
+            root.mkdir()
+            (root / 'theirs.txt').write_text('first')
+        return np.zeros((size, size, 3), np.uint8), []
+
+    digits_detection.write_generated_dataset(str(root), canvas, {}, 1, 1, 8, 0)
+    assert [p.name for p in tmp_path.iterdir()] == ['data']
+    assert [p.name for p in root.iterdir()] == ['theirs.txt']
+
+
+@pytest.mark.parametrize('name, size, expected', [
+    ('digits', 64, {
+        'train': [(0, 7, [27.5, 25.0, 23.75, 38.0]), (1, 6, [6.62, 25.0, 27.75, 37.0])],
+        'val': [(0, 6, [41.75, 38.0, 19.25, 22.0]), (0, 1, [7.62, 23.0, 21.75, 29.0]),
+                (0, 9, [33.5, 7.0, 21.0, 28.0]), (1, 1, [9.0, 14.0, 36.0, 48.0])]}),
+    ('scaled', 128, {
+        'train': [(0, 5, [73.5, 74.0, 15.0, 20.0]), (0, 8, [17.75, 42.0, 50.25, 67.0]),
+                  (1, 10, [5.25, 1.0, 25.5, 34.0]), (1, 3, [51.75, 70.0, 22.5, 30.0])],
+        'val': [(0, 4, [12.62, 60.0, 9.75, 13.0]), (0, 5, [73.38, 99.0, 20.25, 27.0]),
+                (0, 8, [70.25, 55.0, 10.62, 17.0]), (1, 5, [23.75, 76.0, 22.5, 30.0]),
+                (1, 9, [86.0, 57.0, 24.0, 32.0]), (1, 10, [72.12, 103.0, 12.75, 17.0]),
+                (1, 7, [21.0, 18.0, 42.0, 56.0]), (1, 3, [77.12, 9.0, 12.75, 17.0]),
+                (1, 10, [96.88, 94.0, 13.12, 15.0])]}),
+])
+def test_format_2_data_is_pinned(tmp_path, name, size, expected):
+    """The boxes of format 2 stay what they were when it was made (seed 0, 2 + 2 images): data
+    already generated is reused while meta.json's format matches, so anything that changes the
+    data (the splits' random streams, the order of draws) must bump FORMAT_VERSION."""
+    module, generate, _, _, _ = DATASETS[name]
+    assert module.FORMAT_VERSION == 2
+    getattr(module, generate)(str(tmp_path / 'd'), num_train=2, num_val=2, size=size, seed=0)
+    for split in ('train', 'val'):
+        coco = json.loads((tmp_path / 'd' / 'annotations' / f'{split}.json').read_text())
+        assert [(a['image_id'], a['category_id'], a['bbox'])
+                for a in coco['annotations']] == expected[split]
