@@ -70,7 +70,8 @@ def test_report_goes_between_the_markers(tmp_path, mutants):
     page.write_text(f'intro\n{report.START}\nold\n{report.END}\nafter\n')
     assert report.main(['--mutants', str(mutants), '--out', str(page)]) == 1  # below target
     text = page.read_text()
-    assert text.startswith(f'intro\n{report.START}\n| module |') and 'old' not in text
+    assert text.startswith(f'intro\n{report.START}\n| module |')
+    assert '\nold\n' not in text
     assert text.endswith(f'{report.END}\nafter\n')
     page.write_text('no markers')
     with pytest.raises(ValueError, match='lacks the markers'):
