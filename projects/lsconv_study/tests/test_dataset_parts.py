@@ -123,6 +123,19 @@ def test_ensure_generates_with_the_stated_defaults(monkeypatch, tmp_path, name):
 
 
 @pytest.mark.parametrize('name', list(DATASETS))
+def test_ensure_keeps_data_made_with_the_same_parameters_only(monkeypatch, tmp_path, name):
+    module, generate, ensure, _, _ = DATASETS[name]
+    root = str(tmp_path)
+    getattr(module, ensure)(root, num_train=2, num_val=1, seed=3)
+    made = []
+    monkeypatch.setattr(module, generate, lambda root, **kwargs: made.append(kwargs))
+    getattr(module, ensure)(root, num_train=2, num_val=1, seed=3)
+    assert made == []
+    with pytest.raises(FileExistsError, match='holds data made with other parameters'):
+        getattr(module, ensure)(root, num_train=2, num_val=1, seed=4)
+
+
+@pytest.mark.parametrize('name', list(DATASETS))
 def test_dataset_generates_its_data_root_then_reads_it(tmp_path, name):
     module, _, _, dataset_class, _ = DATASETS[name]
     dataset_class = getattr(module, dataset_class)
