@@ -101,7 +101,7 @@ def test_split_leaves_a_symbolic_end_to_pad_by_hand():
 
 # _pad_or_crop -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('rows', itertools.product(range(-1, 3), repeat=2), ids=str)
+@pytest.mark.parametrize('rows', list(itertools.product(range(-1, 3), repeat=2)), ids=str)
 def test_pad_or_crop_values(rows):
     """_pad_or_crop adds zero rows and columns before and after where positive and removes
     them where negative, every combination of signs, each side on its own."""

@@ -25,6 +25,7 @@ def mutants(tmp_path):
     write_meta(tmp_path, 'mmlstride/models/ls_resnet.py.meta', {
         'mmlstride.models.ls_resnet.xǁLSResNetǁ__init____mutmut_1': -11,  # crashed
         'mmlstride.models.ls_resnet.xǁLSResNetǁ__init____mutmut_2': None,  # not run
+        'mmlstride.models.ls_resnet.xǁLSResNetǁ__init____mutmut_3': 255,  # the runner failed
     })
     return tmp_path
 
@@ -33,7 +34,7 @@ def test_counts_per_module(mutants):
     codes = report.read_results(mutants)
     table = report.tally(codes, {'mmlstride.ops.arguments.x_pair__mutmut_4': 'same value'})
     assert table['mmlstride.ops.arguments'] == {'killed': 2, 'survived': 2, 'justified': 1}
-    assert table['mmlstride.models.ls_resnet'] == {'killed': 1, 'not run': 1}
+    assert table['mmlstride.models.ls_resnet'] == {'killed': 1, 'not run': 1, 'exit code 255': 1}
     assert report.score(table['mmlstride.ops.arguments']) == 0.5
     assert report.score(table['mmlstride.models.ls_resnet']) == 1.0
 
@@ -42,7 +43,7 @@ def test_markdown_lists_survivors_and_justified_ones(mutants):
     codes = report.read_results(mutants)
     lines = report.markdown(codes, {'mmlstride.ops.arguments.x_pair__mutmut_4': 'same value'})
     assert '| `mmlstride.ops.arguments` | 5 | 2 | 1 | 2 | 0 | 50.0% |' in lines
-    assert '| all | 7 | 3 | 1 | 2 | 1 | 60.0% |' in lines
+    assert '| all | 8 | 3 | 1 | 2 | 2 | 60.0% |' in lines
     assert '- `mmlstride.ops.arguments.x_pair__mutmut_3`' in lines
     assert '- `mmlstride.ops.arguments.x_pair__mutmut_5`' in lines
     assert '- `mmlstride.ops.arguments.x_pair__mutmut_4`: same value' in lines
