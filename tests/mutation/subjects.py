@@ -27,6 +27,8 @@ SUBJECT_TESTS: Dict[str, Tuple[str, ...]] = {
     'mmlstride.ops': ('tests/op/', 'tests/layer/', 'tests/export/'),  # the package, the loader
     'mmlstride.ops.arguments': ('tests/op/', 'tests/layer/'),
     'mmlstride.ops.ls_conv2d_function': ('tests/op/', 'tests/layer/'),
+    # The op's entry, whose export branches (ONNX, torch.export's symbolic sizes) the exports run.
+    'mmlstride.ops.ls_conv2d_function.x_ls_conv2d': ('tests/op/', 'tests/layer/', 'tests/export/'),
     # The op's ONNX symbolic: what its exports run.
     'mmlstride.ops.ls_conv2d_function.x__check_onnx_opset': ('tests/export/', ),
     'mmlstride.ops.ls_conv2d_function.x__export_in_standard_operators': ('tests/export/', ),
