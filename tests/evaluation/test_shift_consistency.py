@@ -261,3 +261,16 @@ def test_summary_without_fractional_shifts_is_nan_without_warning():
     assert result['whole']['consistency'] == 1.0
     assert np.isnan(result['fractional']['consistency'])
     assert result['fractional']['mAP_mean'] == pytest.approx(100)
+
+
+def test_shift_boxes_clips_at_the_near_edges_in_float64():
+    """Boxes moved up and left past the canvas are clipped at 0 (not only at its far edges);
+    whole-pixel boxes and shifts still give float64 boxes."""
+    from mmlstride.evaluation.shift_consistency import shift_boxes
+    clipped, keep = shift_boxes(np.array([[2, 3, 10, 9], [1, 1, 3, 3]]), -4, -5, 20, 20)
+    assert clipped.dtype == np.float64
+    np.testing.assert_array_equal(clipped, [[0, 0, 6, 4], [0, 0, 0, 0]])
+    assert keep.tolist() == [True, False]  # 24 of 48 pixels (half is kept), then none
+    clipped, keep = shift_boxes(np.array([[2, 3, 10, 9]]), -2, -3, 20, 20)
+    np.testing.assert_array_equal(clipped, [[0, 0, 8, 6]])
+    assert keep.tolist() == [True]

@@ -506,3 +506,17 @@ def test_conv_cfg_passes_pivot_and_learn_phase():
                              stride=2, padding=1)
     assert isinstance(layer, LSConv2d) and layer.pivot == 'centre'
     assert layer.learnable_phase is not None
+
+
+def test_repr_names_the_stride_the_pivot_and_the_phases():
+    layer = LSConv2d(2, 4, 3, stride=2, phase=(0.25, -0.5))
+    with torch.no_grad():
+        layer.learnable_stride.copy_(torch.tensor([1.5, 2.0]))
+    text = layer.extra_repr()
+    assert text.startswith('2, 4, kernel_size=(3, 3)')
+    assert text.endswith(f', learnable_stride=(1.5000, 2.0000), pivot={layer.pivot}, '
+                         'fixed_phase=(0.2500, -0.5000)')
+    follower = LSConv2d(2, 4, 3, stride=2)
+    follower.follow_stride(layer)
+    assert follower.extra_repr().endswith(
+        f', leader_stride=(1.5000, 2.0000), pivot={layer.pivot}, fixed_phase=(0.2500, -0.5000)')

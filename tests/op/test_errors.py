@@ -213,3 +213,71 @@ def test_fallback_warns_once(monkeypatch):
         warnings.simplefilter('error')
         assert not extension.has_kernel(device)
     assert extension.has_kernel(torch.device('cpu'))
+
+
+def test_dtype_messages_name_every_accepted_dtype():
+    """The input's dtype error lists the dtypes of its device in full: on the CPU float32 and
+    float64 (and where the half types run), elsewhere (here a meta tensor) all four."""
+    from mmlstride.ops.arguments import check_arguments
+    with pytest.raises(TypeError) as error:
+        ls_conv2d(**good_args(input=torch.ones(2, 4, 8, 8, dtype=torch.int64)))
+    assert str(error.value) == ('input.dtype=torch.int64 expected torch.float32 or torch.float64 '
+                                'on cpu (float16 and bfloat16 run on CUDA)')
+    meta = dict(device='meta')
+    with pytest.raises(TypeError) as error:
+        check_arguments(torch.ones(2, 4, 8, 8, dtype=torch.int64, **meta),
+                        torch.ones(6, 2, 3, 3, **meta), torch.ones(2, **meta), None, (1, 1),
+                        (1, 1), 2)
+    assert str(error.value) == ('input.dtype=torch.int64 expected torch.float32, torch.float64, '
+                                'torch.float16 or torch.bfloat16')
+
+
+def test_shape_messages_in_full():
+    """The weight's rank and channel errors say what is expected, in whole numbers."""
+    with pytest.raises(ValueError) as error:
+        ls_conv2d(**good_args(weight=torch.randn(6, 2, 3)))
+    assert str(error.value) == ('weight.dim()=3 expected 4 '
+                                '(out_channels, in_channels / groups, kernel_h, kernel_w)')
+    with pytest.raises(ValueError) as error:
+        ls_conv2d(**good_args(weight=torch.randn(6, 4, 3, 3)))
+    assert str(error.value) == 'weight.shape[1]=4 expected input channels / groups = 2'
+
+
+def test_tensor_argument_messages_in_full():
+    """A tensor argument that is not a tensor, or on another device than the input, is named
+    with what it is and what is expected."""
+    with pytest.raises(TypeError) as error:
+        ls_conv2d(**good_args(bias=[0.0] * 6))
+    assert str(error.value) == 'bias is a list, expected a torch.Tensor'
+    with pytest.raises(ValueError) as error:
+        ls_conv2d(**good_args(bias=torch.randn(6, device='meta')))
+    assert str(error.value) == 'bias.device=meta expected cpu (the device of input)'
+
+
+def test_pair_forms_and_messages():
+    """pair takes a number, a pair or a one-element list; a tensor only when asked; and its
+    errors say what was expected, with the bound."""
+    from mmlstride.ops.arguments import pair
+    assert pair([3], 'padding', integer=True, minimum=0) == (3, 3)
+    assert pair(torch.tensor([2.0, 0.5]), 'stride', tensor=True) == (2.0, 0.5)
+    with pytest.raises(ValueError, match=r'^padding=tensor\(\[1, 2\]\) expected an int or a pair'):
+        pair(torch.tensor([1, 2]), 'padding', integer=True)
+    with pytest.raises(ValueError) as error:
+        pair(-1, 'padding', integer=True, minimum=0)
+    assert str(error.value) == 'padding=-1 expected an int >= 0 or a pair of ints >= 0'
+    with pytest.raises(ValueError) as error:
+        pair('a', 'phase')
+    assert str(error.value) == "phase='a' expected a finite number or a pair of them"
+    with pytest.raises(ValueError) as error:
+        pair(0.0, 'stride', minimum=0.5)
+    assert str(error.value) == 'stride=0.0 expected a finite number >= 0.5 or a pair of them'
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64], ids=str)
+def test_numbers_become_tensors_of_the_inputs_precision_and_device(dtype):
+    """A stride or phase given as numbers becomes a float64 tensor for float64 input, else
+    float32, on the input's device."""
+    from mmlstride.ops.ls_conv2d_function import _as_tensor
+    for device in ('cpu', 'meta'):
+        made = _as_tensor((1.1, 2.0), torch.ones(1, dtype=dtype, device=device))
+        assert made.dtype == dtype and made.device.type == device
