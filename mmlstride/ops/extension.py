@@ -16,8 +16,9 @@ _warned = False
 def has_kernel(device: torch.device) -> bool:
     """Whether the compiled ops run on ``device``; warns once when they do not."""
     global _warned
+    key = 'Meta' if device.type == 'meta' else device.type.upper()  # CPU, CUDA, Meta
     if EXTENSION_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(
-            'mmlstride::ls_conv2d', device.type.upper()):
+            'mmlstride::ls_conv2d', key):
         return True
     if not _warned:
         _warned = True

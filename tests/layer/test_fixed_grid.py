@@ -299,3 +299,35 @@ def test_cpu_autocast_keeps_float64_and_a_given_output_size(form_calls):
     assert out.dtype == wanted.dtype == torch.float64 and out.shape == (2, 6, 6, 5)
     torch.testing.assert_close(out, wanted, rtol=1e-12, atol=1e-12)
     assert len(form_calls) == 1
+
+
+def test_fixed_grid_is_read_from_the_device_once_until_it_changes(form_calls):
+    """A frozen grid's values are read (a host copy) on the first call and after an in-place
+    change of the stride, not on every call."""
+    frozen, _ = layer_pair(LAYERS[0], {}, dtype=torch.float32)
+    reads = []
+    sampling_stride = frozen.sampling_stride
+    frozen.sampling_stride = lambda: reads.append(1) or sampling_stride()
+    x = torch.randn(1, 4, 12, 12)
+    frozen(x)
+    frozen(x)
+    assert len(reads) == 1 and len(form_calls) == 2
+    with torch.no_grad():
+        frozen.learnable_stride.copy_(torch.tensor([3.0, 1.0]))
+    frozen(x)
+    frozen(x)
+    assert len(reads) == 2 and len(form_calls) == 4
+
+
+def test_meta_and_traced_layers_keep_the_op(form_calls):
+    """On the meta device (shapes only, nothing to read) and under torch.jit.trace, a frozen
+    whole-stride layer keeps the op: a meta output of the right shape, and a traced graph that
+    calls mmlstride::ls_conv2d."""
+    frozen, _ = layer_pair(LAYERS[0], {}, dtype=torch.float32)
+    meta = layer_pair(LAYERS[0], {}, dtype=torch.float32)[0].to('meta')
+    out = meta(torch.empty(2, 4, 12, 12, device='meta'))
+    assert out.device.type == 'meta' and out.shape == frozen(torch.randn(2, 4, 12, 12)).shape
+    calls = len(form_calls)
+    traced = torch.jit.trace(frozen, torch.randn(1, 4, 12, 12), check_trace=False)
+    assert len(form_calls) == calls
+    assert 'mmlstride::ls_conv2d' in str(traced.graph)
