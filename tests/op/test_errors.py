@@ -281,3 +281,18 @@ def test_numbers_become_tensors_of_the_inputs_precision_and_device(dtype):
     for device in ('cpu', 'meta'):
         made = _as_tensor((1.1, 2.0), torch.ones(1, dtype=dtype, device=device))
         assert made.dtype == dtype and made.device.type == device
+
+
+def test_pair_passes_symbolic_sizes_through():
+    """A symbolic int (a size under torch.export) is taken as it is, on either side of a
+    pair, without reading its value."""
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    from mmlstride.ops.arguments import pair
+    if not hasattr(ShapeEnv, 'create_unbacked_symint'):
+        pytest.skip('this torch makes no symbolic ints outside a trace')
+    size = ShapeEnv().create_unbacked_symint()
+    found = pair((size, 3), 'output_size', integer=True, minimum=1)
+    assert len(found) == 2 and found[0] is size and found[1] == 3
+    found = pair((4, size), 'output_size', integer=True, minimum=1)
+    assert found[0] == 4 and found[1] is size
