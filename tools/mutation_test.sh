@@ -10,12 +10,12 @@
 #   bash tools/mutation_test.sh --resume   # keep mutants/ and run what has no result yet
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Two runs at a time on two cores: one thread each, or torch's spinning OpenMP threads make the
-# op's tests ten times slower than when traced alone, and mutants time out.
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 bash tools/setup_env.sh
 venv=${MMLSTRIDE_VENV:-.venv}
 "$venv/bin/python" -m pip install -q -r requirements/mutation.txt
+# Two runs at a time on two cores: one thread each, or torch's spinning OpenMP threads make the
+# op's tests ten times slower than when traced alone, and mutants time out.
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 if [ "${1:-}" = --resume ]; then
   shift
 else
