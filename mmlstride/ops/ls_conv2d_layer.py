@@ -129,8 +129,7 @@ class LSConv2d(nn.Conv2d):
             raise ValueError(f'padding={padding!r} expected an int or a pair of ints')
         if padding_mode != 'zeros':
             raise ValueError(f"padding_mode={padding_mode!r} expected 'zeros'")
-        pair(stride, 'stride', integer=True, minimum=1,
-             expected='an int >= 1 or a pair of ints >= 1')
+        pair(stride, 'stride', integer=True, minimum=1)
         low, high = stride_bounds
         if not 0 < low <= 1 <= high:
             raise ValueError(f'stride_bounds={stride_bounds!r} expected (low, high) '

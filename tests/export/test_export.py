@@ -309,10 +309,93 @@ def test_onnx_export_before_deploy_points_to_switch_to_deploy(dynamo, tmp_path):
 @pytest.mark.parametrize('phase', [None, 0.5], ids=str)
 def test_torch_export_of_a_deployed_layer(phase):
     """torch.export.export of a layer switched to deploy (its output size then computed from
-    the held stride) with dynamic batch, height and width gives the eager result."""
+    the held stride) with dynamic batch, height and width gives the eager result, with no pad
+    of its own (at a whole phase, the plain convolution alone)."""
     layer = LSConv2d(8, 12, 3, stride=2, padding=1, phase=phase).eval()
     switch_to_deploy(layer)
     program = torch.export.export(layer, (torch.randn(TRACED), ), dynamic_shapes=dynamic_shapes())
+    # the convolution's own padding and floor, whatever the size: no pad of symbolic rows
+    operators = [str(node.target) for node in program.graph.nodes if node.op == 'call_function']
+    assert not [name for name in operators if 'pad' in name], operators
     for shape in OTHER_SIZES:
         x = torch.randn(shape)
         assert torch.equal(program.module()(x), layer(x))
+
+
+@pytest.fixture
+def onnx_branch(monkeypatch):
+    """ls_conv2d as an ONNX export at opset 18 runs it, eagerly: the forms it calls, each with
+    the output size it was given, are recorded."""
+    from mmlstride.ops import ls_conv2d_function
+    monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: True)
+    monkeypatch.setattr(ls_conv2d_function, 'onnx_export_opset', lambda: 18)
+    calls = []
+    for name, size_at in (('ls_conv2d_at_integer_stride', 7), ('ls_conv2d_by_sampling', 7)):
+        form = getattr(ls_conv2d_function, name)
+
+        def recorded(*args, form=form, name=name, size_at=size_at):
+            calls.append((name, args[size_at]))
+            return form(*args)
+
+        monkeypatch.setattr(ls_conv2d_function, name, recorded)
+    return calls
+
+
+# (stride, phase, output size) -> the form the ONNX export writes and the output size it is
+# given ('tensor': a tensor of the values, read at run time)
+ONNX_FORMS = [
+    ((2, 2), None, None, 'ls_conv2d_at_integer_stride', None),
+    ((2, 1), (0.5, -1.0), None, 'ls_conv2d_at_integer_stride', None),
+    ((2, 2), (0.5, 0.5), (4, 3), 'ls_conv2d_at_integer_stride', (4, 3)),
+    ((2, 2), 'tensor', None, 'ls_conv2d_by_sampling', (4, 4)),
+    ('tensor', None, None, 'ls_conv2d_by_sampling', (4, 4)),
+    ((1.5, 2), (0.5, 0.5), None, 'ls_conv2d_by_sampling', (5, 4)),
+]
+
+
+@pytest.mark.parametrize('stride, phase, output_size, form, size', ONNX_FORMS, ids=str)
+def test_onnx_export_form_of_each_argument_kind(stride, phase, output_size, form, size,
+                                                onnx_branch, monkeypatch):
+    """In an ONNX export, whole strides with a phase given as numbers (or none) write the plain
+    convolution, at the convolution's own size unless one is given (so that a graph exported
+    with dynamic axes runs at every size); a stride or phase given as a tensor, or a
+    fractional stride, writes the sampling form. Either computes the op's values."""
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2, 4, 8, 7), torch.randn(6, 4, 3, 3), torch.randn(6)
+    values = [(2.0, 2.0) if v == 'tensor' else v for v in (stride, phase)]
+    given = [torch.tensor(v) if k == 'tensor' else k for k, v in zip((stride, phase), values)]
+    found = ls_conv2d(x, w, given[0], b, 1, 1, 1, output_size, given[1])
+    assert onnx_branch == [(form, size)]
+    monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: False)
+    expected = ls_conv2d(x, w, torch.tensor(values[0], dtype=torch.float64).float(), b, 1, 1, 1,
+                         found.shape[2:], None if values[1] is None else torch.tensor(values[1]))
+    assert relative_error(found, expected) < 1e-5
+
+
+def test_onnx_opsets_without_bilinear_grid_sample_are_refused(onnx_branch, monkeypatch):
+    """An ONNX export at an opset other than 16 to 19 is refused with the opsets and why."""
+    from mmlstride.ops import ls_conv2d_function
+    monkeypatch.setattr(ls_conv2d_function, 'onnx_export_opset', lambda: 15)
+    with pytest.raises(ValueError) as error:
+        ls_conv2d(torch.randn(1, 2, 6, 6), torch.randn(2, 2, 3, 3), (1.5, 1.5))
+    assert str(error.value) == ("opset_version=15 expected 16 to 19: LSConv exports to ONNX "
+                                "GridSample (opset 16) with mode 'bilinear' (opsets 16-19)")
+
+
+def test_layer_exported_before_deploy_warns_naming_switch_to_deploy(onnx_branch):
+    """A layer in an ONNX export that was not switched to deploy warns, once per call, that
+    it exports the slower sampling form and how to get the plain convolution; a deployed one
+    does not."""
+    layer = LSConv2d(4, 6, 3, stride=2, padding=1)
+    x = torch.randn(1, 4, 8, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        layer(x)
+        switch_to_deploy(layer)
+        layer(x)
+    assert [str(w.message) for w in caught] == [
+        'LSConv2d exports its learnable stride as GridSample sampling, 1.5-3x the time of a '
+        'plain Conv in ONNX Runtime; call mmlstride.ops.switch_to_deploy(model) before '
+        'exporting a trained model: layers at whole strides then export as a plain Conv']
+    assert [name for name, _ in onnx_branch] == ['ls_conv2d_by_sampling',
+                                                 'ls_conv2d_at_integer_stride']

@@ -3,6 +3,7 @@ export: the helpers' exact results (``_split``'s paddings, ``_pad_or_crop``'s ro
 steps a tracer records of it), and both forms in float64 against the dense definition
 (``mmlstride.testing.ls_conv2d_by_interpolation``) on small hand-picked geometries."""
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -283,3 +284,101 @@ def test_integer_stride_form_is_the_definition(case):
                                               dilation, groups, found.shape[2:],
                                               torch.tensor(phase, **F64))
         assert relative_error(found, expected) < 1e-12
+
+
+def test_sampling_form_samples_in_the_input_dtype_whatever_the_stride_dtype():
+    """A float64 stride tensor with float32 input (a stride of any floating dtype is accepted)
+    samples in float32: the grid is cast to the input's dtype."""
+    x, w, b = form_tensors(1, 2, 2, 1, (3, 3), (6, 5))
+    stride = torch.tensor([1.5, 0.75], **F64)
+    found = ls_conv2d_by_sampling(x.float(), w.float(), stride, b.float(), (1, 1), (1, 1), 1,
+                                  (4, 6))
+    expected = ls_conv2d_by_interpolation(x, w, stride, b, (1, 1), (1, 1), 1, (4, 6))
+    assert found.dtype == torch.float32
+    assert relative_error(found, expected) < 1e-5
+
+
+def test_sampling_form_warns_nothing():
+    """The sampling form states every GridSample setting it relies on (no warning about a
+    default, e.g. align_corners)."""
+    x, w, b = form_tensors(2, 2, 2, 1, (3, 3), (6, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        ls_conv2d_by_sampling(x, w, torch.tensor([1.5, 0.75], **F64), b, (1, 1), (1, 1), 1,
+                              (4, 6), torch.tensor([0.25, 0.5], **F64))
+
+
+def test_both_forms_run_on_the_meta_device():
+    """Every tensor the forms make is made on the input's device: on the meta device (as
+    shape propagation runs them) both forms give the output's shape, a blend with a fraction
+    other than 1/2 (a depthwise kernel the form builds) included."""
+    meta = dict(device='meta', **F64)
+    x, w, b = (torch.empty(2, 4, 7, 8, **meta), torch.empty(6, 2, 3, 3, **meta),
+               torch.empty(6, **meta))
+    out = ls_conv2d_by_sampling(x, w, torch.empty(2, **meta), b, (1, 1), (1, 1), 2, (5, 3),
+                                torch.empty(2, **meta))
+    assert out.device.type == 'meta' and out.shape == (2, 6, 5, 3)
+    for phase in ((0.25, 0.5), (0.0, 0.0)):
+        out = ls_conv2d_at_integer_stride(x, w, (2, 2), b, (1, 1), (1, 1), 2, (4, 4), phase)
+        assert out.device.type == 'meta' and out.shape == (2, 6, 4, 4)
+
+
+def traced_operators(kernel, stride, padding, dilation, phase, size):
+    """The operators (name, then the arguments that set their geometry) of the whole-stride
+    form at the convolution's own output size, as traced for export."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    x, w = torch.randn(1, 2, *size), torch.randn(3, 2, *kernel)
+    output_size = tuple((size[k] + 2 * padding[k] - dilation[k] * (kernel[k] - 1) - 1) //
+                        stride[k] + 1 for k in range(2))
+    graph = make_fx(lambda x, w: ls_conv2d_at_integer_stride(
+        x, w, stride, None, padding, dilation, 1, output_size, phase))(x, w).graph
+    found = []
+    for node in graph.nodes:
+        if node.op != 'call_function':
+            continue
+        name, args = str(node.target).split('.')[1], node.args
+        if name == 'convolution':
+            found.append((name, tuple(args[3]), tuple(args[4])))
+        elif name == 'avg_pool2d':  # padding left out when 0
+            found.append((name, tuple(args[1]), tuple(args[2]),
+                          tuple(args[3]) if len(args) > 3 else (0, 0)))
+        else:
+            found.append((name, tuple(args[1])))
+    return found
+
+
+# (kernel, stride, padding, dilation, phase, size) -> the form's operators, each with its
+# geometry: convolution (stride, padding); avg_pool2d (window, stride, padding);
+# constant_pad_nd (amounts).
+FORM_GRAPHS = [
+    # a whole phase: the plain strided convolution, its padding in the convolution
+    (((3, 3), (2, 2), (1, 1), (1, 1), (0.0, 0.0), (8, 8)),
+     [('convolution', (2, 2), (1, 1))]),
+    # ResNet's strided 3 x 3 at a half phase: a 2 x 2 average at every pixel, then the
+    # strided convolution; the one padding row before is the pool's
+    (((3, 3), (2, 2), (1, 1), (1, 1), (0.5, 0.5), (8, 8)),
+     [('avg_pool2d', (2, 2), (1, 1), (1, 1)), ('convolution', (2, 2), (0, 0))]),
+    # ResNet's 1 x 1 shortcut at a half phase: the average only where it is read, at stride 2
+    (((1, 1), (2, 2), (0, 0), (1, 1), (0.5, 0.5), (8, 8)),
+     [('avg_pool2d', (2, 2), (2, 2), (0, 0)), ('convolution', (1, 1), (0, 0))]),
+    # dilation a multiple of the stride: every tap reads one residue, the blend is strided
+    (((3, 3), (2, 2), (2, 2), (2, 2), (0.5, 0.5), (8, 8)),
+     [('constant_pad_nd', (1, 1, 1, 1)), ('avg_pool2d', (2, 2), (2, 2), (1, 1)),
+      ('convolution', (1, 1), (0, 0))]),
+    # a half phase on one axis: an average of 2 x 1
+    (((3, 3), (2, 2), (1, 1), (1, 1), (0.5, 0.0), (8, 8)),
+     [('avg_pool2d', (2, 1), (1, 1), (1, 0)), ('convolution', (2, 2), (0, 1))]),
+    # a phase of -1/2: two rows needed before the input, one after; the pool pads one on
+    # each side and the convolution the second before
+    (((3, 3), (2, 2), (1, 1), (1, 1), (-0.5, -0.5), (9, 9)),
+     [('avg_pool2d', (2, 2), (1, 1), (1, 1)), ('convolution', (2, 2), (1, 1))]),
+]
+
+
+@pytest.mark.parametrize('case, operators', FORM_GRAPHS, ids=range(len(FORM_GRAPHS)))
+def test_integer_stride_form_is_the_fewest_operators(case, operators):
+    """At the sizes of a deployed ResNet's strided layers the whole-stride form is a pool (an
+    average pool, never a depthwise convolution, at a half phase; strided where every tap
+    reads one residue modulo the stride) and one convolution, with no pad or crop of its own
+    where the operators' padding and floor give the rows read."""
+    assert traced_operators(*case) == operators

@@ -113,14 +113,14 @@ def layer_pair(spec, grid, stride=None, dtype=torch.float64):
 
 @pytest.mark.parametrize('grid', GRIDS, ids=str)
 @pytest.mark.parametrize('spec', LAYERS, ids=str)
-def test_layer_with_a_fixed_grid_computes_what_the_op_does(spec, grid, form_calls):
+def test_layer_with_a_fixed_grid_computes_what_the_op_does(spec, grid, form_calls, device):
     """Frozen at the nominal stride, and at another whole stride (the output keeps the nominal
     size), a layer runs the form and matches the learning layer (the op) in float64: outputs
-    and input, weight and bias gradients, at odd and even sizes."""
+    and input, weight and bias gradients, at odd and even sizes, on each device."""
     for stride in (None, (3.0, 1.0)):
-        frozen, learning = layer_pair(spec, grid, stride)
+        frozen, learning = [layer.to(device) for layer in layer_pair(spec, grid, stride)]
         for size in ((13, 10), (16, 17)):
-            x = torch.randn(2, 4, *size, dtype=torch.float64, requires_grad=True)
+            x = torch.randn(2, 4, *size, dtype=torch.float64, device=device, requires_grad=True)
             calls = len(form_calls)
             found, expected = frozen(x), learning(x)
             assert len(form_calls) == calls + 1  # the learning layer ran the op
@@ -280,8 +280,16 @@ def test_compile_and_export_keep_the_op_and_its_values():
     frozen, _ = layer_pair(LAYERS[0], dict(phase=0.5), dtype=torch.float32)
     x = torch.randn(2, 4, 16, 16)
     expected = frozen(x)
-    compiled = torch.compile(frozen, fullgraph=True, backend='eager')
+    graphs = []
+
+    def eager(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    compiled = torch.compile(frozen, fullgraph=True, backend=eager)
     torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-6)
+    targets = [str(node.target) for node in graphs[0].graph.nodes]
+    assert any('mmlstride.ls_conv2d' in target for target in targets), targets
     program = torch.export.export(frozen, (x, ))
     torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-6)
 
@@ -331,3 +339,65 @@ def test_meta_and_traced_layers_keep_the_op(form_calls):
     traced = torch.jit.trace(frozen, torch.randn(1, 4, 12, 12), check_trace=False)
     assert len(form_calls) == calls
     assert 'mmlstride::ls_conv2d' in str(traced.graph)
+
+
+def test_concrete_sizes_pad_only_the_rows_read(form_calls):
+    """With concrete sizes the form is given the output size, and pads only the rows the
+    output reads: a frozen ResNet strided 3 x 3 at a half phase is one average pool and one
+    convolution (the convolution's own size, for symbolic sizes, pads a row and a column
+    more)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    frozen, _ = layer_pair(LAYERS[0], dict(phase=0.5), dtype=torch.float32)
+    x = torch.randn(1, 4, 8, 8)
+    frozen(x)  # reads the grid: the trace below has the layer's computation alone
+    graph = make_fx(frozen)(x).graph
+    operators = [str(node.target).split('.')[1] for node in graph.nodes
+                 if node.op == 'call_function']  # less the stride and phase made tensors
+    assert [name for name in operators if name != 'lift_fresh_copy'] == \
+        ['avg_pool2d', 'convolution'] and len(form_calls) == 2
+
+
+def test_a_traced_layer_reads_its_stride_parameter(form_calls):
+    """torch.jit.trace of a frozen layer records the stride as the parameter it is, not its
+    value at the time: a stride written into the parameter later is the one the traced module
+    samples with."""
+    frozen, _ = layer_pair(LAYERS[0], {}, dtype=torch.float64)
+    x = torch.randn(1, 4, 12, 12, dtype=torch.float64)
+    traced = torch.jit.trace(frozen, x, check_trace=False)
+    with torch.no_grad():
+        frozen.learnable_stride.copy_(torch.tensor([2.5, 1.5]))
+    assert relative_error(traced(x), frozen(x)) < 1e-12
+
+
+@needs_torch_for('torch.export with dynamic shapes')
+def test_an_exported_layer_keeps_the_op(form_calls):
+    """torch.export of a frozen whole-stride layer records the op on the stride parameter,
+    with the eager values."""
+    frozen, _ = layer_pair(LAYERS[0], dict(phase=0.5), dtype=torch.float32)
+    x = torch.randn(2, 4, 16, 16)
+    program = torch.export.export(frozen, (x, ))
+    operators = [str(node.target) for node in program.graph.nodes if node.op == 'call_function']
+    assert 'mmlstride.ls_conv2d.default' in operators, operators
+    torch.testing.assert_close(program.module()(x), frozen(x), rtol=1e-5, atol=1e-6)
+
+
+@needs_torch_for('torch.compile with fullgraph=True')
+def test_compiled_layer_keeps_the_op(form_calls):
+    """torch.compile (graph breaks allowed, as models compile) records the op for a frozen
+    whole-stride layer, in the graph it captures, never the form's pooling and convolution."""
+    frozen, _ = layer_pair(LAYERS[0], dict(phase=0.5), dtype=torch.float32)
+    x = torch.randn(2, 4, 16, 16)
+    expected = frozen(x)
+    calls = len(form_calls)
+    graphs = []
+
+    def eager(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(frozen, backend=eager)(x), expected, rtol=1e-5,
+                               atol=1e-6)
+    targets = [str(node.target) for graph in graphs for node in graph.graph.nodes]
+    assert any('mmlstride.ls_conv2d' in target for target in targets), targets
+    assert len(form_calls) == calls

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import require_module
-from mmlstride.ops import LSConv2d, ls_conv2d
+from mmlstride.ops import LSConv2d, ls_conv2d, switch_to_deploy
 from mmlstride.ops.ls_conv2d_layer import _BoundedStride
 
 CONV_CONFIGS = [
@@ -520,3 +520,115 @@ def test_repr_names_the_stride_the_pivot_and_the_phases():
     follower.follow_stride(layer)
     assert follower.extra_repr().endswith(
         f', leader_stride=(1.5000, 2.0000), pivot={layer.pivot}, fixed_phase=(0.2500, -0.5000)')
+
+
+STRIDE_EXPECTED = 'expected an int >= 1 or a pair of ints >= 1'
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(padding='same'), "padding='same' expected an int or a pair of ints"),
+    (dict(padding_mode='reflect'), "padding_mode='reflect' expected 'zeros'"),
+    (dict(stride_bounds=(0.0, 2.0)),
+     'stride_bounds=(0.0, 2.0) expected (low, high) with 0 < low <= 1 <= high'),
+    (dict(stride_bounds=(1.5, 2.0)),
+     'stride_bounds=(1.5, 2.0) expected (low, high) with 0 < low <= 1 <= high'),
+    (dict(stride_bounds=(0.5, 0.9)),
+     'stride_bounds=(0.5, 0.9) expected (low, high) with 0 < low <= 1 <= high'),
+    (dict(stride=0), f'stride=0 {STRIDE_EXPECTED}'),
+    (dict(stride=-1), f'stride=-1 {STRIDE_EXPECTED}'),
+    (dict(stride=(2, 0)), f'stride=(2, 0) {STRIDE_EXPECTED}'),
+    (dict(stride=1.5), f'stride=1.5 {STRIDE_EXPECTED}'),
+    (dict(stride=True), f'stride=True {STRIDE_EXPECTED}'),
+    (dict(stride=(1, 2, 3)), f'stride=(1, 2, 3) {STRIDE_EXPECTED}'),
+])
+def test_layer_arguments(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        LSConv2d(4, 4, 3, **kwargs)
+    assert str(info.value) == message
+
+
+def test_layer_input_rank():
+    with pytest.raises(ValueError) as info:
+        LSConv2d(4, 4, 3)(torch.randn(4, 8, 8))
+    assert str(info.value) == 'input.dim()=3 expected 4 (N, C, H, W)'
+
+
+def test_arguments_left_out_are_those_of_conv2d():
+    layer, conv = LSConv2d(4, 6, 3), nn.Conv2d(4, 6, 3)
+    for name in ('stride', 'padding', 'dilation', 'groups', 'padding_mode'):
+        assert getattr(layer, name) == getattr(conv, name), name
+    assert layer.bias is not None and conv.bias is not None
+
+
+@pytest.mark.parametrize('bounds', [(1.0, 1.0), (0.5, 1.0), (1.0, 3.0)])
+def test_stride_bounds_may_hold_the_nominal_stride_at_either_end(bounds):
+    layer = LSConv2d(4, 4, 3, stride=2, stride_bounds=bounds)
+    assert layer.stride_min.tolist() == [2 * bounds[0]] * 2
+    assert layer.stride_max.tolist() == [2 * bounds[1]] * 2
+
+
+@pytest.mark.parametrize('value', [1.0, 4.0, (1.0, 4.0)])
+def test_initial_stride_may_sit_on_a_bound(value):
+    layer = LSConv2d(4, 4, 3, stride=2, stride_bounds=(0.5, 2.0), initial_stride=value)
+    assert layer.learnable_stride.tolist() == list(value if isinstance(value, tuple)
+                                                   else (value, value))
+
+
+@pytest.mark.parametrize('grid', [dict(phase=(0.5, 0.25)), dict(learn_phase=True)], ids=str)
+def test_every_tensor_has_the_given_device_and_dtype(grid):
+    """Parameters and buffers, the stride and phase ones included, are made on ``device`` in
+    ``dtype`` (here the meta device, as for a model built before its weights are loaded)."""
+    layer = LSConv2d(4, 6, 3, stride=2, device='meta', dtype=torch.float64, **grid)
+    tensors = {**dict(layer.named_parameters()), **dict(layer.named_buffers())}
+    phase = 'fixed_phase' if 'phase' in grid else 'learnable_phase'
+    assert set(tensors) == {'weight', 'bias', 'learnable_stride', 'stride_min', 'stride_max',
+                            phase}
+    for name, tensor in tensors.items():
+        assert tensor.device.type == 'meta' and tensor.dtype == torch.float64, name
+
+
+@pytest.mark.parametrize('grid, saved', [(dict(), ()), (dict(phase=0.5), ('fixed_phase', )),
+                                         (dict(learn_phase=True), ('learnable_phase', ))],
+                         ids=str)
+def test_state_dict_holds_the_parameters_and_a_fixed_phase(grid, saved):
+    """The stride bounds, which follow from the arguments, are not saved."""
+    layer = LSConv2d(4, 6, 3, stride=2, **grid)
+    assert set(layer.state_dict()) == {'weight', 'bias', 'learnable_stride', *saved}
+
+
+def test_grid_arguments_may_be_tensors():
+    """initial_stride, phase and initial_phase take tensors of one or two values as they take
+    numbers."""
+    layer = LSConv2d(4, 6, 3, stride=2, initial_stride=torch.tensor([1.5, 2.5]),
+                     phase=torch.tensor(0.25))
+    assert layer.learnable_stride.tolist() == [1.5, 2.5]
+    assert layer.fixed_phase.tolist() == [0.25, 0.25]
+    learning = LSConv2d(4, 6, 3, stride=2, learn_phase=True,
+                        initial_phase=torch.tensor([0.5, -0.25]))
+    assert learning.learnable_phase.tolist() == [0.5, -0.25]
+    assert learning.initial_phase == (0.5, -0.25)
+
+
+def test_initial_phase_is_exact_in_float64():
+    """A float64 layer's learned phase starts at the float64 value given, not a float32
+    rounding of it, and returns there."""
+    layer = LSConv2d(4, 6, 3, stride=2, learn_phase=True, initial_phase=(0.1, -0.3),
+                     dtype=torch.float64)
+    assert layer.learnable_phase.tolist() == [0.1, -0.3]
+    with torch.no_grad():
+        layer.learnable_phase.zero_()
+    layer.reset_phase()
+    assert layer.learnable_phase.tolist() == [0.1, -0.3]
+
+
+def test_a_deployed_layer_holds_its_grid():
+    """After switch_to_deploy the parameters no longer act: a stride written into the
+    parameter later (here a whole one) changes nothing."""
+    torch.manual_seed(0)
+    layer = LSConv2d(4, 6, 3, stride=2, padding=1, initial_stride=1.5).double()
+    switch_to_deploy(layer)
+    x = torch.randn(2, 4, 12, 12, dtype=torch.float64)
+    before = layer(x)
+    with torch.no_grad():
+        layer.learnable_stride.copy_(torch.tensor([2.0, 2.0]))
+    assert torch.equal(layer(x), before)

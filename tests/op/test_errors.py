@@ -4,7 +4,7 @@ import warnings
 import pytest
 import torch
 
-from mmlstride.ops import LSConv2d, ls_conv2d
+from mmlstride.ops import ls_conv2d
 from mmlstride.ops import ls_conv2d_function
 
 
@@ -177,29 +177,6 @@ def test_backward_op_needs_a_phase_for_its_gradient():
         torch.ops.mmlstride.ls_conv2d_backward(torch.randn(2, 6, 4, 4), args['input'],
                                                args['weight'], args['stride'], None, (1, 1),
                                                (1, 1), 2, [True] * 5)
-
-
-@pytest.mark.parametrize('kwargs,message', [
-    (dict(padding='same'), "padding='same' expected an int"),
-    (dict(padding_mode='reflect'), "padding_mode='reflect' expected 'zeros'"),
-    (dict(stride_bounds=(0.0, 2.0)), 'stride_bounds=(0.0, 2.0) expected'),
-    (dict(stride_bounds=(1.5, 2.0)), 'stride_bounds=(1.5, 2.0) expected'),
-    (dict(stride=0), 'stride=0 expected an int >= 1 or a pair of ints >= 1'),
-    (dict(stride=-1), 'stride=-1 expected an int >= 1'),
-    (dict(stride=(2, 0)), 'stride=(2, 0) expected an int >= 1'),
-    (dict(stride=1.5), 'stride=1.5 expected an int >= 1'),
-    (dict(stride=True), 'stride=True expected an int >= 1'),
-    (dict(stride=(1, 2, 3)), 'stride=(1, 2, 3) expected an int >= 1'),
-])
-def test_layer_arguments(kwargs, message):
-    with pytest.raises(ValueError) as info:
-        LSConv2d(4, 4, 3, **kwargs)
-    assert message in str(info.value)
-
-
-def test_layer_input_rank():
-    with pytest.raises(ValueError, match=r'input.dim\(\)=3 expected 4'):
-        LSConv2d(4, 4, 3)(torch.randn(4, 8, 8))
 
 
 def test_fallback_warns_once(monkeypatch):

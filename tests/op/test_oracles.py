@@ -230,6 +230,10 @@ def test_default_output_size_follows_the_stride():
     # floor((10 + 2 - 2 - 1) / s) + 1
     assert ls_conv2d(x, w, (2.0, 0.75), padding=1).shape[2:] == (5, 13)
     assert ls_conv2d(x, w, (FRACTIONAL_STRIDES[-1], 1.0), padding=1).shape[2:] == (3, 10)
+    # A stride given as numbers sizes the output as given, not as the float32 tensor made of
+    # it: 3 / 0.3 and 11 / 1.1 are 10, in float32 9.99...
+    x, w = torch.randn(1, 1, 4, 12), torch.randn(1, 1, 1, 1)
+    assert ls_conv2d(x, w, (0.3, 1.1)).shape[2:] == (11, 11)
 
 
 @pytest.mark.parametrize(
