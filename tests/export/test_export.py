@@ -367,7 +367,7 @@ def test_onnx_export_form_of_each_argument_kind(stride, phase, output_size, form
     found = ls_conv2d(x, w, given[0], b, 1, 1, 1, output_size, given[1])
     assert onnx_branch == [(form, size)]
     monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: False)
-    expected = ls_conv2d(x, w, torch.tensor(values[0], dtype=torch.float64).float(), b, 1, 1, 1,
+    expected = ls_conv2d(x, w, torch.tensor(values[0], dtype=torch.float32), b, 1, 1, 1,
                          found.shape[2:], None if values[1] is None else torch.tensor(values[1]))
     assert relative_error(found, expected) < 1e-5
 
