@@ -273,6 +273,18 @@ def test_cuda_autocast_runs_in_the_autocast_dtype(dtype):
     torch.testing.assert_close(out.float(), wanted.float(), rtol=3e-2, atol=3e-2)
 
 
+def compiled_with_targets(module: nn.Module, **options):
+    """``module`` under torch.compile, run eagerly, and the list that collects the targets of
+    every node of the graphs it captures once called."""
+    targets = []
+
+    def eager(graph_module, example_inputs):
+        targets.extend(str(node.target) for node in graph_module.graph.nodes)
+        return graph_module.forward
+
+    return torch.compile(module, backend=eager, **options), targets
+
+
 @needs_torch_for('torch.compile with fullgraph=True')
 def test_compile_and_export_keep_the_op_and_its_values():
     """Graphs being captured keep the op (the stride's value is not read there): compiled and
@@ -280,15 +292,8 @@ def test_compile_and_export_keep_the_op_and_its_values():
     frozen, _ = layer_pair(LAYERS[0], dict(phase=0.5), dtype=torch.float32)
     x = torch.randn(2, 4, 16, 16)
     expected = frozen(x)
-    graphs = []
-
-    def eager(graph_module, example_inputs):
-        graphs.append(graph_module)
-        return graph_module.forward
-
-    compiled = torch.compile(frozen, fullgraph=True, backend=eager)
+    compiled, targets = compiled_with_targets(frozen, fullgraph=True)
     torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-6)
-    targets = [str(node.target) for node in graphs[0].graph.nodes]
     assert any('mmlstride.ls_conv2d' in target for target in targets), targets
     program = torch.export.export(frozen, (x, ))
     torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-6)
@@ -389,15 +394,8 @@ def test_compiled_layer_keeps_the_op(form_calls):
     x = torch.randn(2, 4, 16, 16)
     expected = frozen(x)
     calls = len(form_calls)
-    graphs = []
-
-    def eager(graph_module, example_inputs):
-        graphs.append(graph_module)
-        return graph_module.forward
-
     torch._dynamo.reset()
-    torch.testing.assert_close(torch.compile(frozen, backend=eager)(x), expected, rtol=1e-5,
-                               atol=1e-6)
-    targets = [str(node.target) for graph in graphs for node in graph.graph.nodes]
+    compiled, targets = compiled_with_targets(frozen)
+    torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-6)
     assert any('mmlstride.ls_conv2d' in target for target in targets), targets
     assert len(form_calls) == calls
