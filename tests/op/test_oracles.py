@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,8 @@ from conftest import bitwise_repeatable, require_module
 from mmlstride.ops import ls_conv2d, ls_conv2d_reference
 from mmlstride.testing import (FRACTIONAL_STRIDES, Case, compiled_errors, compiled_op, errors,
                                evaluate, ls_conv2d_by_deform_conv, ls_conv2d_by_interpolation,
-                               onednn_enabled, output_gradient, random_case)
+                               float64_reference_errors, onednn_enabled, output_gradient,
+                               random_case, relative_error)
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-4}
 
@@ -298,6 +300,69 @@ def test_both_cpu_forward_layouts_match_the_reference(seed, dtype, onednn):
             forced = forced.to(dtype)
             assert forward_kernels(forced) == kernels
             assert_same_function(forced, ls_conv2d_reference, TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize('onednn', [True, False], ids=['micro-kernel', 'mkl'])
+@pytest.mark.parametrize('groups,bias', [(1, True), (2, True), (2, False)])
+def test_cpu_forward_bands_sum_every_block_of_their_products(groups, bias, onednn):
+    """The float32 bands multiply by oneDNN's micro-kernel in blocks of 64 output columns and
+    576 reduction rows, or by ATen's GEMM with torch.backends.mkldnn disabled: either way every
+    block and tail is added once, with each group's bias. Here a group reduces over 630 rows
+    (70 channels x 9 taps: a block and a tail of 54) and a band has 323 columns (5 blocks, the
+    last of 3)."""
+    gen = torch.Generator().manual_seed(groups)
+    channels = 70 * groups
+    case = Case(input=torch.randn(2, channels, 32, 40, generator=gen, dtype=torch.float64),
+                weight=torch.randn(6 * groups, 70, 3, 3, generator=gen, dtype=torch.float64),
+                stride=torch.tensor([1.7, 2.3], dtype=torch.float64),
+                bias=torch.randn(6 * groups, generator=gen, dtype=torch.float64) if bias else None,
+                padding=(1, 1), dilation=(1, 1), groups=groups, output_size=(19, 17))
+    with onednn_enabled(onednn):
+        low = case.to(torch.float32)
+        assert forward_kernels(low) == {'mmlstride::forward_bands'}
+        with torch.no_grad():
+            actual = compiled_op(*low.args()).double()
+    with torch.no_grad():
+        expected = ls_conv2d_reference(*low.to(torch.float64).args())
+    assert relative_error(actual, expected) < 1e-6
+
+
+@pytest.mark.parametrize('onednn', [True, False], ids=['micro-kernel', 'mkl'])
+@pytest.mark.parametrize('groups', [1, 2])
+@pytest.mark.parametrize('batch,height,output_height', [(2, 32, 19), (1, 170, 100)],
+                         ids=['tile-copied', 'tiles-in-place'])
+def test_cpu_columns_gradient_covers_every_block(batch, height, output_height, groups, onednn):
+    """The float32 backward's columns gradient wᵀ · dy runs by oneDNN's micro-kernel in blocks
+    of 128 rows by 256 columns, in parallel, or by ATen's batched product with
+    torch.backends.mkldnn disabled: the input and stride gradients built on it match the
+    float64 reference either way. A group has 630 rows (4 blocks and a tail of 118); dy is a
+    copied tile of 646 columns spanning both images (2 blocks and a tail of 134), or read in
+    place from one image's rows (97 and then 3 of them a tile)."""
+    from torch.profiler import profile
+    gen = torch.Generator().manual_seed(groups)
+    case = Case(input=torch.randn(batch, 70 * groups, height, 40, generator=gen,
+                                  dtype=torch.float64),
+                weight=torch.randn(6 * groups, 70, 3, 3, generator=gen, dtype=torch.float64),
+                stride=torch.tensor([1.7, 2.3], dtype=torch.float64), bias=None,
+                padding=(1, 1), dilation=(1, 1), groups=groups,
+                output_size=(output_height, 17))
+    with onednn_enabled(onednn), profile() as prof:
+        errors = float64_reference_errors(case, torch.float32, 'cpu')
+    assert max(errors.values()) < 1e-5, errors
+    micro_kernel = onednn and micro_kernel_in_this_torch()
+    assert ('aten::bmm' in {e.name for e in prof.events()}) != micro_kernel
+
+
+def micro_kernel_in_this_torch() -> bool:
+    """Whether the extension was built with oneDNN's float32 micro-kernel (torch's headers
+    declare ``cpublas::brgemm`` for float32) and runs it here (x86-64 with AVX2)."""
+    import platform
+    from torch.utils.cpp_extension import include_paths
+    header = next(Path(p, 'ATen', 'native', 'CPUBlas.h') for p in include_paths()
+                  if Path(p, 'ATen', 'native', 'CPUBlas.h').exists())
+    return ('CPUBLAS_BRGEMM_F32F32F32' in header.read_text()
+            and platform.machine() in ('x86_64', 'AMD64')
+            and torch.backends.cpu.get_cpu_capability() in ('AVX2', 'AVX512'))
 
 
 def forward_kernels_of(input, weight, stride) -> set:

@@ -472,6 +472,39 @@ struct Bands {
   }
 };
 
+// product (O, ncols) = weight_g (groups, O / groups, K) times columns_g (groups, K, ncols)
+// per group, plus the bias; float32 by oneDNN's micro-kernel where it runs (25% faster than
+// MKL's GEMM on det-200 and r50-s2, which also packs the columns again), else ATen's GEMM.
+template <typename T>
+void band_products(const at::Tensor& weight_g, const optional<at::Tensor>& bias,
+                   const at::Tensor& columns_g, at::Tensor& product) {
+  const int64_t groups = weight_g.size(0);
+  const int64_t group_out = weight_g.size(1);
+  if constexpr (std::is_same<T, float>::value) {
+    if (micro_kernel_products()) {
+      const int64_t ldc = product.stride(0);
+      for (int64_t group = 0; group < groups; ++group) {
+        micro_kernel_product(
+            group_out, columns_g.size(2), weight_g.size(2),
+            weight_g.select(0, group).const_data_ptr<float>(),
+            columns_g.select(0, group).const_data_ptr<float>(), columns_g.stride(1),
+            bias ? bias->const_data_ptr<float>() + group * group_out : nullptr,
+            product.mutable_data_ptr<float>() + group * group_out * ldc, ldc);
+      }
+      return;
+    }
+  }
+  for (int64_t group = 0; group < groups; ++group) {
+    at::Tensor target = product.narrow(0, group * group_out, group_out);
+    if (bias) {
+      at::addmm_out(target, bias->narrow(0, group * group_out, group_out).unsqueeze(1),
+                    weight_g.select(0, group), columns_g.select(0, group));
+    } else {
+      at::mm_out(target, weight_g.select(0, group), columns_g.select(0, group));
+    }
+  }
+}
+
 // The forward (ls_conv_forward_bands_cpu). Each work item is a band (Bands): its thread
 // samples the band's channel-major columns into a buffer that stays in the core's cache, then
 // multiplies the weight by them (one GEMM per group, with the bias) straight into the output's
@@ -523,15 +556,7 @@ void forward_bands_kernel(const at::Tensor& input, const at::Tensor& weight,
                       .narrow(0, 0, out_channels * ncols)
                       .view({out_channels, ncols});
       }
-      for (int64_t group = 0; group < groups; ++group) {
-        at::Tensor target = product.narrow(0, group * group_out, group_out);
-        if (bias) {
-          at::addmm_out(target, bias->narrow(0, group * group_out, group_out).unsqueeze(1),
-                        weight_g.select(0, group), columns_g.select(0, group));
-        } else {
-          at::mm_out(target, weight_g.select(0, group), columns_g.select(0, group));
-        }
-      }
+      band_products<T>(weight_g, bias, columns_g, product);
       if (!in_place) {
         for (const ImageRows& part : parts) {
           output_planes.select(0, part.image)

@@ -58,14 +58,13 @@ class CpuBackend final : public LSConvBackend {
   }
 
   // The weight gradient's products through oneDNN (4-15% off the backward of r50-s2 and
-  // r50-s3, level on det-200) where the weight is no larger than the input: each is a
-  // temporary of the weight's size (r50-s4: 9 MiB more at the peak, 1.7x conv2d's).
+  // r50-s3, level on det-200) where the weight is no larger than the input
+  // (onednn_products).
   std::unique_ptr<TileProducts> products(const at::Tensor& input, const at::Tensor& weight,
                                          const optional<at::Tensor>& bias, int64_t groups,
                                          bool weight_gradient) const override {
     if (gemm_as_convolution(input)) return convolution_products(weight, bias, groups);
-    auto onednn = onednn_products(input, weight, bias, groups,
-                                  weight_gradient && weight.numel() <= input.numel());
+    auto onednn = onednn_products(input, weight, bias, groups, weight_gradient);
     return onednn ? std::move(onednn) : batched_products(weight, bias, groups);
   }
 
