@@ -181,6 +181,23 @@ def test_stride_gradient_on_pixels_is_the_derivative_from_the_right(stride, padd
     assert (analytic - left).abs().max() > 1e-2 * analytic.abs().max()
 
 
+@pytest.mark.parametrize('stride,padding,dilation', PIXEL_STRIDES,
+                         ids=[str(c[0]) for c in PIXEL_STRIDES])
+def test_float32_gradients_on_pixels_match_float64(stride, padding, dilation):
+    """On the CPU the float32 backward gathers along w by windows where float64 takes one
+    sample at a time. Where samples sit on pixels (a whole phase too), the neighbour with a
+    slope but no weight is gathered all the same: the float32 gradients are float64's (the
+    derivative from the right) to float32 rounding."""
+    case = dataclasses.replace(pixel_case(stride, padding, dilation, 'cpu'),
+                               phase=torch.tensor([1.0, 2.0], dtype=torch.float64))
+    case = case.to(torch.float64)
+    grad_output = output_gradient(case)
+    exact = evaluate(compiled_op, case, grad_output)
+    low = evaluate(compiled_op, case.to(torch.float32), grad_output)
+    for key in exact:
+        assert relative_error(low[key], exact[key]) < 1e-5, key
+
+
 def test_stride_gradient_at_minus_one_follows_mmcv(device):
     """A sample exactly one pixel before the image (position -1) is outside under MMCV's
     rule, value and derivative 0 there, so the stride gradient is not the right-hand limit at
@@ -467,6 +484,20 @@ def test_cpu_forward_at_the_edges_of_its_windows(name):
             out = compiled_op(*forced.args())
         reference = expected.repeat(1, out.shape[1] // expected.shape[1], 1, 1)
         assert (out.double() - reference).abs().max() < 2e-5 * reference.abs().max(), name
+
+
+@pytest.mark.parametrize('name', list(WINDOW_CASES))
+def test_cpu_backward_at_the_edges_of_its_windows(name):
+    """The float32 CPU backward, whose gather along w takes the forward's windows (with the
+    neighbours that have a slope but no weight), gives every gradient of the float64 reference
+    (input, weight, bias, stride and phase) where that gather meets the edges of its windows.
+    The phase is moved off whole pixels, where the op's phase gradient is the derivative from
+    the right and the reference's another (test_phase_gradient_on_pixels_is_...)."""
+    case = window_case(name)
+    case = dataclasses.replace(case, phase=case.phase + torch.tensor([0.013, 0.007],
+                                                                     dtype=torch.float64))
+    errors = float64_reference_errors(case, torch.float32, 'cpu')
+    assert max(errors.values()) < 2e-5, (name, errors)
 
 
 WINDOWLESS_CHECK = '''

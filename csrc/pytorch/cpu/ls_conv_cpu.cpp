@@ -157,11 +157,13 @@ void interpolate_rows(const T* im, const LSConvGeometry& g, int64_t first, int64
 
 // Up to 16 consecutive samples of one kernel column whose neighbours lie in the 32 values of
 // an input row from `base`: lane l is sample `first + l`, its neighbours at base + low[l] and
-// base + high[l]; lanes without weight are masked out, and so are the window's values past
-// the row's end (never read unmasked, so the window never leaves the input).
+// base + high[l]; lanes of neighbours not used are masked out (the forward's: without
+// weight; the backward's: outside the image, without weight and slope), and so are the
+// window's values past the row's end (never read unmasked, so the window never leaves the
+// input).
 struct alignas(64) WindowChunk {
   int32_t low[16], high[16];
-  float weight_low[16], weight_high[16];
+  float weight_low[16], weight_high[16], slope_low[16], slope_high[16];
   int32_t base, first, count;
   uint16_t low_mask, high_mask, load_mask_first, load_mask_second;
 };
@@ -178,6 +180,74 @@ bool window_interpolation() {
   return false;
 #endif
 }
+
+// The WindowChunks of every kernel column j of an axis table along w: chunks
+// [begin[j], begin[j + 1]). With `slopes`, for the backward: a neighbour is used where it lies
+// in the image (it has a weight or a slope), and the chunks carry the slopes; else where it
+// has a weight.
+struct WindowChunks {
+  std::vector<WindowChunk> chunks;
+  std::vector<int64_t> begin;
+
+  WindowChunks() = default;
+
+  template <typename T>
+  WindowChunks(const AxisTable<T>& w, int64_t kernel_w, int64_t out_w, int64_t width,
+               bool slopes) {
+    const auto used = [&](int64_t k, bool low) {
+      return slopes ? is_used(w, k, low)
+                    : (low ? w.weight_low[k] != T(0) : w.weight_high[k] != T(0));
+    };
+    for (int64_t j = 0; j < kernel_w; ++j) {
+      begin.push_back(static_cast<int64_t>(chunks.size()));
+      for (int64_t b = 0; b < out_w;) {
+        int64_t lowest = width, highest = -1, count = 0;
+        for (; count < 16 && b + count < out_w; ++count) {
+          const int64_t k = j * out_w + b + count;
+          int64_t first = lowest, last = highest;
+          if (used(k, true)) {
+            first = std::min<int64_t>(first, w.low[k]);
+            last = std::max<int64_t>(last, w.low[k]);
+          }
+          if (used(k, false)) {
+            first = std::min<int64_t>(first, w.high[k]);
+            last = std::max<int64_t>(last, w.high[k]);
+          }
+          if (last >= 0 && last - first > 31) break;
+          lowest = first;
+          highest = last;
+        }
+        WindowChunk chunk{};
+        chunk.base = static_cast<int32_t>(highest < 0 ? 0 : lowest);
+        chunk.first = static_cast<int32_t>(b);
+        chunk.count = static_cast<int32_t>(count);
+        const int64_t in_row = width - chunk.base;  // window values inside the row
+        chunk.load_mask_first = static_cast<uint16_t>(
+            in_row >= 16 ? 0xFFFFu : (1u << std::max<int64_t>(in_row, 0)) - 1);
+        chunk.load_mask_second = static_cast<uint16_t>(
+            in_row >= 32 ? 0xFFFFu : (1u << std::clamp<int64_t>(in_row - 16, 0, 16)) - 1);
+        for (int64_t lane = 0; lane < count; ++lane) {
+          const int64_t k = j * out_w + b + lane;
+          chunk.weight_low[lane] = static_cast<float>(w.weight_low[k]);
+          chunk.weight_high[lane] = static_cast<float>(w.weight_high[k]);
+          chunk.slope_low[lane] = static_cast<float>(w.slope_low[k]);
+          chunk.slope_high[lane] = static_cast<float>(w.slope_high[k]);
+          if (used(k, true)) {
+            chunk.low[lane] = w.low[k] - chunk.base;
+            chunk.low_mask |= uint16_t(1u << lane);
+          }
+          if (used(k, false)) {
+            chunk.high[lane] = w.high[k] - chunk.base;
+            chunk.high_mask |= uint16_t(1u << lane);
+          }
+        }
+        chunks.push_back(chunk);
+        b += count;
+      }
+    }
+    begin.push_back(static_cast<int64_t>(chunks.size()));
+  }
+};
 
 // out[b] = the interpolation along w of `row` at sample b < count, each neighbour read only
 // where it has weight (so no value, however large, is multiplied by 0).
@@ -280,6 +350,44 @@ __attribute__((target("avx512f"))) void interpolate_windows(const float* row,
 }
 #endif
 
+#ifdef MMLSTRIDE_HAS_AVX512_WINDOWS
+// interpolate_rows by the backward's chunks of one kernel column, [chunk, end): the same
+// values, b times the derivative (when kSlope) and the derivative (when kPhase), 16 samples
+// at a time from a 32-value window of each input row by two permutes.
+template <bool kSlope, bool kPhase>
+__attribute__((target("avx512f"))) void interpolate_rows_windows(
+    const float* im, int64_t width, int64_t first, int64_t last, const WindowChunk* chunks,
+    const WindowChunk* end, int64_t out_w, float* value, float* slope, float* moment) {
+  const __m512 lanes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int64_t r = first; r <= last; ++r) {
+    const float* row = im + r * width;
+    const int64_t offset = (r - first) * out_w;
+    for (const WindowChunk* chunk = chunks; chunk != end; ++chunk) {
+      const float* window = row + chunk->base;
+      const __m512 window_first = _mm512_maskz_loadu_ps(chunk->load_mask_first, window);
+      const __m512 window_second = _mm512_maskz_loadu_ps(chunk->load_mask_second, window + 16);
+      const __m512 low = _mm512_maskz_permutex2var_ps(
+          chunk->low_mask, window_first, _mm512_load_si512(chunk->low), window_second);
+      const __m512 high = _mm512_maskz_permutex2var_ps(
+          chunk->high_mask, window_first, _mm512_load_si512(chunk->high), window_second);
+      const __mmask16 stored = static_cast<__mmask16>((1u << chunk->count) - 1);
+      const int64_t at = offset + chunk->first;
+      _mm512_mask_storeu_ps(value + at, stored,
+                            _mm512_fmadd_ps(high, _mm512_load_ps(chunk->weight_high),
+                                            _mm512_mul_ps(low, _mm512_load_ps(chunk->weight_low))));
+      if (kSlope) {
+        const __m512 derivative =
+            _mm512_fmadd_ps(high, _mm512_load_ps(chunk->slope_high),
+                            _mm512_mul_ps(low, _mm512_load_ps(chunk->slope_low)));
+        const __m512 index = _mm512_add_ps(lanes, _mm512_set1_ps(float(chunk->first)));
+        _mm512_mask_storeu_ps(moment + at, stored, _mm512_mul_ps(index, derivative));
+        if (kPhase) _mm512_mask_storeu_ps(slope + at, stored, derivative);
+      }
+    }
+  }
+}
+#endif
+
 // Channel-major columns (ls_conv_im2col_cpu's layout) sampled straight from the input's
 // planes. The bilinear sample is separable (ls_conv_sampling.h): for each channel, output row
 // and kernel row, the two input rows it reads are blended along h into a row buffer
@@ -290,77 +398,28 @@ template <typename T>
 struct PlaneSampler {
   const LSConvGeometry& g;
   AxisTable<T> h, w;
-  // Per kernel column j, chunks [chunk_begin[j], chunk_begin[j + 1]) (float32, windows only).
-  std::vector<WindowChunk> chunks;
-  std::vector<int64_t> chunk_begin;
+  WindowChunks windows;  // float32, where window_interpolation()
 
   PlaneSampler(const LSConvGeometry& geometry, const RealStride& stride)
       : g(geometry),
         h(g.kernel_h, g.out_h, stride.h, stride.phase_h, g.pad_h, g.dilation_h, g.height),
         w(g.kernel_w, g.out_w, stride.w, stride.phase_w, g.pad_w, g.dilation_w, g.width) {
-    if (std::is_same<T, float>::value && window_interpolation()) make_chunks();
+    if (std::is_same<T, float>::value && window_interpolation()) {
+      windows = WindowChunks(w, g.kernel_w, g.out_w, g.width, /*slopes=*/false);
+    }
   }
 
   // Elements of the row buffer a thread passes to sample().
   int64_t row_size() const { return g.width; }
-
-  void make_chunks() {
-    for (int64_t j = 0; j < g.kernel_w; ++j) {
-      chunk_begin.push_back(static_cast<int64_t>(chunks.size()));
-      for (int64_t b = 0; b < g.out_w;) {
-        int64_t lowest = g.width, highest = -1, count = 0;
-        for (; count < 16 && b + count < g.out_w; ++count) {
-          const int64_t k = j * g.out_w + b + count;
-          int64_t first = lowest, last = highest;
-          if (w.weight_low[k] != T(0)) {
-            first = std::min<int64_t>(first, w.low[k]);
-            last = std::max<int64_t>(last, w.low[k]);
-          }
-          if (w.weight_high[k] != T(0)) {
-            first = std::min<int64_t>(first, w.high[k]);
-            last = std::max<int64_t>(last, w.high[k]);
-          }
-          if (last >= 0 && last - first > 31) break;
-          lowest = first;
-          highest = last;
-        }
-        WindowChunk chunk{};
-        chunk.base = static_cast<int32_t>(highest < 0 ? 0 : lowest);
-        chunk.first = static_cast<int32_t>(b);
-        chunk.count = static_cast<int32_t>(count);
-        const int64_t in_row = g.width - chunk.base;  // window values inside the row
-        chunk.load_mask_first = static_cast<uint16_t>(
-            in_row >= 16 ? 0xFFFFu : (1u << std::max<int64_t>(in_row, 0)) - 1);
-        chunk.load_mask_second = static_cast<uint16_t>(
-            in_row >= 32 ? 0xFFFFu : (1u << std::clamp<int64_t>(in_row - 16, 0, 16)) - 1);
-        for (int64_t lane = 0; lane < count; ++lane) {
-          const int64_t k = j * g.out_w + b + lane;
-          chunk.weight_low[lane] = static_cast<float>(w.weight_low[k]);
-          chunk.weight_high[lane] = static_cast<float>(w.weight_high[k]);
-          if (w.weight_low[k] != T(0)) {
-            chunk.low[lane] = w.low[k] - chunk.base;
-            chunk.low_mask |= uint16_t(1u << lane);
-          }
-          if (w.weight_high[k] != T(0)) {
-            chunk.high[lane] = w.high[k] - chunk.base;
-            chunk.high_mask |= uint16_t(1u << lane);
-          }
-        }
-        chunks.push_back(chunk);
-        b += count;
-      }
-    }
-    chunk_begin.push_back(static_cast<int64_t>(chunks.size()));
-  }
 
   // `row` (an input row blended along h) interpolated along w at kernel column j's samples
   // into out + j * stride, for every j.
   void interpolate_row_w(const T* row, T* out, int64_t stride) const {
 #ifdef MMLSTRIDE_HAS_AVX512_WINDOWS
     if constexpr (std::is_same<T, float>::value) {
-      if (!chunks.empty()) {
-        return interpolate_windows(row, chunks.data(), chunk_begin.data(), g.kernel_w, out,
-                                   stride);
+      if (!windows.chunks.empty()) {
+        return interpolate_windows(row, windows.chunks.data(), windows.begin.data(), g.kernel_w,
+                                   out, stride);
       }
     }
 #endif
@@ -593,8 +652,9 @@ template <typename T, bool kStride, bool kPhase, bool kColumns>
 void backward_plane(const T* grad_columns, const T* im, const LSConvGeometry& g,
                     const AxisTable<T>& h, const AxisTable<T>& w, const ImageRows& part,
                     int64_t c, int64_t ncols, int64_t first, int64_t last, T* grad_im,
-                    double* partial, T* columns, std::vector<T>& grad_w, std::vector<T>& value_w,
-                    std::vector<T>& slope_w, std::vector<T>& moment_w) {
+                    double* partial, T* columns, const WindowChunks* windows,
+                    std::vector<T>& grad_w, std::vector<T>& value_w, std::vector<T>& slope_w,
+                    std::vector<T>& moment_w) {
   const int64_t rows = last - first + 1;
   grad_w.resize(rows * g.out_w);
   if (kStride || kColumns) value_w.resize(rows * g.out_w);
@@ -604,7 +664,19 @@ void backward_plane(const T* grad_columns, const T* im, const LSConvGeometry& g,
   double sum_h = 0.0, sum_w = 0.0, phase_sum_h = 0.0, phase_sum_w = 0.0;
   for (int64_t j = 0; j < g.kernel_w; ++j) {
     const int64_t wk = j * g.out_w;
-    if (kStride || kColumns) {
+    bool interpolated = !(kStride || kColumns);
+#ifdef MMLSTRIDE_HAS_AVX512_WINDOWS
+    if constexpr (std::is_same<T, float>::value) {
+      if (!interpolated && windows != nullptr) {
+        const WindowChunk* chunks = windows->chunks.data();
+        interpolate_rows_windows<kStride, kPhase>(
+            im, g.width, first, last, chunks + windows->begin[j], chunks + windows->begin[j + 1],
+            g.out_w, value_w.data(), slope_w.data(), moment_w.data());
+        interpolated = true;
+      }
+    }
+#endif
+    if (!interpolated) {
       interpolate_rows<T, kStride, kPhase>(im, g, first, last, w, wk, value_w.data(),
                                            slope_w.data(), moment_w.data());
     }
@@ -677,6 +749,11 @@ void backward_kernel(const T* grad_columns, const T* input, const LSConvGeometry
                        g.height);
   const AxisTable<T> w(g.kernel_w, g.out_w, stride.w, stride.phase_w, g.pad_w, g.dilation_w,
                        g.width);
+  // The gather along w by windows, as the forward's (float32, where window_interpolation()).
+  const WindowChunks windows = std::is_same<T, float>::value && window_interpolation()
+                                   ? WindowChunks(w, g.kernel_w, g.out_w, g.width, /*slopes=*/true)
+                                   : WindowChunks();
+  const WindowChunks* windows_or_null = windows.chunks.empty() ? nullptr : &windows;
   const std::vector<ImageRows> parts = split_by_image(g, row_begin, row_end);
   const int64_t plane = g.height * g.width;
   const int64_t ncols = (row_end - row_begin) * g.out_w;
@@ -706,8 +783,9 @@ void backward_kernel(const T* grad_columns, const T* input, const LSConvGeometry
       double* partial = stride_partials ? stride_partials + 4 * plane_index : nullptr;
 #define LSCONV_BACKWARD_PLANE(kStride, kPhase, kColumns)                                   \
   backward_plane<T, kStride, kPhase, kColumns>(grad_columns, im, g, h, w, part, c, ncols,    \
-                                               first, last, grad_im, partial, columns, grad_w, \
-                                               value_w, slope_w, moment_w)
+                                               first, last, grad_im, partial, columns,         \
+                                               windows_or_null, grad_w, value_w, slope_w,      \
+                                               moment_w)
       if (partial && phase_gradient && columns) {
         LSCONV_BACKWARD_PLANE(true, true, true);
       } else if (partial && phase_gradient) {
