@@ -627,6 +627,25 @@ void forward_bands_kernel(const at::Tensor& input, const at::Tensor& weight,
   });
 }
 
+// interpolate_rows at kernel column j: by the backward's windows where given (float32),
+// else one sample at a time.
+template <typename T, bool kSlope, bool kPhase>
+void gather_rows(const T* im, const LSConvGeometry& g, int64_t first, int64_t last,
+                 const AxisTable<T>& w, int64_t j, const WindowChunks* windows, T* value,
+                 T* slope, T* moment) {
+#ifdef MMLSTRIDE_HAS_AVX512_WINDOWS
+  if constexpr (std::is_same<T, float>::value) {
+    if (windows != nullptr) {
+      const WindowChunk* chunks = windows->chunks.data();
+      return interpolate_rows_windows<kSlope, kPhase>(
+          im, g.width, first, last, chunks + windows->begin[j], chunks + windows->begin[j + 1],
+          g.out_w, value, slope, moment);
+    }
+  }
+#endif
+  interpolate_rows<T, kSlope, kPhase>(im, g, first, last, w, j * g.out_w, value, slope, moment);
+}
+
 // One output row of one tap, pulled back along h: adds the weighted gradient to
 // the two input rows it samples (grad_low, grad_high, which may be the same row);
 // when kColumns writes the row's samples (im2col) to `column`; when kStride
@@ -664,21 +683,9 @@ void backward_plane(const T* grad_columns, const T* im, const LSConvGeometry& g,
   double sum_h = 0.0, sum_w = 0.0, phase_sum_h = 0.0, phase_sum_w = 0.0;
   for (int64_t j = 0; j < g.kernel_w; ++j) {
     const int64_t wk = j * g.out_w;
-    bool interpolated = !(kStride || kColumns);
-#ifdef MMLSTRIDE_HAS_AVX512_WINDOWS
-    if constexpr (std::is_same<T, float>::value) {
-      if (!interpolated && windows != nullptr) {
-        const WindowChunk* chunks = windows->chunks.data();
-        interpolate_rows_windows<kStride, kPhase>(
-            im, g.width, first, last, chunks + windows->begin[j], chunks + windows->begin[j + 1],
-            g.out_w, value_w.data(), slope_w.data(), moment_w.data());
-        interpolated = true;
-      }
-    }
-#endif
-    if (!interpolated) {
-      interpolate_rows<T, kStride, kPhase>(im, g, first, last, w, wk, value_w.data(),
-                                           slope_w.data(), moment_w.data());
+    if (kStride || kColumns) {
+      gather_rows<T, kStride, kPhase>(im, g, first, last, w, j, windows, value_w.data(),
+                                      slope_w.data(), moment_w.data());
     }
     // grad_w[r][b]: the tap column's gradient pulled back along h onto input row r.
     std::fill(grad_w.begin(), grad_w.end(), T(0));
